@@ -1,0 +1,9 @@
+//! amibundle: save a Linux server, a directory or an image file as an EC2 instance-store AMI
+//! bundle in the classic 2007-10-10 format, byte-compatible with Amazon's ec2-ami-tools.
+//!
+//! The library never touches argv, the terminal or exit codes; `src/main.rs` and [`cli`] do.
+//! The normative format is described in `docs/format.md`.
+
+pub mod bundle;
+pub mod cli;
+pub mod progress;
