@@ -1,1 +1,745 @@
-//! TODO
+//! The bundling and unbundling pipelines, as stacks of streaming adapters.
+//!
+//! Bundling (one pass over the image, bounded memory):
+//!
+//! ```text
+//! image ──tar::write_stream──► HashingWriter (image/digest, §4)
+//!       ──► ParallelGzEncoder (one gzip member, all cores, §5)
+//!       ──► CountingWriter (|G|) ──► CbcEncryptWriter (AES-128-CBC, §6)
+//!       ──► PartWriter (10 MiB parts, SHA-1 each, §8) ──► PartSink (staging dir)
+//! ```
+//!
+//! then the manifest is built, signed and committed last (§9). Unbundling stacks the readers
+//! the other way round: `PartReader` (checks each part's SHA-1 before its bytes are used) →
+//! `CbcDecryptReader` → `GzipReader` → `HashingReader` → `TarReader`, writing the image sparse
+//! into a temporary file that is renamed only after every check has passed (§12).
+//!
+//! Peak memory: one part buffer (10 MiB) + the compressor's in-flight chunks
+//! (≈ 2 × threads × 1 MiB in and out) + the tar read buffer (1 MiB).
+
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::bundle::Error;
+use crate::bundle::crypto::{
+    self, AesIv, AesKey, CbcDecryptReader, CbcEncryptWriter, Certificate, UserKey,
+};
+use crate::bundle::digest::{CountingWriter, HashingReader, HashingWriter};
+use crate::bundle::gzip::{GzipReader, ParallelGzEncoder};
+use crate::bundle::manifest::{
+    self, Bundler, ImageInfo, MachineConfiguration, Manifest, ManifestVersion, Mapping, PartEntry,
+    SignatureForm,
+};
+use crate::bundle::parts::{self, ExpectedPart, PartInfo, PartReader, PartWriter, StagingDir};
+use crate::bundle::tar::{self, MemberMeta, SparseMap, TarReader};
+use crate::progress::Progress;
+
+/// EC2's limit for an instance-store root image (bundle-format.md §2).
+pub const MAX_IMAGE_BYTES: u64 = 10 * 1024 * 1024 * 1024;
+
+/// Architectures accepted in `machine_configuration/architecture` (§2).
+pub const ARCHITECTURES: [&str; 3] = ["i386", "x86_64", "arm64"];
+
+/// What goes into the manifest besides the measured values.
+#[derive(Debug, Clone)]
+pub struct BundleSpec {
+    /// Bundle name: tar member, `image/name`, part and manifest stem (§2).
+    pub name: String,
+    /// 12-digit AWS account id (dashes allowed; normalized).
+    pub account: String,
+    /// `i386`, `x86_64` or `arm64`.
+    pub arch: String,
+    /// `machine_configuration/kernel_id`.
+    pub kernel_id: Option<String>,
+    /// `machine_configuration/ramdisk_id`.
+    pub ramdisk_id: Option<String>,
+    /// `machine_configuration/block_device_mapping`.
+    pub block_device_mapping: Vec<Mapping>,
+    /// `machine_configuration/product_codes`.
+    pub product_codes: Vec<String>,
+    /// `image/ancestry`, oldest first.
+    pub ancestry: Vec<String>,
+    /// gzip level 1–9.
+    pub level: u32,
+    /// Compression threads.
+    pub threads: usize,
+    /// `bundler` block.
+    pub bundler: Bundler,
+    /// Accept images above [`MAX_IMAGE_BYTES`].
+    pub allow_oversize: bool,
+}
+
+/// The keys a bundle is made with. The caller has checked that the user key and certificate
+/// belong together ([`crypto::check_pair`]), where it can name their files.
+pub struct Identity {
+    /// Signs the manifest and can unwrap the key.
+    pub user_key: UserKey,
+    /// Wraps the key for the user.
+    pub user_cert: Certificate,
+    /// Wraps the key for EC2.
+    pub ec2_cert: Certificate,
+}
+
+/// The image to bundle.
+pub enum ImageInput {
+    /// A regular file; holes are skipped with SEEK_DATA/SEEK_HOLE.
+    File(PathBuf),
+    /// A non-seekable stream (stdin) of exactly `size` bytes.
+    Stream {
+        /// The bytes.
+        reader: Box<dyn Read + Send>,
+        /// Exact length.
+        size: u64,
+        /// How the stream is named in messages.
+        label: String,
+    },
+}
+
+/// Injected values for golden tests (§3.6, §14.4): everything random or time-dependent.
+#[derive(Default)]
+pub struct Overrides {
+    /// Tar mtime instead of the image's.
+    pub mtime: Option<u64>,
+    /// Hole map instead of SEEK_DATA/SEEK_HOLE.
+    pub map: Option<SparseMap>,
+    /// AES key and IV instead of random ones.
+    pub key_iv: Option<(AesKey, AesIv)>,
+}
+
+/// What a bundling run produced.
+#[derive(Debug, Clone)]
+pub struct BundleReport {
+    /// The manifest written.
+    pub manifest: Manifest,
+    /// Its path.
+    pub manifest_path: PathBuf,
+    /// Part files in index order.
+    pub part_paths: Vec<PathBuf>,
+    /// Image size S.
+    pub image_size: u64,
+    /// Bytes of image data actually read (holes are not read).
+    pub data_bytes: u64,
+    /// Whether the member is sparse (type `S`).
+    pub sparse: bool,
+    /// |T|.
+    pub tar_bytes: u64,
+    /// |G|.
+    pub gzip_bytes: u64,
+    /// |C| = bundled_size.
+    pub bundled_bytes: u64,
+    /// Wall time of the streaming pass.
+    pub elapsed: Duration,
+}
+
+fn check_spec(spec: &BundleSpec) -> Result<String, Error> {
+    manifest::validate_bundle_name(&spec.name)?;
+    let account = manifest::normalize_account(&spec.account)?;
+    if !ARCHITECTURES.contains(&spec.arch.as_str()) {
+        return Err(Error::Architecture(spec.arch.clone()));
+    }
+    if spec.arch == "arm64" {
+        tracing::warn!(
+            "architecture arm64 is written as given, but no instance-store instance family runs arm64"
+        );
+    }
+    if !(1..=9).contains(&spec.level) {
+        return Err(Error::Level(spec.level));
+    }
+    Ok(account)
+}
+
+fn check_size(label: &str, size: u64, allow_oversize: bool) -> Result<(), Error> {
+    if size == 0 {
+        return Err(Error::EmptyImage(label.to_string()));
+    }
+    if size > MAX_IMAGE_BYTES && !allow_oversize {
+        return Err(Error::ImageTooLarge {
+            image: label.to_string(),
+            size,
+        });
+    }
+    Ok(())
+}
+
+/// Refuses to replace an existing bundle of the same name in `dest` unless `overwrite`; with
+/// `overwrite`, returns the files of the old bundle to remove once the new one is complete.
+fn existing_bundle_files(dest: &Path, name: &str, overwrite: bool) -> Result<Vec<PathBuf>, Error> {
+    let part_prefix = format!("{name}.part.");
+    let manifest_name = format!("{name}.manifest.xml");
+    let mut found = Vec::new();
+    let entries = fs::read_dir(dest).map_err(|source| Error::Destination {
+        dir: dest.to_path_buf(),
+        source,
+    })?;
+    for entry in entries {
+        let entry = entry.map_err(|source| Error::Destination {
+            dir: dest.to_path_buf(),
+            source,
+        })?;
+        let file_name = entry.file_name();
+        let Some(file_name) = file_name.to_str() else {
+            continue;
+        };
+        let is_part = file_name
+            .strip_prefix(&part_prefix)
+            .is_some_and(|idx| !idx.is_empty() && idx.bytes().all(|b| b.is_ascii_digit()));
+        if is_part || file_name == manifest_name {
+            found.push(entry.path());
+        }
+    }
+    found.sort();
+    if !found.is_empty() && !overwrite {
+        return Err(Error::Exists(found.swap_remove(0)));
+    }
+    Ok(found)
+}
+
+fn mtime_secs(meta: &fs::Metadata) -> u64 {
+    u64::try_from(meta.mtime()).unwrap_or(0)
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Bundles `input` into `<dest>/<name>.part.*` and `<dest>/<name>.manifest.xml` in one pass.
+///
+/// Parts are staged in a private directory and renamed into place only when the stream is
+/// complete; the manifest is renamed last. On any error nothing that looks like a bundle is left.
+pub fn bundle_to_dir(
+    input: ImageInput,
+    spec: &BundleSpec,
+    identity: &Identity,
+    dest: &Path,
+    overwrite: bool,
+    overrides: Overrides,
+    progress: &dyn Progress,
+) -> Result<BundleReport, Error> {
+    let account = check_spec(spec)?;
+    let dest_meta = fs::metadata(dest).map_err(|source| Error::Destination {
+        dir: dest.to_path_buf(),
+        source,
+    })?;
+    if !dest_meta.is_dir() {
+        return Err(Error::Destination {
+            dir: dest.to_path_buf(),
+            source: io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
+        });
+    }
+    let stale = existing_bundle_files(dest, &spec.name, overwrite)?;
+
+    let (key, iv) = match overrides.key_iv {
+        Some(pair) => pair,
+        None => (AesKey::random()?, AesIv::random()?),
+    };
+
+    let staging = StagingDir::create(dest, &spec.name).map_err(|source| Error::Destination {
+        dir: dest.to_path_buf(),
+        source,
+    })?;
+    let sink = staging.sink();
+    let write_err = |source: io::Error| Error::WriteBundle {
+        dir: dest.to_path_buf(),
+        source,
+    };
+
+    let started = Instant::now();
+    let part_writer = PartWriter::new(sink);
+    let encrypt = CbcEncryptWriter::new(part_writer, &key, &iv)?;
+    let counted = CountingWriter::new(encrypt);
+    let gzip =
+        ParallelGzEncoder::new(counted, spec.level, spec.threads.max(1)).map_err(write_err)?;
+    let mut hashing = HashingWriter::new(gzip);
+
+    let (image_size, data_bytes, sparse) = match input {
+        ImageInput::File(path) => {
+            let label = path.display().to_string();
+            let mut file = File::open(&path).map_err(|source| Error::OpenImage {
+                path: path.clone(),
+                source,
+            })?;
+            let meta = file.metadata().map_err(|source| Error::OpenImage {
+                path: path.clone(),
+                source,
+            })?;
+            if !meta.file_type().is_file() {
+                let kind = if meta.file_type().is_block_device() {
+                    "a block device"
+                } else {
+                    "not a regular file"
+                };
+                return Err(Error::NotAFile { path, kind });
+            }
+            check_size(&label, meta.len(), spec.allow_oversize)?;
+            let map = match overrides.map {
+                Some(map) => map,
+                None => SparseMap::from_file(&file)?,
+            };
+            let member = MemberMeta {
+                name: spec.name.clone(),
+                mode: meta.mode() & 0o7777,
+                mtime: overrides.mtime.unwrap_or_else(|| mtime_secs(&meta)),
+            };
+            progress.start("bundling", Some(map.data_bytes()));
+            let mut last = 0;
+            tar::write_stream(&mut file, &member, &map, &mut hashing, &mut |done| {
+                progress.inc(done - last);
+                last = done;
+            })?;
+            (map.size(), map.data_bytes(), map.is_sparse())
+        }
+        ImageInput::Stream {
+            mut reader,
+            size,
+            label,
+        } => {
+            check_size(&label, size, spec.allow_oversize)?;
+            let member = MemberMeta {
+                name: spec.name.clone(),
+                mode: 0o644,
+                mtime: overrides.mtime.unwrap_or_else(now_secs),
+            };
+            progress.start("bundling", Some(size));
+            let mut last = 0;
+            tar::write_stream_from_reader(&mut reader, &member, size, &mut hashing, &mut |done| {
+                progress.inc(done - last);
+                last = done;
+            })?;
+            (size, size, false)
+        }
+    };
+
+    let (digest, tar_bytes, gzip) = hashing.finish();
+    let counted = gzip.finish().map_err(write_err)?;
+    let (gzip_bytes, encrypt) = counted.finish();
+    let part_writer = encrypt.finish().map_err(write_err)?;
+    let bundled_bytes = part_writer.total();
+    let (_sink, part_infos) = part_writer.finish().map_err(write_err)?;
+    progress.finish();
+    let elapsed = started.elapsed();
+
+    let mut manifest = build_manifest(
+        spec,
+        account,
+        identity,
+        &key,
+        &iv,
+        &digest,
+        image_size,
+        bundled_bytes,
+        &part_infos,
+    )?;
+    manifest.sign(&identity.user_key)?;
+    manifest.check_strict()?;
+    let xml = manifest.to_xml()?;
+
+    // The new bundle is complete in staging: only now retire an old one of the same name
+    // (manifest first, so it is never registrable with a mix of old and new parts).
+    for path in stale.iter().rev() {
+        fs::remove_file(path).map_err(write_err)?;
+    }
+    let manifest_path = staging
+        .commit(&spec.name, &part_infos, xml.as_bytes())
+        .map_err(write_err)?;
+    let width = parts::part_width(part_infos.len() as u64);
+    let part_paths = part_infos
+        .iter()
+        .map(|p| dest.join(parts::part_name(&spec.name, p.index, width)))
+        .collect();
+    Ok(BundleReport {
+        manifest,
+        manifest_path,
+        part_paths,
+        image_size,
+        data_bytes,
+        sparse,
+        tar_bytes,
+        gzip_bytes,
+        bundled_bytes,
+        elapsed,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build_manifest(
+    spec: &BundleSpec,
+    account: String,
+    identity: &Identity,
+    key: &AesKey,
+    iv: &AesIv,
+    digest: &str,
+    image_size: u64,
+    bundled_size: u64,
+    part_infos: &[PartInfo],
+) -> Result<Manifest, Error> {
+    let key_hex = key.to_hex();
+    let iv_hex = iv.to_hex();
+    let width = parts::part_width(part_infos.len() as u64);
+    let parts = part_infos
+        .iter()
+        .map(|p| {
+            Ok(PartEntry {
+                index: u32::try_from(p.index).map_err(|_| Error::TooManyParts(part_infos.len()))?,
+                filename: parts::part_name(&spec.name, p.index, width),
+                digest: p.sha1.clone(),
+            })
+        })
+        .collect::<Result<Vec<_>, Error>>()?;
+    let mut mappings = spec.block_device_mapping.clone();
+    mappings.sort_by(|a, b| a.virtual_name.as_bytes().cmp(b.virtual_name.as_bytes()));
+    Ok(Manifest {
+        version: ManifestVersion::V20071010,
+        bundler: spec.bundler.clone(),
+        machine: Some(MachineConfiguration {
+            architecture: spec.arch.clone(),
+            block_device_mapping: mappings,
+            kernel_id: spec.kernel_id.clone(),
+            ramdisk_id: spec.ramdisk_id.clone(),
+            product_codes: spec.product_codes.clone(),
+        }),
+        image: ImageInfo {
+            name: spec.name.clone(),
+            user: account,
+            image_type: "machine".to_string(),
+            kernel_name: None,
+            ancestry: spec.ancestry.clone(),
+            digest: digest.to_string(),
+            size: image_size,
+            bundled_size,
+            ec2_encrypted_key: crypto::wrap_hex(&identity.ec2_cert, key_hex.as_bytes())?,
+            user_encrypted_key: crypto::wrap_hex(&identity.user_cert, key_hex.as_bytes())?,
+            ec2_encrypted_iv: crypto::wrap_hex(&identity.ec2_cert, iv_hex.as_bytes())?,
+            user_encrypted_iv: crypto::wrap_hex(&identity.user_cert, iv_hex.as_bytes())?,
+            parts,
+        },
+        signature: String::new(),
+    })
+}
+
+/// A bundle on local disk: its manifest and where its parts are.
+#[derive(Debug)]
+pub struct LocalBundle {
+    /// Parsed manifest.
+    pub manifest: Manifest,
+    /// The manifest's bytes as read (signatures are checked over these).
+    pub raw: Vec<u8>,
+    /// Path of the manifest.
+    pub manifest_path: PathBuf,
+    /// Directory holding the parts.
+    pub parts_dir: PathBuf,
+}
+
+/// Largest manifest we read: a 1025-part manifest is about 130 KB.
+const MAX_MANIFEST_BYTES: u64 = 16 * 1024 * 1024;
+
+/// What [`LocalBundle::decode`] found.
+#[derive(Debug, Clone)]
+pub struct DecodeReport {
+    /// Tar member name.
+    pub member_name: String,
+    /// Image size.
+    pub image_size: u64,
+    /// Whether the member was sparse.
+    pub sparse: bool,
+    /// SHA-1 of the tar stream (matches the manifest).
+    pub tar_digest: String,
+    /// |T|.
+    pub tar_bytes: u64,
+    /// Where the image was written, if it was.
+    pub image_path: Option<PathBuf>,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+impl LocalBundle {
+    /// Reads and parses the manifest; parts are looked for in `parts_dir`, else beside it.
+    pub fn open(manifest_path: &Path, parts_dir: Option<&Path>) -> Result<Self, Error> {
+        let read_err = |source| Error::ReadManifest {
+            path: manifest_path.to_path_buf(),
+            source,
+        };
+        let file = File::open(manifest_path).map_err(read_err)?;
+        let mut raw = Vec::new();
+        file.take(MAX_MANIFEST_BYTES + 1)
+            .read_to_end(&mut raw)
+            .map_err(read_err)?;
+        if raw.len() as u64 > MAX_MANIFEST_BYTES {
+            return Err(Error::ManifestTooLarge(manifest_path.to_path_buf()));
+        }
+        let manifest = Manifest::parse(&raw).map_err(|source| Error::ParseManifest {
+            path: manifest_path.to_path_buf(),
+            source,
+        })?;
+        let parts_dir = match parts_dir {
+            Some(d) => d.to_path_buf(),
+            None => match manifest_path.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                _ => PathBuf::from("."),
+            },
+        };
+        Ok(Self {
+            manifest,
+            raw,
+            manifest_path: manifest_path.to_path_buf(),
+            parts_dir,
+        })
+    }
+
+    /// Checks the manifest signature with the user certificate (§9.5).
+    pub fn verify_signature(&self, cert: &Certificate) -> Result<SignatureForm, Error> {
+        Ok(manifest::verify_signature(&self.raw, &self.manifest, cert)?)
+    }
+
+    /// The parts in index order with their paths.
+    pub fn expected_parts(&self) -> Vec<ExpectedPart> {
+        let mut entries: Vec<&PartEntry> = self.manifest.image.parts.iter().collect();
+        entries.sort_by_key(|p| p.index);
+        entries
+            .into_iter()
+            .map(|p| ExpectedPart {
+                path: self.parts_dir.join(&p.filename),
+                filename: p.filename.clone(),
+                sha1: p.digest.clone(),
+            })
+            .collect()
+    }
+
+    /// Cheap checks before reading any part: every part exists and the sizes add up to
+    /// `bundled_size`. Returns the total.
+    pub fn check_part_sizes(&self) -> Result<u64, Error> {
+        let mut total = 0u64;
+        let expected = self.expected_parts();
+        let last = expected.len().saturating_sub(1);
+        for (i, part) in expected.iter().enumerate() {
+            let meta = fs::metadata(&part.path).map_err(|source| Error::MissingPart {
+                filename: part.filename.clone(),
+                path: part.path.clone(),
+                source,
+            })?;
+            if i != last && meta.len() != parts::PART_SIZE_BYTES as u64 {
+                tracing::warn!(
+                    "part {} is {} bytes; bundles made by ec2-ami-tools use {} bytes for every part but the last",
+                    part.filename,
+                    meta.len(),
+                    parts::PART_SIZE_BYTES
+                );
+            }
+            total = total.saturating_add(meta.len());
+        }
+        if total != self.manifest.image.bundled_size {
+            return Err(Error::BundledSize {
+                expected: self.manifest.image.bundled_size,
+                actual: total,
+            });
+        }
+        Ok(total)
+    }
+
+    /// Reads every part once and checks its SHA-1 (no key needed).
+    pub fn check_part_digests(&self, progress: &dyn Progress) -> Result<(), Error> {
+        let total = self.check_part_sizes()?;
+        progress.start("checking parts", Some(total));
+        let mut reader = PartReader::new(self.expected_parts(), Box::new(|_| {}));
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = reader.read(&mut buf).map_err(part_error)?;
+            if n == 0 {
+                break;
+            }
+            progress.inc(n as u64);
+        }
+        progress.finish();
+        Ok(())
+    }
+
+    /// Decrypts, decompresses and untars the bundle with the user key, checking every part, the
+    /// padding, the tar-stream digest and the image size. With `out_dir`, the image is written
+    /// (sparse) to a temporary file there and renamed to the tar member's name only after every
+    /// check passed; without, nothing is written (verification).
+    pub fn decode(
+        &self,
+        key: &UserKey,
+        out_dir: Option<&Path>,
+        overwrite: bool,
+        progress: &dyn Progress,
+    ) -> Result<DecodeReport, Error> {
+        let total = self.check_part_sizes()?;
+        let aes_key = crypto::unwrap_key(key, &self.manifest.image.user_encrypted_key)?;
+        let aes_iv = crypto::unwrap_iv(key, &self.manifest.image.user_encrypted_iv)?;
+        let started = Instant::now();
+
+        progress.start(
+            if out_dir.is_some() {
+                "unbundling"
+            } else {
+                "verifying"
+            },
+            Some(total),
+        );
+        let parts = PartReader::new(self.expected_parts(), Box::new(|_| {}));
+        let decrypt = CbcDecryptReader::new(
+            ProgressReader {
+                inner: parts,
+                progress,
+            },
+            &aes_key,
+            &aes_iv,
+        )?;
+        let gunzip = GzipReader::new(decrypt);
+        let hashing = HashingReader::new(gunzip);
+        let mut reader = TarReader::new(hashing);
+        let info = reader.read_member_header().map_err(tar_error)?;
+
+        if info.name != self.manifest.image.name {
+            tracing::warn!(
+                "the tar member is named {} but the manifest's image name is {}; the image is written as {}",
+                info.name,
+                self.manifest.image.name,
+                info.name
+            );
+        }
+        if info.size != self.manifest.image.size {
+            return Err(Error::SizeMismatch {
+                expected: self.manifest.image.size,
+                actual: info.size,
+            });
+        }
+
+        let mut temp = match out_dir {
+            Some(dir) => {
+                let final_path = dir.join(&info.name);
+                if !overwrite && fs::symlink_metadata(&final_path).is_ok() {
+                    return Err(Error::Exists(final_path));
+                }
+                Some(TempImage::create(dir, &info.name)?)
+            }
+            None => None,
+        };
+        let hashing = reader
+            .extract_to(temp.as_mut().map(|t| &mut t.file), &mut |_| {})
+            .map_err(tar_error)?;
+        let (tar_digest, tar_bytes, _gunzip) = hashing.finish();
+        progress.finish();
+        if !tar_digest.eq_ignore_ascii_case(&self.manifest.image.digest) {
+            return Err(Error::DigestMismatch {
+                expected: self.manifest.image.digest.clone(),
+                actual: tar_digest,
+            });
+        }
+        let image_path = match temp {
+            Some(t) => Some(t.persist(overwrite)?),
+            None => None,
+        };
+        Ok(DecodeReport {
+            member_name: info.name,
+            image_size: info.size,
+            sparse: info.sparse,
+            tar_digest,
+            tar_bytes,
+            image_path,
+            elapsed: started.elapsed(),
+        })
+    }
+}
+
+/// Maps an error from the reader stack to the most specific bundle error: a part problem found
+/// deep inside an io::Error chain is reported as such.
+fn part_error(e: io::Error) -> Error {
+    match e.downcast::<parts::PartError>() {
+        Ok(p) => Error::Part(p),
+        Err(e) => Error::Decode(e),
+    }
+}
+
+fn tar_error(e: tar::TarError) -> Error {
+    Error::Tar(e)
+}
+
+/// Counts bytes read for the progress display.
+struct ProgressReader<'a, R> {
+    inner: R,
+    progress: &'a dyn Progress,
+}
+
+impl<R: Read> Read for ProgressReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.progress.inc(n as u64);
+        Ok(n)
+    }
+}
+
+/// The image being unbundled: a 0600 temporary file in the destination, removed unless persisted.
+struct TempImage {
+    file: File,
+    path: PathBuf,
+    final_path: PathBuf,
+    persisted: bool,
+}
+
+impl TempImage {
+    fn create(dir: &Path, name: &str) -> Result<Self, Error> {
+        let final_path = dir.join(name);
+        let pid = std::process::id();
+        for n in 0..1000u32 {
+            let path = dir.join(format!(".{name}.amibundle-{pid}-{n}.partial"));
+            match parts::create_private_file(&path) {
+                Ok(file) => {
+                    return Ok(Self {
+                        file,
+                        path,
+                        final_path,
+                        persisted: false,
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(source) => return Err(Error::WriteImage { path, source }),
+            }
+        }
+        Err(Error::WriteImage {
+            path: final_path,
+            source: io::Error::new(io::ErrorKind::AlreadyExists, "too many temporary files"),
+        })
+    }
+
+    fn persist(mut self, overwrite: bool) -> Result<PathBuf, Error> {
+        let err = |source| Error::WriteImage {
+            path: self.final_path.clone(),
+            source,
+        };
+        self.file.sync_all().map_err(err)?;
+        if !overwrite && fs::symlink_metadata(&self.final_path).is_ok() {
+            return Err(Error::Exists(self.final_path.clone()));
+        }
+        fs::rename(&self.path, &self.final_path).map_err(err)?;
+        self.persisted = true;
+        Ok(self.final_path.clone())
+    }
+}
+
+impl Drop for TempImage {
+    fn drop(&mut self) {
+        if !self.persisted {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Verification of a local bundle without writing anything.
+#[derive(Debug, Clone, Default)]
+pub struct VerifyReport {
+    /// Which signature form verified, when a certificate was given.
+    pub signature: Option<SignatureForm>,
+    /// Parts checked.
+    pub parts: usize,
+    /// Bytes of ciphertext checked.
+    pub bundled_bytes: u64,
+    /// Full decode result, when a key was given.
+    pub decode: Option<DecodeReport>,
+}

@@ -1,1 +1,8 @@
-fn main(){}
+//! The single integration-test binary: drives the real `amibundle` binary and checks bundles
+//! against the reference test vectors and against an independent decoder made of standard tools.
+
+mod support;
+
+mod cli;
+mod independent;
+mod vectors;

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the build and the tests need, if any is missing:
+# pkg-config + libssl-dev (openssl crate), and the standard tools the tests use as an
+# independent decoder and image maker (openssl, gzip, GNU tar, e2fsprogs, diffutils).
+set -euo pipefail
+missing=()
+for pair in pkg-config:pkg-config openssl:openssl gzip:gzip tar:tar mkfs.ext4:e2fsprogs \
+            debugfs:e2fsprogs cmp:diffutils sha1sum:coreutils; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair##*:}")
+done
+dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "missing packages: ${missing[*]} (run as root or install them)" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
