@@ -303,33 +303,41 @@ impl From<PartError> for io::Error {
     }
 }
 
+/// Where a [`PartReader`] leaves the first part error it hit, so the caller can report it as
+/// such even when the adapters above it wrapped it into their own errors.
+pub type PartFailure = std::sync::Arc<std::sync::Mutex<Option<PartError>>>;
+
 /// Reads parts one at a time, in index order, and checks each before serving its bytes.
 pub struct PartReader {
+    failure: PartFailure,
     parts: std::vec::IntoIter<ExpectedPart>,
     buf: Vec<u8>,
     pos: usize,
     total: u64,
     sizes: Vec<u64>,
-    on_part: Box<dyn FnMut(u64) + Send>,
 }
 
 impl PartReader {
     /// Reads `parts` in the order given (the caller orders them by manifest index).
-    /// `on_part(bytes)` is called after each part has been verified.
-    pub fn new(parts: Vec<ExpectedPart>, on_part: Box<dyn FnMut(u64) + Send>) -> Self {
+    pub fn new(parts: Vec<ExpectedPart>) -> Self {
         Self {
+            failure: PartFailure::default(),
             parts: parts.into_iter(),
             buf: Vec::new(),
             pos: 0,
             total: 0,
             sizes: Vec::new(),
-            on_part,
         }
     }
 
     /// Total bytes served so far.
     pub fn total(&self) -> u64 {
         self.total
+    }
+
+    /// The slot where the first part error is kept.
+    pub fn failure(&self) -> PartFailure {
+        self.failure.clone()
     }
 
     /// Sizes of the parts read so far, in order.
@@ -371,7 +379,6 @@ impl PartReader {
             });
         }
         self.sizes.push(self.buf.len() as u64);
-        (self.on_part)(self.buf.len() as u64);
         Ok(true)
     }
 }
@@ -379,8 +386,16 @@ impl PartReader {
 impl Read for PartReader {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         while self.pos == self.buf.len() {
-            if !self.load_next()? {
-                return Ok(0);
+            match self.load_next() {
+                Ok(true) => {}
+                Ok(false) => return Ok(0),
+                Err(e) => {
+                    let text = e.to_string();
+                    if let Ok(mut slot) = self.failure.lock() {
+                        slot.get_or_insert(e);
+                    }
+                    return Err(io::Error::other(text));
+                }
             }
         }
         let n = out.len().min(self.buf.len() - self.pos);
@@ -503,19 +518,19 @@ mod tests {
             },
         ];
         let mut out = String::new();
-        PartReader::new(good.clone(), Box::new(|_| {}))
+        PartReader::new(good.clone())
             .read_to_string(&mut out)
             .unwrap();
         assert_eq!(out, "hello world");
 
         fs::write(&b, b"World").unwrap();
-        let err = PartReader::new(good.clone(), Box::new(|_| {}))
+        let err = PartReader::new(good.clone())
             .read_to_end(&mut Vec::new())
             .unwrap_err();
         assert!(err.to_string().contains("part b is corrupt"), "{err}");
 
         fs::remove_file(&b).unwrap();
-        let err = PartReader::new(good, Box::new(|_| {}))
+        let err = PartReader::new(good)
             .read_to_end(&mut Vec::new())
             .unwrap_err();
         assert!(err.to_string().contains("reading part b"), "{err}");

@@ -545,10 +545,16 @@ impl LocalBundle {
     pub fn check_part_digests(&self, progress: &dyn Progress) -> Result<(), Error> {
         let total = self.check_part_sizes()?;
         progress.start("checking parts", Some(total));
-        let mut reader = PartReader::new(self.expected_parts(), Box::new(|_| {}));
+        let mut reader = PartReader::new(self.expected_parts());
+        let failure = reader.failure();
         let mut buf = vec![0u8; 1 << 20];
         loop {
-            let n = reader.read(&mut buf).map_err(part_error)?;
+            let n = reader.read(&mut buf).map_err(|e| {
+                match failure.lock().ok().and_then(|mut f| f.take()) {
+                    Some(part) => Error::Part(part),
+                    None => Error::Decode(e),
+                }
+            })?;
             if n == 0 {
                 break;
             }
@@ -582,7 +588,14 @@ impl LocalBundle {
             },
             Some(total),
         );
-        let parts = PartReader::new(self.expected_parts(), Box::new(|_| {}));
+        let parts = PartReader::new(self.expected_parts());
+        let part_failure = parts.failure();
+        // A bad part is reported as itself, not as the gzip or tar error it caused upstream.
+        let tar_error = |e: tar::TarError| match part_failure.lock().ok().and_then(|mut f| f.take())
+        {
+            Some(part) => Error::Part(part),
+            None => Error::Tar(e),
+        };
         let decrypt = CbcDecryptReader::new(
             ProgressReader {
                 inner: parts,
@@ -646,19 +659,6 @@ impl LocalBundle {
             elapsed: started.elapsed(),
         })
     }
-}
-
-/// Maps an error from the reader stack to the most specific bundle error: a part problem found
-/// deep inside an io::Error chain is reported as such.
-fn part_error(e: io::Error) -> Error {
-    match e.downcast::<parts::PartError>() {
-        Ok(p) => Error::Part(p),
-        Err(e) => Error::Decode(e),
-    }
-}
-
-fn tar_error(e: tar::TarError) -> Error {
-    Error::Tar(e)
 }
 
 /// Counts bytes read for the progress display.

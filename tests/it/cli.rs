@@ -289,3 +289,61 @@ fn own_identity_is_created_once_with_private_modes() {
         fs::read(s.image()).unwrap()
     );
 }
+
+#[test]
+fn certs_lists_regions_and_refuses_unpinned_certificates_from_a_zip() {
+    use std::io::Write;
+    let keys = Keys::new();
+    let home = tempfile::tempdir().unwrap();
+    let out = run_ok(amibundle(home.path()).args([
+        "certs",
+        "--json",
+        "--region",
+        "us-east-1,us-gov-east-1",
+    ]));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let regions = v["regions"].as_array().unwrap();
+    assert_eq!(regions.len(), 2);
+    assert!(
+        regions[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("certs install"),
+        "{v}"
+    );
+    assert!(
+        regions[1]["error"].as_str().unwrap().contains("--ec2cert"),
+        "{v}"
+    );
+
+    // A zip laid out like ec2-ami-tools whose cert-ec2.pem is NOT Amazon's: nothing installed.
+    let zip_path = home.path().join("ec2-ami-tools.zip");
+    let mut zip = zip::ZipWriter::new(fs::File::create(&zip_path).unwrap());
+    zip.start_file(
+        "ec2-ami-tools-1.5.7/etc/ec2/amitools/cert-ec2.pem",
+        zip::write::SimpleFileOptions::default(),
+    )
+    .unwrap();
+    zip.write_all(&fs::read(keys.ec2_cert()).unwrap()).unwrap();
+    zip.finish().unwrap();
+    let cache = home.path().join("cache");
+    let err = run_err(
+        amibundle(home.path())
+            .args(["certs", "install", "--from"])
+            .arg(&zip_path)
+            .arg("--cache-dir")
+            .arg(&cache),
+    );
+    assert!(
+        err.contains("ec2-ami-tools.zip") && err.contains("nothing was installed"),
+        "{err}"
+    );
+    assert!(!cache.join("cert-ec2.pem").exists());
+
+    let err = run_err(
+        amibundle(home.path())
+            .args(["certs", "install", "--from"])
+            .arg(keys.user_cert()),
+    );
+    assert!(err.contains("user-cert.pem"), "{err}");
+}
