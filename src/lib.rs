@@ -6,4 +6,5 @@
 
 pub mod bundle;
 pub mod cli;
+pub mod interrupt;
 pub mod progress;

@@ -1,15 +1,28 @@
-//! The `amibundle` binary: parse arguments, set up logging, run, map errors to exit codes.
+//! The `amibundle` binary: parse arguments, set up logging and signals, run, map errors to exit
+//! codes.
 
 use clap::Parser;
 
 use amibundle::cli::{self, Cli};
+use amibundle::interrupt;
 
 fn main() {
     let cli = Cli::parse();
     cli::output::init_logging(cli.verbose, cli.quiet);
+    if let Err(err) = interrupt::install() {
+        eprintln!(
+            "warning: cannot handle SIGINT/SIGTERM ({err}); an interrupted run may leave temporary files"
+        );
+    }
     // `main` prints the error itself (instead of returning Result) to control the format — the
     // whole cause chain on one line — and the exit code.
     if let Err(err) = cli::run(cli) {
+        if let Some(signal) = interrupt::signal() {
+            eprintln!(
+                "amibundle: interrupted; temporary files removed, nothing was left half-written"
+            );
+            std::process::exit(128 + signal);
+        }
         eprintln!("error: {err:#}");
         std::process::exit(cli::EXIT_FAILURE);
     }

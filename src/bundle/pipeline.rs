@@ -35,6 +35,7 @@ use crate::bundle::manifest::{
 };
 use crate::bundle::parts::{self, ExpectedPart, PartInfo, PartReader, PartWriter, StagingDir};
 use crate::bundle::tar::{self, MemberMeta, SparseMap, TarReader};
+use crate::interrupt::Interruptible;
 use crate::progress::Progress;
 
 /// EC2's limit for an instance-store root image (bundle-format.md §2).
@@ -255,7 +256,7 @@ pub fn bundle_to_dir(
     let counted = CountingWriter::new(encrypt);
     let gzip =
         ParallelGzEncoder::new(counted, spec.level, spec.threads.max(1)).map_err(write_err)?;
-    let mut hashing = HashingWriter::new(gzip);
+    let mut hashing = Interruptible(HashingWriter::new(gzip));
 
     let (image_size, data_bytes, sparse) = match input {
         ImageInput::File(path) => {
@@ -315,7 +316,7 @@ pub fn bundle_to_dir(
         }
     };
 
-    let (digest, tar_bytes, gzip) = hashing.finish();
+    let (digest, tar_bytes, gzip) = hashing.into_inner().finish();
     let counted = gzip.finish().map_err(write_err)?;
     let (gzip_bytes, encrypt) = counted.finish();
     let part_writer = encrypt.finish().map_err(write_err)?;
@@ -549,6 +550,7 @@ impl LocalBundle {
         let failure = reader.failure();
         let mut buf = vec![0u8; 1 << 20];
         loop {
+            crate::interrupt::check().map_err(Error::Decode)?;
             let n = reader.read(&mut buf).map_err(|e| {
                 match failure.lock().ok().and_then(|mut f| f.take()) {
                     Some(part) => Error::Part(part),
@@ -598,7 +600,7 @@ impl LocalBundle {
         };
         let decrypt = CbcDecryptReader::new(
             ProgressReader {
-                inner: parts,
+                inner: Interruptible(parts),
                 progress,
             },
             &aes_key,

@@ -347,3 +347,66 @@ fn certs_lists_regions_and_refuses_unpinned_certificates_from_a_zip() {
     );
     assert!(err.contains("user-cert.pem"), "{err}");
 }
+
+#[test]
+fn sigterm_during_bundling_cleans_up_and_exits_143() {
+    use std::io::Write;
+    use std::process::Stdio;
+    let s = Setup::new();
+    let mut cmd = amibundle(s.home.path());
+    cmd.args([
+        "bundle-image",
+        "-u",
+        "123456789012",
+        "-i",
+        "-",
+        "--size",
+        "104857600",
+        "-p",
+        "sig",
+        "-d",
+    ]);
+    cmd.arg(s.out())
+        .arg("-k")
+        .arg(s.keys.user_key())
+        .arg("-c")
+        .arg(s.keys.user_cert());
+    cmd.arg("--ec2cert")
+        .arg(s.keys.ec2_cert())
+        .arg("--unpinned-ec2cert");
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let chunk = vec![0x5au8; 1 << 20];
+    for _ in 0..5 {
+        stdin.write_all(&chunk).unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // The staging directory exists while the run is in flight.
+    assert_eq!(fs::read_dir(s.out()).unwrap().count(), 1);
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // More input makes the pipeline notice at its next write.
+    for _ in 0..20 {
+        if stdin.write_all(&chunk).is_err() {
+            break;
+        }
+    }
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(143),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("interrupted"));
+    assert!(s.out_is_empty(), "nothing is left in the destination");
+}
