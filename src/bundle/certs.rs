@@ -619,7 +619,7 @@ pub fn resolve(search: &CertSearch, kind: Ec2CertKind) -> Result<Ec2Cert, CertEr
             Err(CertError::Read { source: e, .. }) if e.kind() == io::ErrorKind::NotFound => {
                 LookOutcome::Missing
             }
-            Err(e) => LookOutcome::Unusable(error_chain(&e)),
+            Err(e) => LookOutcome::Unusable(super::error_chain(&e)),
         };
         if outcome != LookOutcome::Missing {
             // bundle-format.md §11.2: a found file that does not match is skipped with a warning
@@ -743,18 +743,6 @@ fn parse_cert(pem: &[u8], path: &Path) -> Result<(X509, Fingerprints), CertError
         source,
     })?;
     Ok((x509, fingerprints))
-}
-
-/// `error: cause: cause` on one line, for embedding a skipped file's problem in a message.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
 }
 
 /// The default cache directory (bundle-format.md §11.2 item 6): `/var/cache/amibundle/ec2-certs`
@@ -954,7 +942,7 @@ pub fn install_from_zip(zip_path: &Path, cache_dir: &Path) -> Result<InstallRepo
                     &mut report,
                     zip_path,
                     name,
-                    SkipReason::Unusable(error_chain(&e)),
+                    SkipReason::Unusable(super::error_chain(&e)),
                 );
                 continue;
             }

@@ -13,6 +13,18 @@ pub mod tar;
 use std::io;
 use std::path::PathBuf;
 
+/// An error and its causes on one line, `a: b: c` (for messages that embed another error).
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
 /// Everything that can go wrong while bundling, verifying or unbundling.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

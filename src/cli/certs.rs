@@ -82,7 +82,7 @@ fn show(regions: &[String], json_out: bool) -> anyhow::Result<()> {
                     "source": c.source.to_string(),
                     "sha256": c.fingerprints.sha256_hex(),
                 }),
-                Err(e) => json!({"region": region, "error": output::error_chain(e)}),
+                Err(e) => json!({"region": region, "error": crate::bundle::error_chain(e)}),
             })
             .collect();
         output::print_json(&json!({"version": 1, "command": "certs", "regions": items}))?;
@@ -99,7 +99,7 @@ fn show(regions: &[String], json_out: bool) -> anyhow::Result<()> {
                 c.path.display(),
                 c.source
             ),
-            Err(e) => println!("{region:<16} none: {}", output::error_chain(&e)),
+            Err(e) => println!("{region:<16} none: {}", crate::bundle::error_chain(&e)),
         }
     }
     Ok(())

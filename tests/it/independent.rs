@@ -34,13 +34,7 @@ fn bundle(home: &Path, keys: &Keys, image: &Path, dest: &Path, extra: &[&str]) -
             .arg(image)
             .arg("-d")
             .arg(dest)
-            .arg("-k")
-            .arg(keys.user_key())
-            .arg("-c")
-            .arg(keys.user_cert())
-            .arg("--ec2cert")
-            .arg(keys.ec2_cert())
-            .arg("--unpinned-ec2cert")
+            .args(keys.bundle_args())
             .args(extra),
     );
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
@@ -251,13 +245,7 @@ fn image_from_stdin() {
                 "-d",
             ])
             .arg(&dest)
-            .arg("-k")
-            .arg(keys.user_key())
-            .arg("-c")
-            .arg(keys.user_cert())
-            .arg("--ec2cert")
-            .arg(keys.ec2_cert())
-            .arg("--unpinned-ec2cert")
+            .args(keys.bundle_args())
             .stdin(File::open(&image).unwrap()),
     );
     let manifest = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
@@ -283,13 +271,7 @@ fn image_from_stdin() {
                 "-d",
             ])
             .arg(&dest2)
-            .arg("-k")
-            .arg(keys.user_key())
-            .arg("-c")
-            .arg(keys.user_cert())
-            .arg("--ec2cert")
-            .arg(keys.ec2_cert())
-            .arg("--unpinned-ec2cert")
+            .args(keys.bundle_args())
             .stdin(short),
     );
     assert!(err.contains("99999999"), "{err}");

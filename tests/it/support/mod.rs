@@ -68,6 +68,18 @@ impl Keys {
     pub fn ec2_cert(&self) -> PathBuf {
         self.dir.path().join("ec2-test-cert.pem")
     }
+    /// `-k KEY -c CERT --ec2cert STAND-IN --unpinned-ec2cert` for bundling commands.
+    pub fn bundle_args(&self) -> Vec<std::ffi::OsString> {
+        vec![
+            "-k".into(),
+            self.user_key().into(),
+            "-c".into(),
+            self.user_cert().into(),
+            "--ec2cert".into(),
+            self.ec2_cert().into(),
+            "--unpinned-ec2cert".into(),
+        ]
+    }
 }
 
 /// The binary under test, with a private HOME so it never touches the real user's files.
