@@ -6,4 +6,5 @@ mod support;
 mod cli;
 mod golden;
 mod independent;
+mod support_selftest;
 mod vectors;

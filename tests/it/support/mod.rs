@@ -1,7 +1,13 @@
 //! Test support: paths to the shared test data, private copies of the insecure test keys,
-//! running the binary, and an independent decoder made of standard command-line tools.
+//! running the binary, and an independent decoder made of standard command-line tools; in
+//! submodules, the loopback cloud test doubles (moto, a recording proxy, an IMDSv2 server).
 
 #![allow(dead_code)]
+
+pub mod http;
+pub mod imds;
+pub mod moto;
+pub mod proxy;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
