@@ -10,10 +10,10 @@
 //! stream with a final block and cannot sync-flush, so the worker walks its output with a strict
 //! block scanner (the private `scan` module), which also validates the whole chunk, and, for
 //! every chunk but the last, clears the final block's BFINAL bit and appends an empty non-final
-//! stored block: exactly the bytes zlib's sync flush appends. The chunks then concatenate into one deflate stream whose
-//! only final block is the last chunk's, as §5 requires. Each worker also computes its chunk's
-//! CRC-32. The caller's thread re-orders the results, writes one gzip header, the chunk bodies in
-//! order, and one trailer with the combined CRC-32 and ISIZE.
+//! stored block: exactly the bytes zlib's sync flush appends. The chunks then concatenate into
+//! one deflate stream whose only final block is the last chunk's, as §5 requires. Each worker
+//! also computes its chunk's CRC-32. The caller's thread re-orders the results, writes one gzip
+//! header, the chunk bodies in order, and one trailer with the combined CRC-32 and ISIZE.
 //!
 //! Chunks are independent: unlike pigz, matches cannot reach back into the previous chunk
 //! (libdeflate has no preset dictionary), which costs a little size at each boundary; the chunk
@@ -401,11 +401,12 @@ fn run_worker(
 /// trailer and returns the inner writer. Dropping the encoder without `finish` stops its threads
 /// and leaves the output incomplete.
 ///
-/// `write` copies into the current chunk and returns once the chunk is queued; it blocks only while
-/// the most chunks are in flight (`2 × threads`, fewer for very large chunks or thread counts;
-/// see [`with_chunk_size`](Self::with_chunk_size)). Compressed chunks are written to the inner writer, in order,
-/// on the caller's thread during `write`, `flush` and `finish`. Errors from the inner writer are
-/// returned unchanged; after any error the encoder refuses further use ([`GzipError::Poisoned`]).
+/// `write` copies into the current chunk and returns once the chunk is queued; it blocks only
+/// while the most chunks are in flight (`2 × threads`, fewer for very large chunks or thread
+/// counts; see [`with_chunk_size`](Self::with_chunk_size)). Compressed chunks are written to the
+/// inner writer, in order, on the caller's thread during `write`, `flush` and `finish`. Errors
+/// from the inner writer are returned unchanged; after any error the encoder refuses further use
+/// ([`GzipError::Poisoned`]).
 pub struct ParallelGzEncoder<W: Write> {
     /// `Some` until `finish` hands it back.
     inner: Option<W>,
