@@ -15,7 +15,7 @@
 //! into a temporary file that is renamed only after every check has passed (§12).
 //!
 //! Peak memory: one part buffer (10 MiB) + the compressor's in-flight chunks
-//! (≈ 2 × threads × 1 MiB in and out) + the tar read buffer (1 MiB).
+//! (2 × threads × 1 MiB in and out, capped at 48 MiB) + the tar read buffer (1 MiB).
 
 use std::fs::{self, File};
 use std::io::{self, Read};
