@@ -36,7 +36,7 @@ ec2=(--ec2cert "$work/ec2-cert.pem" --unpinned-ec2cert)
 echo "== building the source tree: ${data_bytes} bytes of files from /usr"
 mkdir "$work/tree"
 find /usr -xdev -type f -size +0 -printf '%s\t%p\n' | sort -t$'\t' -k2 |
-  awk -F'\t' -v lim="$data_bytes" '{ t += $1; if (t > lim) exit; print $2 }' > "$work/list"
+  awk -F'\t' -v lim="$data_bytes" '{ t += $1; if (t <= lim) print $2 }' > "$work/list"
 tar -cf - --no-recursion -T "$work/list" 2>/dev/null | tar -xf - -C "$work/tree"
 echo "== making a sparse 2 GiB ext4 image"
 mkfs.ext4 -q -F -b 4096 -d "$work/tree" "$work/usr.img" 2G
