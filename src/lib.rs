@@ -6,5 +6,7 @@
 
 pub mod bundle;
 pub mod cli;
+pub mod cloud;
+pub mod image;
 pub mod interrupt;
 pub mod progress;

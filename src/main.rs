@@ -24,6 +24,6 @@ fn main() {
             std::process::exit(128 + signal);
         }
         eprintln!("error: {err:#}");
-        std::process::exit(cli::EXIT_FAILURE);
+        std::process::exit(cli::exit_code(&err));
     }
 }

@@ -3,9 +3,13 @@
 
 mod bundle_image;
 mod certs;
+mod cloud_args;
+mod delete;
+mod download;
 mod keys;
 pub mod output;
 mod unbundle;
+mod upload;
 mod verify;
 
 use clap::{Parser, Subcommand};
@@ -14,8 +18,24 @@ use clap::{Parser, Subcommand};
 pub const EXIT_FAILURE: i32 = 1;
 /// Exit code for a usage error (clap's own).
 pub const EXIT_USAGE: i32 = 2;
-/// Exit code for an interrupted run.
+/// Exit code for an interrupted run (128 + SIGINT; SIGTERM gives 143).
 pub const EXIT_INTERRUPTED: i32 = 130;
+/// Exit code for a bucket ownership or access problem (Packer reads 3 as "the bucket may be
+/// owned by somebody else").
+pub const EXIT_BUCKET_ACCESS: i32 = 3;
+
+/// The exit code for an error: 3 for bucket ownership/access problems, else 1.
+pub fn exit_code(err: &anyhow::Error) -> i32 {
+    let access = err.chain().any(|e| {
+        e.downcast_ref::<crate::cloud::s3::S3Error>()
+            .is_some_and(crate::cloud::s3::S3Error::is_access_problem)
+    });
+    if access {
+        EXIT_BUCKET_ACCESS
+    } else {
+        EXIT_FAILURE
+    }
+}
 
 /// Save a Linux server or an image as an EC2 instance-store AMI bundle.
 #[derive(Debug, Parser)]
@@ -43,6 +63,12 @@ pub enum Command {
     Verify(verify::VerifyArgs),
     /// Show or install the EC2 certificates bundles are encrypted for
     Certs(certs::CertsArgs),
+    /// Upload a bundle to S3 (parts concurrently, resumable, manifest last)
+    Upload(Box<upload::UploadArgs>),
+    /// Download a bundle from S3, checking every part
+    Download(Box<download::DownloadArgs>),
+    /// Delete a bundle from S3: the manifest first, then exactly its parts
+    Delete(Box<delete::DeleteArgs>),
 }
 
 /// Runs the parsed command.
@@ -53,5 +79,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Unbundle(args) => unbundle::run(args, &progress),
         Command::Verify(args) => verify::run(args, &progress),
         Command::Certs(args) => certs::run(args),
+        Command::Upload(args) => upload::run(*args, &progress),
+        Command::Download(args) => download::run(*args, &progress),
+        Command::Delete(args) => delete::run(*args),
     }
 }

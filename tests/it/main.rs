@@ -4,6 +4,7 @@
 mod support;
 
 mod cli;
+mod cloud;
 mod golden;
 mod independent;
 mod support_selftest;

@@ -1,0 +1,85 @@
+//! Flags shared by the commands that talk to AWS, and the runtime they run on.
+
+use clap::Args;
+
+use crate::cloud::config::{CloudConfig, CloudOptions};
+
+/// Region, credentials and endpoints.
+#[derive(Debug, Args, Clone, Default)]
+pub struct CloudArgs {
+    /// AWS region (else AWS_REGION, the profile, or the instance's region on EC2)
+    #[arg(long, value_name = "REGION")]
+    pub region: Option<String>,
+    /// Named profile from the AWS config files
+    #[arg(long, value_name = "NAME")]
+    pub profile: Option<String>,
+    /// Endpoint for every AWS service (S3-compatible stores, local emulators)
+    #[arg(long, value_name = "URL")]
+    pub endpoint_url: Option<String>,
+    /// Endpoint for S3 only
+    #[arg(long, value_name = "URL")]
+    pub s3_endpoint_url: Option<String>,
+    /// Endpoint for EC2 only
+    #[arg(long, value_name = "URL")]
+    pub ec2_endpoint_url: Option<String>,
+    /// Path-style S3 requests (endpoint/bucket/key)
+    #[arg(long)]
+    pub path_style: bool,
+    /// Access key id (else the default credential chain: environment, profile, SSO, instance
+    /// role); visible to other users in the process list
+    #[arg(long, value_name = "ID")]
+    pub access_key: Option<String>,
+    /// Secret access key (prefer the environment or a profile: argv is visible to others)
+    #[arg(long, value_name = "SECRET", hide_env_values = true)]
+    pub secret_key: Option<String>,
+    /// Session token for temporary credentials
+    #[arg(long, value_name = "TOKEN")]
+    pub session_token: Option<String>,
+}
+
+impl CloudArgs {
+    /// The library's options.
+    pub fn options(&self) -> CloudOptions {
+        CloudOptions {
+            region: self.region.clone(),
+            profile: self.profile.clone(),
+            endpoint_url: self.endpoint_url.clone(),
+            s3_endpoint_url: self.s3_endpoint_url.clone(),
+            ec2_endpoint_url: self.ec2_endpoint_url.clone(),
+            sts_endpoint_url: None,
+            force_path_style: self.path_style,
+            access_key: self.access_key.clone(),
+            secret_key: self.secret_key.clone(),
+            session_token: self.session_token.clone(),
+        }
+    }
+
+    /// Loads the AWS configuration.
+    pub async fn load(&self) -> anyhow::Result<CloudConfig> {
+        Ok(CloudConfig::load(self.options()).await?)
+    }
+
+    /// An S3 client for an existing bucket, in the bucket's own region (found with
+    /// GetBucketLocation when it differs from the configured one, or none is configured).
+    pub async fn client_for_bucket(
+        &self,
+        cloud: &CloudConfig,
+        bucket: &str,
+    ) -> anyhow::Result<aws_sdk_s3::Client> {
+        let configured = cloud.region().unwrap_or("us-east-1").to_string();
+        let client = cloud.s3_client(&configured);
+        let actual = crate::cloud::s3::bucket_region(&client, bucket).await?;
+        if actual == configured {
+            return Ok(client);
+        }
+        tracing::info!("bucket {bucket} is in {actual}");
+        Ok(cloud.s3_client(&actual))
+    }
+}
+
+/// A multi-threaded runtime for one command.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}

@@ -1,0 +1,170 @@
+//! AWS client configuration from command-line options: region, profile, credentials, endpoints
+//! (for S3-compatible stores and the local emulator), retries and timeouts.
+
+use std::time::Duration;
+
+use aws_config::meta::region::RegionProviderChain;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_credential_types::Credentials;
+
+/// Attempts per request (first try included) before an error is returned; the SDK backs off
+/// exponentially with jitter between attempts.
+pub const MAX_ATTEMPTS: u32 = 6;
+/// Time to establish a TCP/TLS connection.
+pub const CONNECT_TIMEOUT_SECS: u64 = 10;
+/// One attempt of one request, including sending a 10 MiB part at a slow 200 KB/s.
+pub const ATTEMPT_TIMEOUT_SECS: u64 = 120;
+
+/// Where and as whom to talk to AWS.
+#[derive(Debug, Clone, Default)]
+pub struct CloudOptions {
+    /// Region; else the environment, the profile, then instance metadata.
+    pub region: Option<String>,
+    /// Named profile of the shared config files.
+    pub profile: Option<String>,
+    /// One endpoint for every service (S3-compatible store, emulator).
+    pub endpoint_url: Option<String>,
+    /// S3 endpoint, overriding `endpoint_url` for S3.
+    pub s3_endpoint_url: Option<String>,
+    /// EC2 endpoint, overriding `endpoint_url` for EC2.
+    pub ec2_endpoint_url: Option<String>,
+    /// STS endpoint, overriding `endpoint_url` for STS.
+    pub sts_endpoint_url: Option<String>,
+    /// Path-style S3 addressing (`endpoint/bucket/key`), for emulators and dotted bucket names.
+    pub force_path_style: bool,
+    /// Explicit access key id (else the default credential chain).
+    pub access_key: Option<String>,
+    /// Explicit secret access key.
+    pub secret_key: Option<String>,
+    /// Session token for temporary credentials.
+    pub session_token: Option<String>,
+}
+
+/// Why the configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Only half of a key pair was given.
+    #[error("--access-key and --secret-key go together: give both or neither")]
+    HalfKeyPair,
+    /// A temporary key without its token.
+    #[error(
+        "access key {key_id} is temporary (it starts with ASIA) but no session token was given: pass --session-token (Packer: add -t {{{{.Token}}}})"
+    )]
+    MissingSessionToken {
+        /// The access key id (not secret).
+        key_id: String,
+    },
+    /// No region anywhere.
+    #[error(
+        "no region: pass --region, set AWS_REGION or a region in your AWS profile (on EC2 the instance's region is used)"
+    )]
+    NoRegion,
+}
+
+/// The loaded configuration: the SDK's shared config plus our per-service overrides.
+#[derive(Debug, Clone)]
+pub struct CloudConfig {
+    /// Shared SDK configuration.
+    pub sdk: SdkConfig,
+    /// The options it was made from.
+    pub options: CloudOptions,
+}
+
+impl CloudConfig {
+    /// Resolves region and credentials. Network access (instance metadata) happens only when the
+    /// region must come from it.
+    pub async fn load(options: CloudOptions) -> Result<Self, ConfigError> {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS))
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(CONNECT_TIMEOUT_SECS))
+                    .operation_attempt_timeout(Duration::from_secs(ATTEMPT_TIMEOUT_SECS))
+                    .build(),
+            );
+        if let Some(profile) = &options.profile {
+            loader = loader.profile_name(profile);
+        }
+        let region_chain = RegionProviderChain::first_try(options.region.clone().map(Region::new))
+            .or_default_provider();
+        loader = loader.region(region_chain);
+        if let Some(url) = &options.endpoint_url {
+            loader = loader.endpoint_url(url);
+        }
+        match (&options.access_key, &options.secret_key) {
+            (Some(ak), Some(sk)) => {
+                if ak.starts_with("ASIA") && options.session_token.is_none() {
+                    return Err(ConfigError::MissingSessionToken { key_id: ak.clone() });
+                }
+                loader = loader.credentials_provider(Credentials::new(
+                    ak.clone(),
+                    sk.clone(),
+                    options.session_token.clone(),
+                    None,
+                    "amibundle-command-line",
+                ));
+            }
+            (None, None) => {}
+            _ => return Err(ConfigError::HalfKeyPair),
+        }
+        let sdk = loader.load().await;
+        Ok(Self { sdk, options })
+    }
+
+    /// The configured region, if any (flag, environment, profile, instance metadata).
+    pub fn region(&self) -> Option<&str> {
+        self.sdk.region().map(Region::as_ref)
+    }
+
+    /// The configured region, or an error saying how to give one.
+    pub fn require_region(&self) -> Result<&str, ConfigError> {
+        self.region().ok_or(ConfigError::NoRegion)
+    }
+
+    /// An S3 client for `region` (buckets live in a region; EC2 registers from its own).
+    pub fn s3_client(&self, region: &str) -> aws_sdk_s3::Client {
+        let mut b = aws_sdk_s3::config::Builder::from(&self.sdk)
+            .region(Region::new(region.to_string()))
+            .force_path_style(self.options.force_path_style);
+        if let Some(url) = self
+            .options
+            .s3_endpoint_url
+            .as_ref()
+            .or(self.options.endpoint_url.as_ref())
+        {
+            b = b.endpoint_url(url);
+        }
+        aws_sdk_s3::Client::from_conf(b.build())
+    }
+
+    /// An EC2 client for `region`.
+    pub fn ec2_client(&self, region: &str) -> aws_sdk_ec2::Client {
+        let mut b =
+            aws_sdk_ec2::config::Builder::from(&self.sdk).region(Region::new(region.to_string()));
+        if let Some(url) = self
+            .options
+            .ec2_endpoint_url
+            .as_ref()
+            .or(self.options.endpoint_url.as_ref())
+        {
+            b = b.endpoint_url(url);
+        }
+        aws_sdk_ec2::Client::from_conf(b.build())
+    }
+
+    /// An STS client (account id of the caller).
+    pub fn sts_client(&self) -> aws_sdk_sts::Client {
+        let mut b = aws_sdk_sts::config::Builder::from(&self.sdk);
+        if let Some(url) = self
+            .options
+            .sts_endpoint_url
+            .as_ref()
+            .or(self.options.endpoint_url.as_ref())
+        {
+            b = b.endpoint_url(url);
+        }
+        aws_sdk_sts::Client::from_conf(b.build())
+    }
+}

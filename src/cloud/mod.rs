@@ -1,0 +1,5 @@
+//! Talking to AWS: S3 buckets and objects, EC2 image registration, instance metadata. Async
+//! (tokio) because it is network I/O; the bundle engine itself stays synchronous.
+
+pub mod config;
+pub mod s3;

@@ -1,0 +1,469 @@
+//! upload, download and delete against a real S3 emulator (moto on 127.0.0.1) through a
+//! recording proxy, so the tests see exactly what went over the wire. moto lacks some of AWS's
+//! rules (it stores no EC2 grant for aws-exec-read, accepts ACLs on BucketOwnerEnforced buckets,
+//! does not check Content-MD5); the tests check amibundle's own preflight for those instead.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::support::http::{self, Body};
+use crate::support::moto::{FAKE_AUTHORIZATION, Moto};
+use crate::support::proxy::{Exchange, RecordingProxy};
+use crate::support::*;
+
+/// moto + a recording proxy in front of it + a private HOME.
+struct Cloud {
+    moto: Moto,
+    proxy: RecordingProxy,
+    home: tempfile::TempDir,
+}
+
+impl Cloud {
+    fn start() -> Self {
+        let moto = Moto::start();
+        let proxy = RecordingProxy::start(&moto.addr);
+        Cloud {
+            moto,
+            proxy,
+            home: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// The binary, pointed at the proxy with test credentials and no instance metadata.
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = amibundle(self.home.path());
+        c.env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env_remove("AWS_SESSION_TOKEN")
+            .env_remove("AWS_PROFILE")
+            .env_remove("AWS_REGION")
+            .env_remove("AWS_DEFAULT_REGION")
+            .env("AWS_CONFIG_FILE", self.home.path().join("no-config"))
+            .env(
+                "AWS_SHARED_CREDENTIALS_FILE",
+                self.home.path().join("no-credentials"),
+            )
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .args(args)
+            .arg("--endpoint-url")
+            .arg(&self.proxy.endpoint)
+            .arg("--path-style");
+        c
+    }
+
+    /// A raw request straight to moto (fixtures), signed with a fake header moto accepts.
+    fn raw(
+        &self,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> http::Response {
+        let mut h = vec![("Authorization", FAKE_AUTHORIZATION)];
+        h.extend_from_slice(headers);
+        http::request(&self.moto.endpoint, method, target, &h, Body::Bytes(body)).unwrap()
+    }
+
+    fn object(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {
+        let r = self.raw("GET", &format!("/{bucket}/{key}"), &[], b"");
+        (r.status == 200).then_some(r.body)
+    }
+
+    fn object_puts(&self) -> Vec<Exchange> {
+        // Object PUTs have a key after the bucket in the path.
+        self.proxy
+            .exchanges()
+            .into_iter()
+            .filter(|e| e.method == "PUT" && e.path.trim_matches('/').contains('/'))
+            .collect()
+    }
+}
+
+fn header<'a>(e: &'a Exchange, name: &str) -> Option<&'a str> {
+    e.headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// A copy of the reference three-part bundle.
+fn three_parts() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&vector_dir("v2-three-parts"), dir.path());
+    let manifest = dir.path().join("random.img.manifest.xml");
+    (dir, manifest)
+}
+
+fn stdout_of(cmd: &mut Command) -> String {
+    String::from_utf8(run_ok(cmd).stdout)
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn upload_creates_the_bucket_in_its_region_and_sends_acl_and_checksums_manifest_last() {
+    let cloud = Cloud::start();
+    let (_dir, manifest) = three_parts();
+    let m = manifest.to_str().unwrap();
+    let out = stdout_of(&mut cloud.cmd(&["upload", "-m", m, "--region", "eu-west-1"]));
+    assert_eq!(
+        out,
+        "amibundle-123456789012-eu-west-1/random.img.manifest.xml"
+    );
+
+    let ex = cloud.proxy.exchanges();
+    let create = ex
+        .iter()
+        .find(|e| {
+            e.method == "PUT" && e.path.trim_end_matches('/') == "/amibundle-123456789012-eu-west-1"
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "CreateBucket in {:#?}",
+                ex.iter()
+                    .map(|e| (&e.method, &e.path, &e.query))
+                    .collect::<Vec<_>>()
+            )
+        });
+    assert_eq!(
+        header(create, "x-amz-object-ownership"),
+        Some("BucketOwnerPreferred")
+    );
+    assert!(create.status == 200, "{create:?}");
+
+    let puts = cloud.object_puts();
+    assert_eq!(puts.len(), 4, "three parts and the manifest");
+    for p in &puts {
+        assert_eq!(header(p, "x-amz-acl"), Some("aws-exec-read"), "{}", p.path);
+        assert!(
+            header(p, "content-md5").is_some(),
+            "Content-MD5 on {}",
+            p.path
+        );
+        assert!(
+            p.headers
+                .iter()
+                .any(|(n, _)| n.starts_with("x-amz-checksum-") || n == "x-amz-trailer"),
+            "a flexible checksum on {}: {:?}",
+            p.path,
+            p.headers
+        );
+        assert_eq!(p.status, 200);
+    }
+    assert!(
+        puts.last()
+            .unwrap()
+            .path
+            .ends_with("/random.img.manifest.xml"),
+        "manifest last"
+    );
+    for part in [
+        "random.img.part.0",
+        "random.img.part.1",
+        "random.img.part.2",
+    ] {
+        let stored = cloud
+            .object("amibundle-123456789012-eu-west-1", part)
+            .unwrap();
+        assert_eq!(
+            stored,
+            fs::read(vector_dir("v2-three-parts").join(part)).unwrap()
+        );
+    }
+}
+
+#[test]
+fn resumed_upload_sends_only_what_is_missing() {
+    let cloud = Cloud::start();
+    let (_dir, manifest) = three_parts();
+    let m = manifest.to_str().unwrap();
+    run_ok(&mut cloud.cmd(&[
+        "upload",
+        "-m",
+        m,
+        "--region",
+        "us-west-2",
+        "-b",
+        "resume-test/img",
+    ]));
+    // Lose one part and the manifest, as an interrupted run would.
+    assert_eq!(
+        cloud
+            .raw("DELETE", "/resume-test/img/random.img.part.1", &[], b"")
+            .status,
+        204
+    );
+    assert_eq!(
+        cloud
+            .raw(
+                "DELETE",
+                "/resume-test/img/random.img.manifest.xml",
+                &[],
+                b""
+            )
+            .status,
+        204
+    );
+    cloud.proxy.clear();
+    let out = run_ok(&mut cloud.cmd(&[
+        "upload",
+        "-m",
+        m,
+        "--region",
+        "us-west-2",
+        "-b",
+        "resume-test/img",
+        "--json",
+    ]));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["uploaded"], serde_json::json!(["random.img.part.1"]));
+    assert_eq!(v["skipped"].as_array().unwrap().len(), 2);
+    let puts: Vec<String> = cloud.object_puts().into_iter().map(|e| e.path).collect();
+    assert_eq!(
+        puts,
+        [
+            "/resume-test/img/random.img.part.1",
+            "/resume-test/img/random.img.manifest.xml"
+        ]
+    );
+}
+
+#[test]
+fn bucket_in_another_region_is_refused_before_any_part() {
+    let cloud = Cloud::start();
+    let body = b"<CreateBucketConfiguration><LocationConstraint>eu-west-1</LocationConstraint></CreateBucketConfiguration>";
+    assert_eq!(cloud.raw("PUT", "/elsewhere", &[], body).status, 200);
+    let (_dir, manifest) = three_parts();
+    let err = run_err(&mut cloud.cmd(&[
+        "upload",
+        "-m",
+        manifest.to_str().unwrap(),
+        "--region",
+        "us-west-2",
+        "-b",
+        "elsewhere",
+    ]));
+    assert!(
+        err.contains("elsewhere") && err.contains("eu-west-1") && err.contains("us-west-2"),
+        "{err}"
+    );
+    assert!(cloud.object_puts().is_empty());
+}
+
+#[test]
+fn bucket_with_acls_disabled_is_refused_with_exit_3_unless_fixed() {
+    let cloud = Cloud::start();
+    let r = cloud.raw(
+        "PUT",
+        "/enforced",
+        &[("x-amz-object-ownership", "BucketOwnerEnforced")],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let (_dir, manifest) = three_parts();
+    let m = manifest.to_str().unwrap();
+    let out = cloud
+        .cmd(&["upload", "-m", m, "--region", "us-east-1", "-b", "enforced"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("ACLs disabled") && err.contains("--fix-ownership"),
+        "{err}"
+    );
+    assert!(
+        cloud.object_puts().is_empty(),
+        "nothing is sent to a bucket EC2 could not read"
+    );
+
+    run_ok(&mut cloud.cmd(&[
+        "upload",
+        "-m",
+        m,
+        "--region",
+        "us-east-1",
+        "-b",
+        "enforced",
+        "--fix-ownership",
+    ]));
+    let fixed = cloud
+        .raw("GET", "/enforced?ownershipControls", &[], b"")
+        .text();
+    assert!(fixed.contains("BucketOwnerPreferred"), "{fixed}");
+}
+
+#[test]
+fn bucket_of_another_account_exits_3() {
+    let cloud = Cloud::start();
+    // moto maps credentials from STS AssumeRole to the role's account.
+    let form = "Action=AssumeRole&Version=2011-06-15&RoleSessionName=other&RoleArn=arn%3Aaws%3Aiam%3A%3A111122223333%3Arole%2Fother";
+    let sts_auth = "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/sts/aws4_request, SignedHeaders=host, Signature=00";
+    let r = http::request(
+        &cloud.moto.endpoint,
+        "POST",
+        "/",
+        &[
+            ("Authorization", sts_auth),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+        ],
+        Body::Bytes(form.as_bytes()),
+    )
+    .unwrap();
+    let text = r.text();
+    let key = text
+        .split("<AccessKeyId>")
+        .nth(1)
+        .and_then(|s| s.split('<').next())
+        .expect("AssumeRole key")
+        .to_string();
+    let auth = format!(
+        "AWS4-HMAC-SHA256 Credential={key}/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=00"
+    );
+    let r = http::request(
+        &cloud.moto.endpoint,
+        "PUT",
+        "/taken-bucket",
+        &[("Authorization", &auth)],
+        Body::None,
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    let (_dir, manifest) = three_parts();
+    let out = cloud
+        .cmd(&[
+            "upload",
+            "-m",
+            manifest.to_str().unwrap(),
+            "--region",
+            "us-east-1",
+            "-b",
+            "taken-bucket",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("taken-bucket"), "{err}");
+    assert!(cloud.object_puts().is_empty());
+}
+
+#[test]
+fn download_checks_every_part_and_delete_removes_exactly_the_bundle() {
+    let cloud = Cloud::start();
+    let (_dir, manifest) = three_parts();
+    run_ok(&mut cloud.cmd(&[
+        "upload",
+        "-m",
+        manifest.to_str().unwrap(),
+        "--region",
+        "us-east-1",
+        "-b",
+        "dl-test/x",
+    ]));
+    // An unrelated object under the same prefix must survive the delete.
+    assert_eq!(
+        cloud
+            .raw("PUT", "/dl-test/x/notes.txt", &[], b"keep me")
+            .status,
+        200
+    );
+
+    let dest = tempfile::tempdir().unwrap();
+    let d = dest.path().to_str().unwrap();
+    let got = stdout_of(&mut cloud.cmd(&[
+        "download",
+        "-b",
+        "dl-test/x",
+        "-m",
+        "random.img.manifest.xml",
+        "-d",
+        d,
+    ]));
+    assert_eq!(Path::new(&got), dest.path().join("random.img.manifest.xml"));
+    for f in [
+        "random.img.manifest.xml",
+        "random.img.part.0",
+        "random.img.part.1",
+        "random.img.part.2",
+    ] {
+        assert_eq!(
+            fs::read(dest.path().join(f)).unwrap(),
+            fs::read(vector_dir("v2-three-parts").join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    // The downloaded bundle verifies.
+    let keys = Keys::new();
+    run_ok(
+        amibundle(cloud.home.path())
+            .args(["verify", "-m", &got, "-k"])
+            .arg(keys.user_key()),
+    );
+
+    // A corrupted object is detected and named.
+    assert_eq!(
+        cloud
+            .raw("PUT", "/dl-test/x/random.img.part.2", &[], b"garbage")
+            .status,
+        200
+    );
+    let dest2 = tempfile::tempdir().unwrap();
+    let err = run_err(&mut cloud.cmd(&[
+        "download",
+        "-b",
+        "dl-test/x",
+        "-m",
+        "random.img.manifest.xml",
+        "-d",
+        dest2.path().to_str().unwrap(),
+    ]));
+    assert!(
+        err.contains("random.img.part.2") && err.contains("corrupt"),
+        "{err}"
+    );
+    assert!(
+        !dest2.path().join("random.img.manifest.xml").exists(),
+        "no manifest for an incomplete download"
+    );
+
+    cloud.proxy.clear();
+    run_ok(&mut cloud.cmd(&[
+        "delete",
+        "-b",
+        "dl-test/x",
+        "-m",
+        "random.img.manifest.xml",
+        "--clear",
+    ]));
+    let deletes: Vec<Exchange> = cloud
+        .proxy
+        .exchanges()
+        .into_iter()
+        .filter(|e| e.method == "DELETE" || e.query.contains("delete"))
+        .collect();
+    assert!(
+        deletes[0].path.ends_with("random.img.manifest.xml"),
+        "manifest first: {:?}",
+        deletes[0]
+    );
+    for f in [
+        "random.img.manifest.xml",
+        "random.img.part.0",
+        "random.img.part.1",
+        "random.img.part.2",
+    ] {
+        assert!(
+            cloud.object("dl-test", &format!("x/{f}")).is_none(),
+            "{f} deleted"
+        );
+    }
+    assert_eq!(
+        cloud.object("dl-test", "x/notes.txt").as_deref(),
+        Some(&b"keep me"[..]),
+        "other objects kept, so the bucket too"
+    );
+}
