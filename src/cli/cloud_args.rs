@@ -40,6 +40,11 @@ pub struct CloudArgs {
 impl CloudArgs {
     /// The library's options.
     pub fn options(&self) -> CloudOptions {
+        if self.secret_key.is_some() {
+            tracing::warn!(
+                "--secret-key on the command line is visible to other users in the process list; prefer AWS_SECRET_ACCESS_KEY, a profile or an instance role"
+            );
+        }
         CloudOptions {
             region: self.region.clone(),
             profile: self.profile.clone(),

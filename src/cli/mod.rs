@@ -8,6 +8,7 @@ mod delete;
 mod download;
 mod keys;
 pub mod output;
+mod register;
 mod unbundle;
 mod upload;
 mod verify;
@@ -69,6 +70,8 @@ pub enum Command {
     Download(Box<download::DownloadArgs>),
     /// Delete a bundle from S3: the manifest first, then exactly its parts
     Delete(Box<delete::DeleteArgs>),
+    /// Register an uploaded bundle as an instance-store AMI (idempotent; waits for "available")
+    Register(Box<register::RegisterArgs>),
 }
 
 /// Runs the parsed command.
@@ -82,5 +85,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Upload(args) => upload::run(*args, &progress),
         Command::Download(args) => download::run(*args, &progress),
         Command::Delete(args) => delete::run(*args),
+        Command::Register(args) => register::run(*args),
     }
 }

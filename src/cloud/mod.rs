@@ -2,4 +2,5 @@
 //! (tokio) because it is network I/O; the bundle engine itself stays synchronous.
 
 pub mod config;
+pub mod ec2;
 pub mod s3;

@@ -467,3 +467,177 @@ fn download_checks_every_part_and_delete_removes_exactly_the_bundle() {
         "other objects kept, so the bucket too"
     );
 }
+
+/// The form parameters of the EC2 Query call `action` seen at the proxy (the last one).
+fn ec2_call(cloud: &Cloud, action: &str) -> Option<std::collections::BTreeMap<String, String>> {
+    let needle = format!("Action={action}&");
+    let ex = cloud.proxy.exchanges();
+    let body = ex
+        .iter()
+        .rev()
+        .map(|e| String::from_utf8_lossy(&e.body_head).into_owned())
+        .find(|b| b.contains(&needle))?;
+    let decode = |s: &str| {
+        let bytes = s.replace('+', " ").into_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i] == b'%' && i + 2 < bytes.len() {
+                out.push(
+                    u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap(), 16)
+                        .unwrap(),
+                );
+                i += 3;
+            } else {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+        String::from_utf8(out).unwrap()
+    };
+    Some(
+        body.split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (decode(k), decode(v)))
+            .collect(),
+    )
+}
+
+#[test]
+fn register_sends_instance_store_parameters_and_is_idempotent() {
+    let cloud = Cloud::start();
+    let (_dir, manifest) = three_parts();
+    let m = manifest.to_str().unwrap();
+    run_ok(&mut cloud.cmd(&["upload", "-m", m, "--region", "us-east-1"]));
+
+    // Refused before any request: options that cannot apply, and names EC2 would reject.
+    cloud.proxy.clear();
+    let err = run_err(&mut cloud.cmd(&[
+        "register",
+        "-m",
+        m,
+        "--region",
+        "us-east-1",
+        "--tpm-support",
+        "v2.0",
+    ]));
+    assert!(
+        err.contains("--tpm-support") && err.contains("instance-store"),
+        "{err}"
+    );
+    let err =
+        run_err(&mut cloud.cmd(&["register", "-m", m, "--region", "us-east-1", "--name", "x"]));
+    assert!(err.contains("--name"), "{err}");
+    assert!(cloud.proxy.exchanges().is_empty(), "nothing was sent");
+
+    let out = run_ok(&mut cloud.cmd(&[
+        "register",
+        "-m",
+        m,
+        "--region",
+        "us-east-1",
+        "--name",
+        "web (2026)",
+        "--json",
+    ]));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ami = v["ami_id"].as_str().unwrap().to_string();
+    assert!(ami.starts_with("ami-"), "{v}");
+    assert_eq!(v["created"], true);
+    let p = ec2_call(&cloud, "RegisterImage").expect("RegisterImage at the proxy");
+    let get = |k: &str| p.get(k).map(String::as_str);
+    assert_eq!(
+        get("ImageLocation"),
+        Some("amibundle-123456789012-us-east-1/random.img.manifest.xml")
+    );
+    assert_eq!(get("Name"), Some("web (2026)"));
+    assert_eq!(get("VirtualizationType"), Some("hvm"));
+    assert_eq!(get("Architecture"), Some("x86_64"));
+    assert_eq!(get("RootDeviceName"), Some("/dev/sda1"));
+    for (i, (dev, virt)) in [
+        ("/dev/sdb", "ephemeral0"),
+        ("/dev/sdc", "ephemeral1"),
+        ("/dev/sdd", "ephemeral2"),
+        ("/dev/sde", "ephemeral3"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        assert_eq!(
+            get(&format!("BlockDeviceMapping.{}.DeviceName", i + 1)),
+            Some(*dev),
+            "{p:?}"
+        );
+        assert_eq!(
+            get(&format!("BlockDeviceMapping.{}.VirtualName", i + 1)),
+            Some(*virt),
+            "{p:?}"
+        );
+    }
+    assert!(get("KernelId").is_none() && get("EnaSupport").is_none());
+
+    // Same name, same location: the AMI is reused, no second RegisterImage.
+    cloud.proxy.clear();
+    let out = run_ok(&mut cloud.cmd(&[
+        "register",
+        "-m",
+        m,
+        "--region",
+        "us-east-1",
+        "--name",
+        "web (2026)",
+        "--json",
+    ]));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ami_id"], ami.as_str());
+    assert_eq!(v["created"], false);
+    assert!(ec2_call(&cloud, "RegisterImage").is_none());
+
+    // Same name, another location: refused unless --force.
+    run_ok(&mut cloud.cmd(&[
+        "upload",
+        "-m",
+        m,
+        "--region",
+        "us-east-1",
+        "-b",
+        "amibundle-123456789012-us-east-1/v2",
+    ]));
+    let other = "amibundle-123456789012-us-east-1/v2/random.img.manifest.xml";
+    let err = run_err(&mut cloud.cmd(&[
+        "register",
+        "--image-location",
+        other,
+        "--region",
+        "us-east-1",
+        "--name",
+        "web (2026)",
+    ]));
+    assert!(err.contains(&ami) && err.contains("--force"), "{err}");
+    let out = run_ok(&mut cloud.cmd(&[
+        "register",
+        "--image-location",
+        other,
+        "--region",
+        "us-east-1",
+        "--name",
+        "web (2026)",
+        "--force",
+        "--json",
+    ]));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_ne!(v["ami_id"], ami.as_str());
+    assert_eq!(v["created"], true);
+    assert_eq!(
+        ec2_call(&cloud, "DeregisterImage")
+            .and_then(|p| p.get("ImageId").cloned())
+            .as_deref(),
+        Some(ami.as_str())
+    );
+    assert_eq!(
+        ec2_call(&cloud, "RegisterImage")
+            .and_then(|p| p.get("ImageLocation").cloned())
+            .as_deref(),
+        Some(other)
+    );
+}

@@ -120,6 +120,9 @@ pub struct Exchange {
     pub body_len: u64,
     /// SHA-256 of that payload, lowercase hex.
     pub body_sha256_hex: String,
+    /// The first [`BODY_CAPTURE_BYTES`] of that payload (EC2's Query API sends its parameters
+    /// in the body).
+    pub body_head: Vec<u8>,
     /// Status of the final response sent to the client; 0 when none was sent.
     pub status: u16,
     /// Headers of that response as the upstream (or the fault) gave them, names lowercased.
@@ -282,6 +285,7 @@ fn serve(client: TcpStream, id: u64, conns: &Arc<Conns>, sh: &Shared) {
             headers: req.headers.clone(),
             body_len: 0,
             body_sha256_hex: hex::encode(Sha256::new().finish()),
+            body_head: Vec::new(),
             status: 0,
             response_headers: Vec::new(),
             fault: None,
@@ -403,8 +407,13 @@ fn forward(
     let body_unread = early_final.is_some();
     if !body_unread {
         let mut hasher = Sha256::new();
-        ex.body_len = copy_body(cr, &mut u.writer, framing, &mut |b| hasher.update(b))?;
+        let mut head = Vec::new();
+        ex.body_len = copy_body(cr, &mut u.writer, framing, &mut |b| {
+            hasher.update(b);
+            capture(&mut head, b);
+        })?;
         ex.body_sha256_hex = hex::encode(hasher.finish());
+        ex.body_head = head;
     }
     let resp = match early_final {
         Some(h) => h,
@@ -479,8 +488,13 @@ fn respond(
     let waiting = head.has_token("expect", "100-continue") && framing != Framing::Empty;
     if !waiting {
         let mut hasher = Sha256::new();
-        ex.body_len = copy_body(cr, &mut io::sink(), framing, &mut |b| hasher.update(b))?;
+        let mut head = Vec::new();
+        ex.body_len = copy_body(cr, &mut io::sink(), framing, &mut |b| {
+            hasher.update(b);
+            capture(&mut head, b);
+        })?;
         ex.body_sha256_hex = hex::encode(hasher.finish());
+        ex.body_head = head;
     }
     let content_type = if body.starts_with(b"<") {
         "application/xml"
@@ -524,4 +538,12 @@ fn linger_close(cr: &mut BufReader<TcpStream>, cw: &mut TcpStream) {
         .get_ref()
         .set_read_timeout(Some(Duration::from_secs(LINGER_SECS)));
     let _ = io::copy(cr, &mut io::sink());
+}
+
+/// How much of each request payload [`Exchange::body_head`] keeps.
+pub const BODY_CAPTURE_BYTES: usize = 64 * 1024;
+
+fn capture(head: &mut Vec<u8>, bytes: &[u8]) {
+    let room = BODY_CAPTURE_BYTES.saturating_sub(head.len());
+    head.extend_from_slice(&bytes[..room.min(bytes.len())]);
 }

@@ -1,0 +1,203 @@
+//! `amibundle register`: RegisterImage for a bundle in S3, idempotent, waiting for `available`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use serde_json::json;
+
+use super::cloud_args::{self, CloudArgs};
+use super::output;
+use crate::bundle::pipeline::LocalBundle;
+use crate::cloud::ec2::{self, RegisterRequest};
+use crate::cloud::s3::{self, BundleLocation};
+
+/// Arguments of `register`.
+#[derive(Debug, Args)]
+pub struct RegisterArgs {
+    /// The bundle's local manifest (for its name and architecture); with -b, where it was uploaded
+    #[arg(
+        short = 'm',
+        long = "manifest",
+        value_name = "PATH",
+        required_unless_present = "image_location"
+    )]
+    pub manifest: Option<PathBuf>,
+    /// Bucket and prefix the bundle was uploaded to (default: amibundle-ACCOUNT-REGION)
+    #[arg(
+        short = 'b',
+        long = "bucket",
+        value_name = "BUCKET[/PREFIX]",
+        conflicts_with = "image_location"
+    )]
+    pub bucket: Option<String>,
+    /// The manifest in S3 as BUCKET/PREFIX/NAME.manifest.xml (instead of -m/-b)
+    #[arg(long, value_name = "LOCATION")]
+    pub image_location: Option<String>,
+    /// AMI name (default: the bundle name); 3-128 characters
+    #[arg(short = 'n', long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// AMI description
+    #[arg(long, value_name = "TEXT")]
+    pub description: Option<String>,
+    /// hvm (default; EC2 itself would default to paravirtual) or paravirtual
+    #[arg(long, value_name = "TYPE", default_value = "hvm", value_parser = ["hvm", "paravirtual"])]
+    pub virtualization_type: String,
+    /// Root device name
+    #[arg(long, value_name = "DEVICE", default_value = ec2::DEFAULT_ROOT_DEVICE)]
+    pub root_device_name: String,
+    /// Enable ENA (X1 instances; the image needs the ena driver)
+    #[arg(long)]
+    pub ena_support: bool,
+    /// Enable SR-IOV "simple" networking (C3, D2, I2, R3; needs ixgbevf)
+    #[arg(long)]
+    pub sriov_net_support: bool,
+    /// Kernel id (paravirtual only)
+    #[arg(long, value_name = "AKI")]
+    pub kernel_id: Option<String>,
+    /// Ramdisk id (paravirtual only)
+    #[arg(long, value_name = "ARI")]
+    pub ramdisk_id: Option<String>,
+    /// Tag KEY=VALUE on the AMI (repeatable)
+    #[arg(long = "tag", value_name = "KEY=VALUE")]
+    pub tags: Vec<String>,
+    /// Deregister an AMI of the same name registered from another location
+    #[arg(long)]
+    pub force: bool,
+    /// Return right after RegisterImage instead of waiting for "available"
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Refused: UEFI needs Nitro, and instance-store families are Xen (legacy BIOS)
+    #[arg(long, value_name = "MODE", hide = true)]
+    pub boot_mode: Option<String>,
+    /// Refused: NitroTPM needs UEFI on Nitro
+    #[arg(long, value_name = "VERSION", hide = true)]
+    pub tpm_support: Option<String>,
+    #[command(flatten)]
+    pub cloud: CloudArgs,
+    /// Print the result as JSON on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `register`.
+pub fn run(args: RegisterArgs) -> anyhow::Result<()> {
+    if args.boot_mode.is_some() {
+        return Err(ec2::Ec2Error::NotForInstanceStore {
+            option: "--boot-mode",
+            why: "UEFI boot needs a Nitro instance, and every instance-store family is Xen with legacy BIOS boot",
+        }
+        .into());
+    }
+    if args.tpm_support.is_some() {
+        return Err(ec2::Ec2Error::NotForInstanceStore {
+            option: "--tpm-support",
+            why: "NitroTPM needs UEFI boot on Nitro, which instance-store AMIs cannot use",
+        }
+        .into());
+    }
+    let tags = args
+        .tags
+        .iter()
+        .map(|t| match t.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => bail!("--tag {t:?} is not KEY=VALUE"),
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if let Some(name) = &args.name {
+        ec2::validate_ami_name(name)?;
+    }
+    cloud_args::runtime()?.block_on(async {
+        let cloud = args.cloud.load().await?;
+        let region = cloud.require_region()?.to_string();
+        let (image_location, bundle_name, arch) = match (&args.image_location, &args.manifest) {
+            (Some(loc), _) => {
+                let loc = loc.strip_prefix("s3://").unwrap_or(loc);
+                let (dir, file) = loc
+                    .rsplit_once('/')
+                    .context("--image-location must be BUCKET/[PREFIX/]NAME.manifest.xml")?;
+                let location = BundleLocation::parse(dir).context("checking --image-location")?;
+                let (manifest, _) =
+                    s3::fetch_manifest(&cloud.s3_client(&region), &location, file).await?;
+                let arch = manifest
+                    .machine
+                    .as_ref()
+                    .map(|m| m.architecture.clone())
+                    .unwrap_or_else(|| "i386".into());
+                (location.image_location(file), manifest.image.name, arch)
+            }
+            (None, Some(path)) => {
+                let bundle = LocalBundle::open(path, None)?;
+                let location = match &args.bucket {
+                    Some(b) => BundleLocation::parse(b).context("checking --bucket")?,
+                    None => BundleLocation::parse(&s3::default_bucket_name(
+                        &bundle.manifest.image.user,
+                        &region,
+                    ))?,
+                };
+                let file = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .context("manifest path has no file name")?;
+                let arch = bundle
+                    .manifest
+                    .machine
+                    .as_ref()
+                    .map(|m| m.architecture.clone())
+                    .unwrap_or_else(|| "i386".into());
+                (
+                    location.image_location(file),
+                    bundle.manifest.image.name.clone(),
+                    arch,
+                )
+            }
+            (None, None) => bail!("pass --manifest or --image-location"),
+        };
+        let name = args.name.clone().unwrap_or(bundle_name);
+        if args.virtualization_type == "hvm" {
+            tracing::info!("registering as HVM (EC2's own default would be paravirtual)");
+        }
+        let req = RegisterRequest {
+            image_location,
+            name,
+            description: args.description.clone(),
+            architecture: arch,
+            virtualization_type: args.virtualization_type.clone(),
+            root_device_name: args.root_device_name.clone(),
+            ephemeral_mappings: ec2::default_ephemeral_mappings(),
+            ena_support: args.ena_support,
+            sriov_net_support: args.sriov_net_support,
+            kernel_id: args.kernel_id.clone(),
+            ramdisk_id: args.ramdisk_id.clone(),
+            tags,
+            force: args.force,
+        };
+        let client = cloud.ec2_client(&region);
+        let registered = ec2::register_image(&client, &region, &req).await?;
+        if !args.no_wait {
+            ec2::wait_available(
+                &client,
+                &region,
+                &registered.image_id,
+                Duration::from_secs(ec2::WAIT_TIMEOUT_SECS),
+            )
+            .await?;
+        }
+        if args.json {
+            output::print_json(&json!({
+                "version": 1,
+                "command": "register",
+                "ami_id": registered.image_id,
+                "created": registered.created,
+                "region": region,
+                "name": req.name,
+                "image_location": req.image_location,
+                "virtualization_type": req.virtualization_type,
+            }))?;
+        } else {
+            println!("{}", registered.image_id);
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,371 @@
+//! EC2: registering an instance-store AMI from a bundle in S3, idempotently, and waiting for it.
+
+use std::time::{Duration, Instant};
+
+use aws_sdk_ec2::Client;
+use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_ec2::types::{ArchitectureValues, BlockDeviceMapping, Filter, Image, ImageState, Tag};
+
+/// Tag recording the manifest an AMI was registered from. EC2 keeps `ImageLocation` itself, but
+/// emulators do not; the tag makes re-registration idempotent everywhere.
+pub const LOCATION_TAG: &str = "amibundle:image-location";
+
+/// Default root device of an HVM instance-store AMI.
+pub const DEFAULT_ROOT_DEVICE: &str = "/dev/sda1";
+
+/// How long to wait for `available` by default.
+pub const WAIT_TIMEOUT_SECS: u64 = 30 * 60;
+
+/// Interval between DescribeImages polls while waiting.
+const POLL_INTERVAL_SECS: u64 = 5;
+
+/// What went wrong with EC2.
+#[derive(Debug, thiserror::Error)]
+pub enum Ec2Error {
+    /// The AMI name breaks EC2's rules.
+    #[error("AMI name {name:?} is not valid: {why} (--name)")]
+    BadName {
+        /// The name.
+        name: String,
+        /// Which rule.
+        why: &'static str,
+    },
+    /// An option that cannot apply to instance-store AMIs.
+    #[error("{option} cannot be used for an instance-store AMI: {why}")]
+    NotForInstanceStore {
+        /// The flag.
+        option: &'static str,
+        /// Why.
+        why: &'static str,
+    },
+    /// An AMI of that name exists from another bundle.
+    #[error(
+        "an AMI named {name:?} already exists ({image_id}) registered from {existing}; pass --force to deregister it and register {wanted}, or choose another --name"
+    )]
+    NameTaken {
+        /// Name.
+        name: String,
+        /// The existing AMI.
+        image_id: String,
+        /// Its location (or "another location").
+        existing: String,
+        /// Ours.
+        wanted: String,
+    },
+    /// The AMI did not become available.
+    #[error("AMI {image_id} is {state} after {waited_secs} s{reason}")]
+    NotAvailable {
+        /// AMI id.
+        image_id: String,
+        /// Last state.
+        state: String,
+        /// Time waited.
+        waited_secs: u64,
+        /// EC2's reason, if any (starts with ": ").
+        reason: String,
+    },
+    /// A request failed.
+    #[error("{action} in {region}: {detail}")]
+    Request {
+        /// What we were doing.
+        action: &'static str,
+        /// Region.
+        region: String,
+        /// The error with its causes.
+        detail: String,
+    },
+}
+
+fn request_error<E>(
+    action: &'static str,
+    region: &str,
+    err: SdkError<E, aws_sdk_ec2::config::http::HttpResponse>,
+) -> Ec2Error
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let detail = match (err.code(), err.message()) {
+        (Some(c), Some(m)) => format!("{c}: {m}"),
+        (Some(c), None) => c.to_string(),
+        _ => DisplayErrorContext(&err).to_string(),
+    };
+    Ec2Error::Request {
+        action,
+        region: region.to_string(),
+        detail,
+    }
+}
+
+/// EC2's AMI name rules: 3–128 characters of letters, digits, spaces and `( ) [ ] . / - ' @ _`.
+pub fn validate_ami_name(name: &str) -> Result<(), Ec2Error> {
+    let bad = |why| {
+        Err(Ec2Error::BadName {
+            name: name.to_string(),
+            why,
+        })
+    };
+    if !(3..=128).contains(&name.chars().count()) {
+        return bad("it must be 3 to 128 characters long");
+    }
+    let allowed = |c: char| c.is_ascii_alphanumeric() || " ()[]./-'@_".contains(c);
+    if !name.chars().all(allowed) {
+        return bad("only letters, digits, spaces and ( ) [ ] . / - ' @ _ are allowed");
+    }
+    Ok(())
+}
+
+/// What to register.
+#[derive(Debug, Clone)]
+pub struct RegisterRequest {
+    /// `bucket/prefix/name.manifest.xml`.
+    pub image_location: String,
+    /// AMI name.
+    pub name: String,
+    /// Description.
+    pub description: Option<String>,
+    /// Architecture (from the manifest).
+    pub architecture: String,
+    /// `hvm` (default) or `paravirtual`.
+    pub virtualization_type: String,
+    /// Root device name.
+    pub root_device_name: String,
+    /// `(device, virtual name)` pairs, e.g. `("/dev/sdb", "ephemeral0")`.
+    pub ephemeral_mappings: Vec<(String, String)>,
+    /// ENA support (X1).
+    pub ena_support: bool,
+    /// SR-IOV `simple` (C3, D2, I2, R3).
+    pub sriov_net_support: bool,
+    /// Kernel (paravirtual only).
+    pub kernel_id: Option<String>,
+    /// Ramdisk (paravirtual only).
+    pub ramdisk_id: Option<String>,
+    /// Extra tags.
+    pub tags: Vec<(String, String)>,
+    /// Deregister an AMI of the same name from another location first.
+    pub force: bool,
+}
+
+/// The four instance-store volumes instance-store families expose, mapped the classic way.
+pub fn default_ephemeral_mappings() -> Vec<(String, String)> {
+    ["b", "c", "d", "e"]
+        .iter()
+        .enumerate()
+        .map(|(i, letter)| (format!("/dev/sd{letter}"), format!("ephemeral{i}")))
+        .collect()
+}
+
+/// What [`register_image`] did.
+#[derive(Debug, Clone)]
+pub struct Registered {
+    /// The AMI id.
+    pub image_id: String,
+    /// False when an existing AMI from the same location was reused.
+    pub created: bool,
+}
+
+fn tag_value<'a>(image: &'a Image, key: &str) -> Option<&'a str> {
+    image
+        .tags()
+        .iter()
+        .find(|t| t.key() == Some(key))
+        .and_then(|t| t.value())
+}
+
+/// Registers the AMI, or reuses ours of the same name and location (re-runs are idempotent).
+pub async fn register_image(
+    ec2: &Client,
+    region: &str,
+    req: &RegisterRequest,
+) -> Result<Registered, Ec2Error> {
+    validate_ami_name(&req.name)?;
+    if req.virtualization_type == "hvm" && (req.kernel_id.is_some() || req.ramdisk_id.is_some()) {
+        return Err(Ec2Error::NotForInstanceStore {
+            option: "--kernel-id/--ramdisk-id",
+            why: "HVM AMIs boot their own kernel; kernel and ramdisk ids are for --virtualization-type paravirtual",
+        });
+    }
+    let existing = ec2
+        .describe_images()
+        .owners("self")
+        .filters(Filter::builder().name("name").values(&req.name).build())
+        .send()
+        .await
+        .map_err(|e| request_error("looking for an existing AMI", region, e))?;
+    if let Some(image) = existing.images().first() {
+        let image_id = image.image_id().unwrap_or_default().to_string();
+        let location = image
+            .image_location()
+            .or_else(|| tag_value(image, LOCATION_TAG));
+        if location == Some(req.image_location.as_str()) {
+            tracing::info!(
+                "AMI {image_id} named {} is already registered from {}",
+                req.name,
+                req.image_location
+            );
+            return Ok(Registered {
+                image_id,
+                created: false,
+            });
+        }
+        if !req.force {
+            return Err(Ec2Error::NameTaken {
+                name: req.name.clone(),
+                image_id,
+                existing: location.unwrap_or("another location").to_string(),
+                wanted: req.image_location.clone(),
+            });
+        }
+        tracing::warn!(
+            "deregistering {image_id} (--force) to register {} under the same name",
+            req.image_location
+        );
+        ec2.deregister_image()
+            .image_id(&image_id)
+            .send()
+            .await
+            .map_err(|e| request_error("deregistering the old AMI", region, e))?;
+    }
+
+    let mappings: Vec<BlockDeviceMapping> = req
+        .ephemeral_mappings
+        .iter()
+        .map(|(device, virtual_name)| {
+            BlockDeviceMapping::builder()
+                .device_name(device)
+                .virtual_name(virtual_name)
+                .build()
+        })
+        .collect();
+    let mut call = ec2
+        .register_image()
+        .name(&req.name)
+        .image_location(&req.image_location)
+        .architecture(ArchitectureValues::from(req.architecture.as_str()))
+        .virtualization_type(&req.virtualization_type)
+        .root_device_name(&req.root_device_name)
+        .set_block_device_mappings(Some(mappings))
+        .set_description(req.description.clone())
+        .set_kernel_id(req.kernel_id.clone())
+        .set_ramdisk_id(req.ramdisk_id.clone());
+    if req.ena_support {
+        call = call.ena_support(true);
+    }
+    if req.sriov_net_support {
+        call = call.sriov_net_support("simple");
+    }
+    let out = call
+        .send()
+        .await
+        .map_err(|e| request_error("registering the AMI", region, e))?;
+    let image_id = out.image_id().unwrap_or_default().to_string();
+    let mut tags = vec![
+        Tag::builder()
+            .key(LOCATION_TAG)
+            .value(&req.image_location)
+            .build(),
+    ];
+    tags.extend(
+        req.tags
+            .iter()
+            .map(|(k, v)| Tag::builder().key(k).value(v).build()),
+    );
+    ec2.create_tags()
+        .resources(&image_id)
+        .set_tags(Some(tags))
+        .send()
+        .await
+        .map_err(|e| request_error("tagging the AMI", region, e))?;
+    Ok(Registered {
+        image_id,
+        created: true,
+    })
+}
+
+/// Polls until the AMI is `available`; fails on `failed`/`invalid`/`error` or at the deadline.
+pub async fn wait_available(
+    ec2: &Client,
+    region: &str,
+    image_id: &str,
+    timeout: Duration,
+) -> Result<(), Ec2Error> {
+    let started = Instant::now();
+    loop {
+        let out = ec2
+            .describe_images()
+            .image_ids(image_id)
+            .send()
+            .await
+            .map_err(|e| request_error("waiting for the AMI", region, e))?;
+        let image = out.images().first();
+        let state = image.and_then(|i| i.state()).cloned();
+        let reason = image
+            .and_then(|i| i.state_reason())
+            .and_then(|r| r.message())
+            .map(|m| format!(": {m}"))
+            .unwrap_or_default();
+        match state {
+            Some(ImageState::Available) => return Ok(()),
+            Some(
+                ImageState::Failed
+                | ImageState::Invalid
+                | ImageState::Error
+                | ImageState::Deregistered,
+            )
+            | None => {
+                return Err(Ec2Error::NotAvailable {
+                    image_id: image_id.to_string(),
+                    state: state
+                        .map(|s| s.as_str().to_string())
+                        .unwrap_or_else(|| "gone".into()),
+                    waited_secs: started.elapsed().as_secs(),
+                    reason,
+                });
+            }
+            Some(other) => {
+                if started.elapsed() >= timeout {
+                    return Err(Ec2Error::NotAvailable {
+                        image_id: image_id.to_string(),
+                        state: other.as_str().to_string(),
+                        waited_secs: started.elapsed().as_secs(),
+                        reason,
+                    });
+                }
+                tokio::time::sleep(Duration::from_secs(POLL_INTERVAL_SECS)).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ami_names_follow_ec2_rules() {
+        for ok in [
+            "web",
+            "web-2026-01 (v2) [prod] @x_y/z.'q'",
+            &"a".repeat(128),
+        ] {
+            validate_ami_name(ok).unwrap();
+        }
+        for bad in ["ab", &"a".repeat(129), "bad*name", "tab\there", "naïve"] {
+            let err = validate_ami_name(bad).unwrap_err().to_string();
+            assert!(err.contains("--name"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn ephemeral_defaults_are_the_classic_four() {
+        assert_eq!(
+            default_ephemeral_mappings(),
+            [
+                ("/dev/sdb", "ephemeral0"),
+                ("/dev/sdc", "ephemeral1"),
+                ("/dev/sdd", "ephemeral2"),
+                ("/dev/sde", "ephemeral3")
+            ]
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+        );
+    }
+}
