@@ -43,7 +43,7 @@ pub enum CertsAction {
 /// Arguments of `certs install`.
 #[derive(Debug, Args)]
 pub struct InstallArgs {
-    /// The ec2-ami-tools zip (https://s3.amazonaws.com/ec2-downloads/ec2-ami-tools.zip)
+    /// The ec2-ami-tools zip from AWS: s3.amazonaws.com/ec2-downloads/ec2-ami-tools.zip
     #[arg(long = "from", value_name = "ZIP")]
     pub from: PathBuf,
     /// Cache directory (default: /var/cache/amibundle/ec2-certs as root, else

@@ -15,10 +15,10 @@ use crate::cloud::s3::{self, BundleLocation};
 #[derive(Debug, Args)]
 pub struct DeleteArgs {
     /// Bucket and optional key prefix, BUCKET[/PREFIX]
-    #[arg(short = 'b', long = "bucket", value_name = "BUCKET[/PREFIX]")]
+    #[arg(short = 'b', long = "bucket", value_name = "BUCKET")]
     pub bucket: String,
     /// Manifest: a file name in the bucket, or a local manifest file
-    #[arg(short = 'm', long = "manifest", value_name = "NAME|PATH")]
+    #[arg(short = 'm', long = "manifest", value_name = "MANIFEST")]
     pub manifest: String,
     /// Also delete the bucket if it is empty afterwards
     #[arg(long)]

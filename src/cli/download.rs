@@ -15,7 +15,7 @@ use crate::progress::Progress;
 #[derive(Debug, Args)]
 pub struct DownloadArgs {
     /// Bucket and optional key prefix, BUCKET[/PREFIX]
-    #[arg(short = 'b', long = "bucket", value_name = "BUCKET[/PREFIX]")]
+    #[arg(short = 'b', long = "bucket", value_name = "BUCKET")]
     pub bucket: String,
     /// Manifest file name in the bucket (NAME.manifest.xml)
     #[arg(short = 'm', long = "manifest", value_name = "NAME")]

@@ -28,7 +28,7 @@ pub struct RegisterArgs {
     #[arg(
         short = 'b',
         long = "bucket",
-        value_name = "BUCKET[/PREFIX]",
+        value_name = "BUCKET",
         conflicts_with = "image_location"
     )]
     pub bucket: Option<String>,

@@ -19,7 +19,7 @@ pub struct UploadArgs {
     #[arg(short = 'm', long = "manifest", value_name = "PATH")]
     pub manifest: PathBuf,
     /// Bucket and optional key prefix, BUCKET[/PREFIX] (default: amibundle-ACCOUNT-REGION)
-    #[arg(short = 'b', long = "bucket", value_name = "BUCKET[/PREFIX]")]
+    #[arg(short = 'b', long = "bucket", value_name = "BUCKET")]
     pub bucket: Option<String>,
     /// Directory holding the parts (default: the manifest's directory)
     #[arg(short = 'd', long = "directory", value_name = "DIR")]

@@ -6,16 +6,19 @@ use anyhow::Context;
 use clap::Args;
 use serde_json::json;
 
+use super::cloud_args::{self, CloudArgs};
 use super::{keys, output};
 use crate::bundle::crypto::Certificate;
 use crate::bundle::pipeline::LocalBundle;
+use crate::cloud::s3::{self, BundleLocation};
 use crate::progress::Progress;
 
 /// Arguments of `verify`.
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
-    /// The bundle's manifest file
-    #[arg(short = 'm', long = "manifest", value_name = "PATH")]
+    /// The bundle's manifest file, or s3://BUCKET/PREFIX/NAME.manifest.xml (downloaded to a
+    /// private temporary directory, every part checked as it arrives)
+    #[arg(short = 'm', long = "manifest", value_name = "PATH|S3-URL")]
     pub manifest: PathBuf,
     /// User certificate: check the manifest signature
     #[arg(short = 'c', long = "cert", value_name = "PATH")]
@@ -29,14 +32,59 @@ pub struct VerifyArgs {
     /// Directory holding the parts (default: the manifest's directory)
     #[arg(short = 's', long = "source", value_name = "DIR")]
     pub source: Option<PathBuf>,
+    #[command(flatten)]
+    pub cloud: CloudArgs,
     /// Print the result as JSON on stdout
     #[arg(long)]
     pub json: bool,
 }
 
+/// Downloads `s3://bucket/prefix/name.manifest.xml` into a private temporary directory.
+fn fetch_from_s3(
+    url: &str,
+    cloud_args: &CloudArgs,
+    progress: &dyn Progress,
+) -> anyhow::Result<(tempfile::TempDir, PathBuf)> {
+    let rest = url.strip_prefix("s3://").unwrap_or(url);
+    let (dir, file) = rest
+        .rsplit_once('/')
+        .context("an S3 manifest is s3://BUCKET/[PREFIX/]NAME.manifest.xml")?;
+    let location = BundleLocation::parse(dir).context("checking the S3 location")?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".amibundle-verify-")
+        .tempdir()
+        .context("creating a temporary directory")?;
+    let manifest = cloud_args::runtime()?.block_on(async {
+        let cloud = cloud_args.load().await?;
+        let client = cloud_args
+            .client_for_bucket(&cloud, &location.bucket)
+            .await?;
+        let report = s3::download_bundle(
+            &client,
+            &location,
+            file,
+            tmp.path(),
+            s3::DEFAULT_CONCURRENCY,
+            progress,
+        )
+        .await
+        .with_context(|| format!("downloading {url}"))?;
+        Ok::<_, anyhow::Error>(report.manifest_path)
+    })?;
+    Ok((tmp, manifest))
+}
+
 /// Runs `verify`.
 pub fn run(args: VerifyArgs, progress: &dyn Progress) -> anyhow::Result<()> {
-    let bundle = LocalBundle::open(&args.manifest, args.source.as_deref())?;
+    let text = args.manifest.to_string_lossy().into_owned();
+    // Keeps the downloaded copy alive until the checks are done; removed on return.
+    let (_download, manifest_path) = if text.starts_with("s3://") {
+        let (tmp, path) = fetch_from_s3(&text, &args.cloud, progress)?;
+        (Some(tmp), path)
+    } else {
+        (None, args.manifest.clone())
+    };
+    let bundle = LocalBundle::open(&manifest_path, args.source.as_deref())?;
     let m = &bundle.manifest;
     let signature = match &args.cert {
         Some(path) => {

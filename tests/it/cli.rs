@@ -21,6 +21,11 @@ fn help_fits_in_80_columns() {
         &["unbundle", "--help"],
         &["verify", "--help"],
         &["certs", "--help"],
+        &["certs", "install", "--help"],
+        &["upload", "--help"],
+        &["download", "--help"],
+        &["delete", "--help"],
+        &["register", "--help"],
     ] {
         for line in help_of(cmd).lines() {
             assert!(line.chars().count() <= 80, "{cmd:?}: {line:?}");

@@ -23,11 +23,11 @@ impl Cloud {
     fn start() -> Self {
         let moto = Moto::start();
         let proxy = RecordingProxy::start(&moto.addr);
-        Cloud {
-            moto,
-            proxy,
-            home: tempfile::tempdir().unwrap(),
-        }
+        let home = tempfile::tempdir().unwrap();
+        // Empty AWS config files: nothing of this machine's own AWS setup leaks in.
+        fs::write(home.path().join("aws-config"), "").unwrap();
+        fs::write(home.path().join("aws-credentials"), "").unwrap();
+        Cloud { moto, proxy, home }
     }
 
     /// The binary, pointed at the proxy with test credentials and no instance metadata.
@@ -39,10 +39,10 @@ impl Cloud {
             .env_remove("AWS_PROFILE")
             .env_remove("AWS_REGION")
             .env_remove("AWS_DEFAULT_REGION")
-            .env("AWS_CONFIG_FILE", self.home.path().join("no-config"))
+            .env("AWS_CONFIG_FILE", self.home.path().join("aws-config"))
             .env(
                 "AWS_SHARED_CREDENTIALS_FILE",
-                self.home.path().join("no-credentials"),
+                self.home.path().join("aws-credentials"),
             )
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .args(args)
@@ -639,5 +639,85 @@ fn register_sends_instance_store_parameters_and_is_idempotent() {
             .and_then(|p| p.get("ImageLocation").cloned())
             .as_deref(),
         Some(other)
+    );
+}
+
+#[test]
+fn on_ec2_region_and_instance_role_credentials_come_from_imdsv2() {
+    use crate::support::imds::ImdsServer;
+    let cloud = Cloud::start();
+    let creds = r#"{"Code":"Success","LastUpdated":"2026-11-25T00:00:00Z","Type":"AWS-HMAC","AccessKeyId":"AKIAROLEROLEROLEROLE","SecretAccessKey":"role-secret","Token":"role-token","Expiration":"2099-01-01T00:00:00Z"}"#;
+    let imds = ImdsServer::start(
+        [
+            ("meta-data/placement/region", "ap-southeast-2"),
+            ("meta-data/iam/security-credentials/", "builder-role"),
+            ("meta-data/iam/security-credentials/builder-role", creds),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+    );
+    let (_dir, manifest) = three_parts();
+    let mut cmd = cloud.cmd(&["upload", "-m", manifest.to_str().unwrap()]);
+    cmd.env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_EC2_METADATA_DISABLED")
+        .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", &imds.endpoint);
+    let out = stdout_of(&mut cmd);
+    assert_eq!(
+        out, "amibundle-123456789012-ap-southeast-2/random.img.manifest.xml",
+        "region from IMDS"
+    );
+    // Every metadata read carried an IMDSv2 token (the test server refuses IMDSv1).
+    let reqs = imds.requests();
+    assert!(
+        reqs.iter()
+            .any(|r| r.method == "PUT" && r.path == "/latest/api/token"),
+        "{reqs:?}"
+    );
+    assert!(reqs.iter().all(|r| r.status != 401), "{reqs:?}");
+    // The instance role's credentials signed the requests.
+    let puts = cloud.object_puts();
+    assert!(!puts.is_empty());
+    for p in &puts {
+        let auth = header(p, "authorization").unwrap_or_default();
+        assert!(auth.contains("Credential=AKIAROLEROLEROLEROLE/"), "{auth}");
+        assert_eq!(header(p, "x-amz-security-token"), Some("role-token"));
+    }
+}
+
+#[test]
+fn verify_accepts_an_s3_manifest_and_names_a_corrupt_object() {
+    let cloud = Cloud::start();
+    let (_dir, manifest) = three_parts();
+    run_ok(&mut cloud.cmd(&[
+        "upload",
+        "-m",
+        manifest.to_str().unwrap(),
+        "--region",
+        "us-east-1",
+        "-b",
+        "vbucket/p",
+    ]));
+    let keys = Keys::new();
+    let url = "s3://vbucket/p/random.img.manifest.xml";
+    let (k, c) = (keys.user_key(), keys.user_cert());
+    let (k, c) = (k.to_str().unwrap(), c.to_str().unwrap());
+    let out = run_ok(&mut cloud.cmd(&["verify", "--json", "-m", url, "-k", k, "-c", c]));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["tar_sha1"], expected("v2-three-parts")["tar_stream_sha1"]);
+    assert_eq!(v["signature"], "raw");
+
+    assert_eq!(
+        cloud
+            .raw("PUT", "/vbucket/p/random.img.part.0", &[], b"tampered")
+            .status,
+        200
+    );
+    let err = run_err(&mut cloud.cmd(&["verify", "-m", url]));
+    assert!(
+        err.contains("random.img.part.0") && err.contains("corrupt"),
+        "{err}"
     );
 }
