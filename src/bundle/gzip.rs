@@ -889,8 +889,8 @@ mod tests {
     use std::process::{Command, Stdio};
     use std::rc::Rc;
 
-    /// Deterministic xorshift bytes (incompressible).
-    fn random_bytes(len: usize, mut seed: u64) -> Vec<u8> {
+    /// Deterministic xorshift bytes (incompressible). Shared with the scanner's tests.
+    pub(super) fn random_bytes(len: usize, mut seed: u64) -> Vec<u8> {
         let mut v = Vec::with_capacity(len + 8);
         seed |= 1;
         while v.len() < len {
@@ -904,8 +904,8 @@ mod tests {
     }
 
     /// Deterministic text-like bytes: words from a small vocabulary with numbers mixed in, so
-    /// deflate finds many matches, some of them far back.
-    fn text_bytes(len: usize, seed: u64) -> Vec<u8> {
+    /// deflate finds many matches, some of them far back. Shared with the scanner's tests.
+    pub(super) fn text_bytes(len: usize, seed: u64) -> Vec<u8> {
         const WORDS: &[&str] = &[
             "bundle", "image", "manifest", "part", "key", "volume", "kernel", "ramdisk", "the",
             "of", "and", "usr", "lib", "share", "doc", "x86_64", "ec2", "ami", "tar", "gzip",

@@ -606,39 +606,7 @@ mod tests {
     use flate2::{Compress, Compression, FlushCompress, Status};
     use libdeflater::{CompressionLvl, Compressor};
 
-    fn random_bytes(len: usize, mut seed: u64) -> Vec<u8> {
-        let mut v = Vec::with_capacity(len + 8);
-        seed |= 1;
-        while v.len() < len {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            v.extend_from_slice(&seed.to_le_bytes());
-        }
-        v.truncate(len);
-        v
-    }
-
-    fn text_bytes(len: usize, seed: u64) -> Vec<u8> {
-        const WORDS: &[&str] = &[
-            "bundle", "image", "manifest", "part", "key", "volume", "kernel", "ramdisk", "the",
-            "of", "and", "usr", "lib", "share", "doc", "x86_64", "ec2", "ami", "tar", "gzip",
-        ];
-        let rnd = random_bytes(len, seed);
-        let mut v = Vec::with_capacity(len + 16);
-        let mut i = 0;
-        while v.len() < len {
-            let r = rnd[i % rnd.len().max(1)];
-            i += 1;
-            v.extend_from_slice(WORDS[usize::from(r) % WORDS.len()].as_bytes());
-            if r % 7 == 0 {
-                v.extend_from_slice(format!("{}", u32::from(r) * 37).as_bytes());
-            }
-            v.push(if r % 11 == 0 { b'\n' } else { b' ' });
-        }
-        v.truncate(len);
-        v
-    }
+    use super::super::tests::{random_bytes, text_bytes};
 
     fn libdeflate(data: &[u8], level: i32) -> Vec<u8> {
         let mut c = Compressor::new(CompressionLvl::new(level).expect("level"));
