@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The main job, end to end, on this machine, with nothing but this repository:
+# The main job, end to end, on this machine, with nothing but this repository and no AWS account:
 #   a real ext4 image made from a directory of the machine (default /usr/share/doc)
-#   → amibundle bundle-image → amibundle verify → amibundle unbundle → compare with the original.
+#   → amibundle bundle-image → verify → upload to a local S3+EC2 emulator (moto, started here on
+#   127.0.0.1) → register the AMI → download the bundle back → verify it → unbundle → compare.
 # The bundle is encrypted for a throwaway stand-in EC2 certificate made here (the real ones are
 # Amazon's and are never shipped with amibundle), so it is accepted with --unpinned-ec2cert.
+# Nothing is sent anywhere but 127.0.0.1.
 # Usage: scripts/demo.sh [SOURCE_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,14 +13,34 @@ src=${1:-/usr/share/doc}
 [ -d "$src" ] || { echo "demo: $src is not a directory" >&2; exit 1; }
 
 scripts/install-deps.sh
-cargo build --locked --release --quiet
-bin=$PWD/target/release/amibundle
+moto_server=$(scripts/setup-emulator.sh)
+cargo build --locked --quiet
+bin=$PWD/target/debug/amibundle
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/amibundle-demo.XXXXXX")
-trap 'rm -rf "$work"' EXIT
 chmod 700 "$work"
-# A private identity for the demo, so it never touches your own amibundle key pair.
+moto_pid=
+cleanup() {
+  [ -n "$moto_pid" ] && kill "$moto_pid" 2>/dev/null && wait "$moto_pid" 2>/dev/null
+  rm -rf "$work"
+}
+trap cleanup EXIT
+# A private identity and AWS setup for the demo: it never touches your own key pair or AWS files.
 export XDG_CONFIG_HOME=$work/config
+export AWS_ACCESS_KEY_ID=demo AWS_SECRET_ACCESS_KEY=demo AWS_EC2_METADATA_DISABLED=true
+export AWS_CONFIG_FILE=$work/aws-config AWS_SHARED_CREDENTIALS_FILE=$work/aws-credentials
+: > "$AWS_CONFIG_FILE"; : > "$AWS_SHARED_CREDENTIALS_FILE"
+unset AWS_PROFILE AWS_SESSION_TOKEN AWS_REGION AWS_DEFAULT_REGION
+
+echo "== starting the S3+EC2 emulator (moto) on 127.0.0.1"
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+"$moto_server" -H 127.0.0.1 -p "$port" > "$work/moto.log" 2>&1 &
+moto_pid=$!
+endpoint=http://127.0.0.1:$port
+for _ in $(seq 100); do curl -sf "$endpoint/moto-api/" >/dev/null 2>&1 && break; sleep 0.2; done
+curl -sf "$endpoint/moto-api/" >/dev/null || { echo "demo: moto did not start:" >&2; tail "$work/moto.log" >&2; exit 1; }
+cloud=(--endpoint-url "$endpoint" --path-style)
+region=eu-west-1
 
 used_kib=$(du -sk "$src" | cut -f1)
 size_mib=$(( used_kib * 13 / 10 / 1024 + 64 ))
@@ -29,20 +51,27 @@ echo "== making a throwaway stand-in EC2 certificate"
 openssl req -x509 -newkey rsa:1024 -nodes -subj "/CN=amibundle demo stand-in EC2 certificate" \
   -days 1 -keyout "$work/ec2-standin-key.pem" -out "$work/ec2-standin-cert.pem" 2>/dev/null
 
-mkdir "$work/bundle" "$work/restored"
+mkdir "$work/bundle" "$work/downloaded" "$work/restored"
 echo "== amibundle bundle-image"
 "$bin" bundle-image -i "$work/demo.img" -u 123456789012 -d "$work/bundle" \
   --ec2cert "$work/ec2-standin-cert.pem" --unpinned-ec2cert
 manifest=$work/bundle/demo.img.manifest.xml
-ls -l "$work/bundle"
+identity=$XDG_CONFIG_HOME/amibundle/identity
 
-echo "== amibundle verify"
-"$bin" verify -m "$manifest" -c "$XDG_CONFIG_HOME/amibundle/identity/user-cert.pem" \
-  -k "$XDG_CONFIG_HOME/amibundle/identity/user-key.pem"
+echo "== amibundle upload (bucket amibundle-123456789012-$region, created with ACLs enabled)"
+location=$("$bin" upload -m "$manifest" --region "$region" "${cloud[@]}")
+echo "$location"
 
-echo "== amibundle unbundle"
-"$bin" unbundle -m "$manifest" -d "$work/restored"
+echo "== amibundle register"
+ami=$("$bin" register -m "$manifest" --region "$region" --name "amibundle demo" "${cloud[@]}")
+echo "$ami"
 
-echo "== comparing"
+echo "== amibundle download, then verify (signature, every part, the whole stream)"
+"$bin" download -b "${location%/*}" -m demo.img.manifest.xml -d "$work/downloaded" --region "$region" "${cloud[@]}"
+"$bin" verify -m "$work/downloaded/demo.img.manifest.xml" -c "$identity/user-cert.pem" -k "$identity/user-key.pem"
+
+echo "== amibundle unbundle and compare"
+"$bin" unbundle -m "$work/downloaded/demo.img.manifest.xml" -d "$work/restored"
 cmp "$work/demo.img" "$work/restored/demo.img"
-echo "demo: the unbundled image is identical to the original ($(stat -c %s "$work/demo.img") bytes)"
+echo "demo: registered $ami from $location; the image that came back from S3 is identical ($(stat -c %s "$work/demo.img") bytes)"
+echo "$ami"
