@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Upload benchmark (cloud issue, "Performance"): a ~500 MB bundle uploaded to a local moto
+# emulator on 127.0.0.1 with --concurrency 1 and with the default, side by side in one run.
+# Usage: scripts/bench-upload.sh [IMAGE_MIB]   (default 500)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mib=${1:-500}
+
+scripts/install-deps.sh
+moto_server=$(scripts/setup-emulator.sh)
+cargo build --locked --release --quiet
+bin=$PWD/target/release/amibundle
+
+work=$(mktemp -d "${TMPDIR:-/var/tmp}/amibundle-bench-upload.XXXXXX")
+chmod 700 "$work"
+moto_pid=
+cleanup() {
+  [ -n "$moto_pid" ] && kill "$moto_pid" 2>/dev/null && wait "$moto_pid" 2>/dev/null
+  rm -rf "$work"
+}
+trap cleanup EXIT
+export XDG_CONFIG_HOME=$work/config
+export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_EC2_METADATA_DISABLED=true
+export AWS_CONFIG_FILE=$work/aws-config AWS_SHARED_CREDENTIALS_FILE=$work/aws-credentials
+: > "$AWS_CONFIG_FILE"; : > "$AWS_SHARED_CREDENTIALS_FILE"
+unset AWS_PROFILE AWS_SESSION_TOKEN AWS_REGION AWS_DEFAULT_REGION
+
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+"$moto_server" -H 127.0.0.1 -p "$port" > "$work/moto.log" 2>&1 &
+moto_pid=$!
+endpoint=http://127.0.0.1:$port
+for _ in $(seq 100); do curl -sf "$endpoint/moto-api/" >/dev/null 2>&1 && break; sleep 0.2; done
+cloud=(--endpoint-url "$endpoint" --path-style --region us-east-1)
+
+echo "== making a ${mib} MiB bundle of incompressible data"
+head -c $(( mib * 1024 * 1024 )) /dev/urandom > "$work/random.img"
+openssl req -x509 -newkey rsa:1024 -nodes -subj "/CN=bench stand-in" -days 1 \
+  -keyout "$work/ec2-key.pem" -out "$work/ec2-cert.pem" 2>/dev/null
+mkdir "$work/bundle"
+"$bin" -q bundle-image -i "$work/random.img" -u 123456789012 -d "$work/bundle" --compression-level 1 \
+  --ec2cert "$work/ec2-cert.pem" --unpinned-ec2cert > /dev/null
+rm "$work/random.img"
+manifest=$work/bundle/random.img.manifest.xml
+bytes=$(du -cb "$work"/bundle/random.img.part.* | tail -n1 | cut -f1)
+echo "bundle: $bytes bytes in $(ls "$work"/bundle/random.img.part.* | wc -l) parts"
+
+declare -A secs
+for c in 1 8; do
+  echo "== upload with --concurrency $c"
+  secs[$c]=$("$bin" -q upload -m "$manifest" -b "bench-upload/c$c" --concurrency "$c" --no-resume "${cloud[@]}" --json |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["seconds"])')
+done
+
+# A second reference: a plain concurrent client (boto3, which moto depends on) putting the same
+# part files with 1 and 8 threads. If it scales no better, the emulator on this machine is the
+# ceiling, not amibundle.
+python_bin=$(dirname "$moto_server")/python
+declare -A ref
+for c in 1 8; do
+  ref[$c]=$("$python_bin" - "$endpoint" "$c" "$work"/bundle/random.img.part.* <<'PY'
+import sys, time, boto3
+from concurrent.futures import ThreadPoolExecutor
+endpoint, conc, files = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                  config=boto3.session.Config(max_pool_connections=conc + 2))
+bucket = f"bench-ref-{conc}"
+s3.create_bucket(Bucket=bucket)
+def put(path):
+    with open(path, "rb") as f:
+        s3.put_object(Bucket=bucket, Key=path.rsplit("/", 1)[1], Body=f.read(), ACL="aws-exec-read")
+start = time.monotonic()
+with ThreadPoolExecutor(conc) as pool:
+    list(pool.map(put, files))
+print(time.monotonic() - start)
+PY
+)
+done
+
+echo
+echo "== results ($(nproc) cores, moto $("$moto_server" --version 2>/dev/null || echo 5.2.5) on 127.0.0.1)"
+for c in 1 8; do
+  python3 -c "print(f'--concurrency $c: {${secs[$c]}:.2f} s, {$bytes/${secs[$c]}/1e6:.1f} MB/s')"
+done
+python3 -c "print(f'speed-up, default (8) vs 1: {${secs[1]}/${secs[8]}:.2f}x (target >= 4)')"
+for c in 1 8; do
+  python3 -c "print(f'reference boto3 client, {$c} thread(s): {${ref[$c]}:.2f} s, {$bytes/${ref[$c]}/1e6:.1f} MB/s')"
+done
+python3 -c "print(f'reference speed-up, 8 vs 1 threads: {${ref[1]}/${ref[8]}:.2f}x')"
