@@ -7,29 +7,11 @@ cd "$(dirname "$0")/.."
 mib=${1:-500}
 
 scripts/install-deps.sh
-moto_server=$(scripts/setup-emulator.sh)
 cargo build --locked --release --quiet
 bin=$PWD/target/release/amibundle
 
-work=$(mktemp -d "${TMPDIR:-/var/tmp}/amibundle-bench-upload.XXXXXX")
-chmod 700 "$work"
-moto_pid=
-cleanup() {
-  [ -n "$moto_pid" ] && kill "$moto_pid" 2>/dev/null && wait "$moto_pid" 2>/dev/null
-  rm -rf "$work"
-}
-trap cleanup EXIT
-export XDG_CONFIG_HOME=$work/config
-export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_EC2_METADATA_DISABLED=true
-export AWS_CONFIG_FILE=$work/aws-config AWS_SHARED_CREDENTIALS_FILE=$work/aws-credentials
-: > "$AWS_CONFIG_FILE"; : > "$AWS_SHARED_CREDENTIALS_FILE"
-unset AWS_PROFILE AWS_SESSION_TOKEN AWS_REGION AWS_DEFAULT_REGION
-
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$moto_server" -H 127.0.0.1 -p "$port" > "$work/moto.log" 2>&1 &
-moto_pid=$!
-endpoint=http://127.0.0.1:$port
-for _ in $(seq 100); do curl -sf "$endpoint/moto-api/" >/dev/null 2>&1 && break; sleep 0.2; done
+. scripts/lib-emulator.sh
+start_emulator bench-upload
 cloud=(--endpoint-url "$endpoint" --path-style --region us-east-1)
 
 echo "== making a ${mib} MiB bundle of incompressible data"

@@ -13,32 +13,12 @@ src=${1:-/usr/share/doc}
 [ -d "$src" ] || { echo "demo: $src is not a directory" >&2; exit 1; }
 
 scripts/install-deps.sh
-moto_server=$(scripts/setup-emulator.sh)
 cargo build --locked --quiet
 bin=$PWD/target/debug/amibundle
 
-work=$(mktemp -d "${TMPDIR:-/tmp}/amibundle-demo.XXXXXX")
-chmod 700 "$work"
-moto_pid=
-cleanup() {
-  [ -n "$moto_pid" ] && kill "$moto_pid" 2>/dev/null && wait "$moto_pid" 2>/dev/null
-  rm -rf "$work"
-}
-trap cleanup EXIT
-# A private identity and AWS setup for the demo: it never touches your own key pair or AWS files.
-export XDG_CONFIG_HOME=$work/config
-export AWS_ACCESS_KEY_ID=demo AWS_SECRET_ACCESS_KEY=demo AWS_EC2_METADATA_DISABLED=true
-export AWS_CONFIG_FILE=$work/aws-config AWS_SHARED_CREDENTIALS_FILE=$work/aws-credentials
-: > "$AWS_CONFIG_FILE"; : > "$AWS_SHARED_CREDENTIALS_FILE"
-unset AWS_PROFILE AWS_SESSION_TOKEN AWS_REGION AWS_DEFAULT_REGION
-
+. scripts/lib-emulator.sh
 echo "== starting the S3+EC2 emulator (moto) on 127.0.0.1"
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$moto_server" -H 127.0.0.1 -p "$port" > "$work/moto.log" 2>&1 &
-moto_pid=$!
-endpoint=http://127.0.0.1:$port
-for _ in $(seq 100); do curl -sf "$endpoint/moto-api/" >/dev/null 2>&1 && break; sleep 0.2; done
-curl -sf "$endpoint/moto-api/" >/dev/null || { echo "demo: moto did not start:" >&2; tail "$work/moto.log" >&2; exit 1; }
+start_emulator demo
 cloud=(--endpoint-url "$endpoint" --path-style)
 region=eu-west-1
 

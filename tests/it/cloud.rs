@@ -52,6 +52,14 @@ impl Cloud {
         c
     }
 
+    /// Uploads a copy of the reference three-part bundle to `bucket[/prefix]` in us-east-1.
+    fn upload_three_parts(&self, bucket: &str) -> (tempfile::TempDir, PathBuf) {
+        let (dir, manifest) = three_parts();
+        let m = manifest.to_str().unwrap();
+        run_ok(&mut self.cmd(&["upload", "-m", m, "--region", "us-east-1", "-b", bucket]));
+        (dir, manifest)
+    }
+
     /// A raw request straight to moto (fixtures), signed with a fake header moto accepts.
     fn raw(
         &self,
@@ -354,16 +362,7 @@ fn bucket_of_another_account_exits_3() {
 #[test]
 fn download_checks_every_part_and_delete_removes_exactly_the_bundle() {
     let cloud = Cloud::start();
-    let (_dir, manifest) = three_parts();
-    run_ok(&mut cloud.cmd(&[
-        "upload",
-        "-m",
-        manifest.to_str().unwrap(),
-        "--region",
-        "us-east-1",
-        "-b",
-        "dl-test/x",
-    ]));
+    let _bundle = cloud.upload_three_parts("dl-test/x");
     // An unrelated object under the same prefix must survive the delete.
     assert_eq!(
         cloud
@@ -689,16 +688,7 @@ fn on_ec2_region_and_instance_role_credentials_come_from_imdsv2() {
 #[test]
 fn verify_accepts_an_s3_manifest_and_names_a_corrupt_object() {
     let cloud = Cloud::start();
-    let (_dir, manifest) = three_parts();
-    run_ok(&mut cloud.cmd(&[
-        "upload",
-        "-m",
-        manifest.to_str().unwrap(),
-        "--region",
-        "us-east-1",
-        "-b",
-        "vbucket/p",
-    ]));
+    let _bundle = cloud.upload_three_parts("vbucket/p");
     let keys = Keys::new();
     let url = "s3://vbucket/p/random.img.manifest.xml";
     let (k, c) = (keys.user_key(), keys.user_cert());
