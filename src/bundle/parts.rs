@@ -1,8 +1,8 @@
 //! Cutting the ciphertext into 10 MiB parts and reading them back (bundle-format.md §8).
 //!
 //! [`PartWriter`] is the last adapter of the bundling pipeline: it accumulates exactly one part
-//! in memory, hashes it and hands it to a [`PartSink`] (a staging directory today, an S3
-//! uploader later). Holding the part in memory costs [`PART_SIZE_BYTES`] and lets every sink
+//! in memory, hashes it and hands it to a [`PartSink`] (a staging directory, or the S3 uploader of
+//! a streaming upload). Holding the part in memory costs [`PART_SIZE_BYTES`] and lets every sink
 //! see the whole part and its digest at once (S3 needs both before the PUT).
 //!
 //! [`PartReader`] is the first adapter of the unbundling pipeline: it loads one part at a time,
@@ -43,8 +43,9 @@ pub struct PartInfo {
 
 /// Where finished parts go.
 pub trait PartSink {
-    /// Takes part `info.index` with its bytes. Parts arrive in index order.
-    fn put_part(&mut self, info: &PartInfo, data: &[u8]) -> io::Result<()>;
+    /// Takes part `info.index` with its bytes (owned, so a sink can hand them to another task
+    /// without a copy). Parts arrive in index order.
+    fn put_part(&mut self, info: &PartInfo, data: Vec<u8>) -> io::Result<()>;
 }
 
 /// Splits a byte stream into parts of [`PART_SIZE_BYTES`] and passes each to a sink.
@@ -77,9 +78,9 @@ impl<S: PartSink> PartWriter<S> {
             size: self.buf.len() as u64,
             sha1: hex::encode(Sha1::digest(&self.buf)),
         };
-        self.sink.put_part(&info, &self.buf)?;
+        let data = std::mem::replace(&mut self.buf, Vec::with_capacity(PART_SIZE_BYTES));
+        self.sink.put_part(&info, data)?;
         self.parts.push(info);
-        self.buf.clear();
         Ok(())
     }
 
@@ -122,8 +123,8 @@ pub struct MemorySink {
 }
 
 impl PartSink for MemorySink {
-    fn put_part(&mut self, _info: &PartInfo, data: &[u8]) -> io::Result<()> {
-        self.parts.push(data.to_vec());
+    fn put_part(&mut self, _info: &PartInfo, data: Vec<u8>) -> io::Result<()> {
+        self.parts.push(data);
         Ok(())
     }
 }
@@ -136,10 +137,10 @@ pub struct StagingSink {
 }
 
 impl PartSink for StagingSink {
-    fn put_part(&mut self, info: &PartInfo, data: &[u8]) -> io::Result<()> {
+    fn put_part(&mut self, info: &PartInfo, data: Vec<u8>) -> io::Result<()> {
         let path = self.dir.join(format!("part.{}", info.index));
         let mut f = create_private_file(&path)?;
-        f.write_all(data)?;
+        f.write_all(&data)?;
         // Parts are renamed into place only at the end; make their bytes durable first so a
         // crash after the manifest rename never exposes a manifest whose parts are not on disk.
         f.sync_all()?;

@@ -28,12 +28,14 @@ use crate::bundle::crypto::{
     self, AesIv, AesKey, CbcDecryptReader, CbcEncryptWriter, Certificate, UserKey,
 };
 use crate::bundle::digest::{CountingWriter, HashingReader, HashingWriter};
-use crate::bundle::gzip::{GzipReader, ParallelGzEncoder};
+use crate::bundle::gzip::{self, GzipReader, ParallelGzEncoder};
 use crate::bundle::manifest::{
     self, Bundler, ImageInfo, MachineConfiguration, Manifest, ManifestVersion, Mapping, PartEntry,
     SignatureForm,
 };
-use crate::bundle::parts::{self, ExpectedPart, PartInfo, PartReader, PartWriter, StagingDir};
+use crate::bundle::parts::{
+    self, ExpectedPart, PartInfo, PartReader, PartSink, PartWriter, StagingDir,
+};
 use crate::bundle::tar::{self, MemberMeta, SparseMap, TarReader};
 use crate::interrupt::Interruptible;
 use crate::progress::Progress;
@@ -209,6 +211,256 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
+/// An image opened, checked and measured, ready to stream: its tar-stream length is known
+/// before a byte of data is read, which fixes the part-name width of a streaming upload (§8.3).
+pub struct PreparedImage {
+    source: Source,
+    member: MemberMeta,
+    label: String,
+    size: u64,
+    data_bytes: u64,
+    sparse: bool,
+}
+
+enum Source {
+    File { file: File, map: SparseMap },
+    Stream { reader: Box<dyn Read + Send> },
+}
+
+impl PreparedImage {
+    /// Opens `input` and checks it against `spec` (size limits, name, architecture, level).
+    /// `overrides.key_iv` is not used here.
+    pub fn open(
+        input: ImageInput,
+        spec: &BundleSpec,
+        overrides: &Overrides,
+    ) -> Result<Self, Error> {
+        check_spec(spec)?;
+        match input {
+            ImageInput::File(path) => {
+                let label = path.display().to_string();
+                let file = File::open(&path).map_err(|source| Error::OpenImage {
+                    path: path.clone(),
+                    source,
+                })?;
+                let meta = file.metadata().map_err(|source| Error::OpenImage {
+                    path: path.clone(),
+                    source,
+                })?;
+                if !meta.file_type().is_file() {
+                    let kind = if meta.file_type().is_block_device() {
+                        "a block device"
+                    } else {
+                        "not a regular file"
+                    };
+                    return Err(Error::NotAFile { path, kind });
+                }
+                check_size(&label, meta.len(), spec.allow_oversize)?;
+                let map = match &overrides.map {
+                    Some(map) => map.clone(),
+                    None => SparseMap::from_file(&file)?,
+                };
+                let member = MemberMeta {
+                    name: spec.name.clone(),
+                    mode: meta.mode() & 0o7777,
+                    mtime: overrides.mtime.unwrap_or_else(|| mtime_secs(&meta)),
+                };
+                Ok(Self {
+                    size: map.size(),
+                    data_bytes: map.data_bytes(),
+                    sparse: map.is_sparse(),
+                    source: Source::File { file, map },
+                    member,
+                    label,
+                })
+            }
+            ImageInput::Stream {
+                reader,
+                size,
+                label,
+            } => {
+                check_size(&label, size, spec.allow_oversize)?;
+                let member = MemberMeta {
+                    name: spec.name.clone(),
+                    mode: 0o644,
+                    mtime: overrides.mtime.unwrap_or_else(now_secs),
+                };
+                Ok(Self {
+                    source: Source::Stream { reader },
+                    member,
+                    label,
+                    size,
+                    data_bytes: size,
+                    sparse: false,
+                })
+            }
+        }
+    }
+
+    /// Image size S.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// How the image is named in messages.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// Exact length T of the tar stream (§3.1).
+    pub fn tar_len(&self) -> u64 {
+        match &self.source {
+            Source::File { map, .. } => tar::stream_len(map),
+            Source::Stream { .. } => tar::stream_len(&SparseMap::dense(self.size)),
+        }
+    }
+
+    /// The largest number of parts this image can produce at any level: ⌈(G_max + 16) / P⌉
+    /// with G_max the encoder's bound (§8.3). Its digit count is the part-name width of a
+    /// streaming upload.
+    pub fn max_parts(&self) -> u64 {
+        let g_max = gzip::compressed_bound(self.tar_len(), gzip::DEFAULT_CHUNK_BYTES);
+        g_max
+            .saturating_add(16)
+            .div_ceil(parts::PART_SIZE_BYTES as u64)
+    }
+}
+
+/// What one streaming pass produced, before the manifest is made.
+struct Encoded {
+    digest: String,
+    image_size: u64,
+    data_bytes: u64,
+    sparse: bool,
+    tar_bytes: u64,
+    gzip_bytes: u64,
+    bundled_bytes: u64,
+    parts: Vec<PartInfo>,
+    elapsed: Duration,
+}
+
+/// The one streaming pass: image → tar → SHA-1 → gzip → AES-128-CBC → parts into `sink`.
+/// `write_err` turns a failure of the writer stack (the sink included) into the caller's error.
+fn encode<S: PartSink>(
+    image: PreparedImage,
+    spec: &BundleSpec,
+    key: &AesKey,
+    iv: &AesIv,
+    sink: S,
+    write_err: &dyn Fn(io::Error) -> Error,
+    progress: &dyn Progress,
+) -> Result<(S, Encoded), Error> {
+    let started = Instant::now();
+    let part_writer = PartWriter::new(sink);
+    let encrypt = CbcEncryptWriter::new(part_writer, key, iv)?;
+    let counted = CountingWriter::new(encrypt);
+    let gzip =
+        ParallelGzEncoder::new(counted, spec.level, spec.threads.max(1)).map_err(write_err)?;
+    let mut hashing = Interruptible(HashingWriter::new(gzip));
+
+    let PreparedImage {
+        source,
+        member,
+        size,
+        data_bytes,
+        sparse,
+        ..
+    } = image;
+    progress.start("bundling", Some(data_bytes));
+    let mut last = 0;
+    let mut tick = |done: u64| {
+        progress.inc(done - last);
+        last = done;
+    };
+    match source {
+        Source::File { mut file, map } => {
+            tar::write_stream(&mut file, &member, &map, &mut hashing, &mut tick)?;
+        }
+        Source::Stream { mut reader } => {
+            tar::write_stream_from_reader(&mut reader, &member, size, &mut hashing, &mut tick)?;
+        }
+    }
+
+    let (digest, tar_bytes, gzip) = hashing.into_inner().finish();
+    let counted = gzip.finish().map_err(write_err)?;
+    let (gzip_bytes, encrypt) = counted.finish();
+    let part_writer = encrypt.finish().map_err(write_err)?;
+    let bundled_bytes = part_writer.total();
+    let (sink, parts) = part_writer.finish().map_err(write_err)?;
+    progress.finish();
+    Ok((
+        sink,
+        Encoded {
+            digest,
+            image_size: size,
+            data_bytes,
+            sparse,
+            tar_bytes,
+            gzip_bytes,
+            bundled_bytes,
+            parts,
+            elapsed: started.elapsed(),
+        },
+    ))
+}
+
+/// Builds, signs and strictly checks the manifest of an encoded bundle whose parts are named
+/// with `width` digits.
+fn signed_manifest(
+    spec: &BundleSpec,
+    identity: &Identity,
+    key: &AesKey,
+    iv: &AesIv,
+    encoded: &Encoded,
+    width: usize,
+) -> Result<(Manifest, String), Error> {
+    let account = check_spec(spec)?;
+    let mut manifest = build_manifest(
+        spec,
+        account,
+        identity,
+        key,
+        iv,
+        &encoded.digest,
+        encoded.image_size,
+        encoded.bundled_bytes,
+        &encoded.parts,
+        width,
+    )?;
+    manifest.sign(&identity.user_key)?;
+    manifest.check_strict()?;
+    let xml = manifest.to_xml()?;
+    Ok((manifest, xml))
+}
+
+fn report(
+    manifest: Manifest,
+    manifest_path: PathBuf,
+    part_paths: Vec<PathBuf>,
+    e: &Encoded,
+) -> BundleReport {
+    BundleReport {
+        manifest,
+        manifest_path,
+        part_paths,
+        image_size: e.image_size,
+        data_bytes: e.data_bytes,
+        sparse: e.sparse,
+        tar_bytes: e.tar_bytes,
+        gzip_bytes: e.gzip_bytes,
+        bundled_bytes: e.bundled_bytes,
+        elapsed: e.elapsed,
+    }
+}
+
+/// The injected key and IV, or fresh random ones (§6).
+fn key_iv(injected: Option<(AesKey, AesIv)>) -> Result<(AesKey, AesIv), Error> {
+    match injected {
+        Some(pair) => Ok(pair),
+        None => Ok((AesKey::random()?, AesIv::random()?)),
+    }
+}
+
 /// Bundles `input` into `<dest>/<name>.part.*` and `<dest>/<name>.manifest.xml` in one pass.
 ///
 /// Parts are staged in a private directory and renamed into place only when the stream is
@@ -219,10 +471,10 @@ pub fn bundle_to_dir(
     identity: &Identity,
     dest: &Path,
     overwrite: bool,
-    overrides: Overrides,
+    mut overrides: Overrides,
     progress: &dyn Progress,
 ) -> Result<BundleReport, Error> {
-    let account = check_spec(spec)?;
+    check_spec(spec)?;
     let dest_meta = fs::metadata(dest).map_err(|source| Error::Destination {
         dir: dest.to_path_buf(),
         source,
@@ -234,111 +486,20 @@ pub fn bundle_to_dir(
         });
     }
     let stale = existing_bundle_files(dest, &spec.name, overwrite)?;
-
-    let (key, iv) = match overrides.key_iv {
-        Some(pair) => pair,
-        None => (AesKey::random()?, AesIv::random()?),
-    };
+    let (key, iv) = key_iv(overrides.key_iv.take())?;
+    let image = PreparedImage::open(input, spec, &overrides)?;
 
     let staging = StagingDir::create(dest, &spec.name).map_err(|source| Error::Destination {
         dir: dest.to_path_buf(),
         source,
     })?;
-    let sink = staging.sink();
     let write_err = |source: io::Error| Error::WriteBundle {
         dir: dest.to_path_buf(),
         source,
     };
-
-    let started = Instant::now();
-    let part_writer = PartWriter::new(sink);
-    let encrypt = CbcEncryptWriter::new(part_writer, &key, &iv)?;
-    let counted = CountingWriter::new(encrypt);
-    let gzip =
-        ParallelGzEncoder::new(counted, spec.level, spec.threads.max(1)).map_err(write_err)?;
-    let mut hashing = Interruptible(HashingWriter::new(gzip));
-
-    let (image_size, data_bytes, sparse) = match input {
-        ImageInput::File(path) => {
-            let label = path.display().to_string();
-            let mut file = File::open(&path).map_err(|source| Error::OpenImage {
-                path: path.clone(),
-                source,
-            })?;
-            let meta = file.metadata().map_err(|source| Error::OpenImage {
-                path: path.clone(),
-                source,
-            })?;
-            if !meta.file_type().is_file() {
-                let kind = if meta.file_type().is_block_device() {
-                    "a block device"
-                } else {
-                    "not a regular file"
-                };
-                return Err(Error::NotAFile { path, kind });
-            }
-            check_size(&label, meta.len(), spec.allow_oversize)?;
-            let map = match overrides.map {
-                Some(map) => map,
-                None => SparseMap::from_file(&file)?,
-            };
-            let member = MemberMeta {
-                name: spec.name.clone(),
-                mode: meta.mode() & 0o7777,
-                mtime: overrides.mtime.unwrap_or_else(|| mtime_secs(&meta)),
-            };
-            progress.start("bundling", Some(map.data_bytes()));
-            let mut last = 0;
-            tar::write_stream(&mut file, &member, &map, &mut hashing, &mut |done| {
-                progress.inc(done - last);
-                last = done;
-            })?;
-            (map.size(), map.data_bytes(), map.is_sparse())
-        }
-        ImageInput::Stream {
-            mut reader,
-            size,
-            label,
-        } => {
-            check_size(&label, size, spec.allow_oversize)?;
-            let member = MemberMeta {
-                name: spec.name.clone(),
-                mode: 0o644,
-                mtime: overrides.mtime.unwrap_or_else(now_secs),
-            };
-            progress.start("bundling", Some(size));
-            let mut last = 0;
-            tar::write_stream_from_reader(&mut reader, &member, size, &mut hashing, &mut |done| {
-                progress.inc(done - last);
-                last = done;
-            })?;
-            (size, size, false)
-        }
-    };
-
-    let (digest, tar_bytes, gzip) = hashing.into_inner().finish();
-    let counted = gzip.finish().map_err(write_err)?;
-    let (gzip_bytes, encrypt) = counted.finish();
-    let part_writer = encrypt.finish().map_err(write_err)?;
-    let bundled_bytes = part_writer.total();
-    let (_sink, part_infos) = part_writer.finish().map_err(write_err)?;
-    progress.finish();
-    let elapsed = started.elapsed();
-
-    let mut manifest = build_manifest(
-        spec,
-        account,
-        identity,
-        &key,
-        &iv,
-        &digest,
-        image_size,
-        bundled_bytes,
-        &part_infos,
-    )?;
-    manifest.sign(&identity.user_key)?;
-    manifest.check_strict()?;
-    let xml = manifest.to_xml()?;
+    let (_sink, encoded) = encode(image, spec, &key, &iv, staging.sink(), &write_err, progress)?;
+    let width = parts::part_width(encoded.parts.len() as u64);
+    let (manifest, xml) = signed_manifest(spec, identity, &key, &iv, &encoded, width)?;
 
     // The new bundle is complete in staging: only now retire an old one of the same name
     // (manifest first, so it is never registrable with a mix of old and new parts).
@@ -346,25 +507,64 @@ pub fn bundle_to_dir(
         fs::remove_file(path).map_err(write_err)?;
     }
     let manifest_path = staging
-        .commit(&spec.name, &part_infos, xml.as_bytes())
+        .commit(&spec.name, &encoded.parts, xml.as_bytes())
         .map_err(write_err)?;
-    let width = parts::part_width(part_infos.len() as u64);
-    let part_paths = part_infos
+    let part_paths = encoded
+        .parts
         .iter()
         .map(|p| dest.join(parts::part_name(&spec.name, p.index, width)))
         .collect();
-    Ok(BundleReport {
-        manifest,
-        manifest_path,
-        part_paths,
-        image_size,
-        data_bytes,
-        sparse,
-        tar_bytes,
-        gzip_bytes,
-        bundled_bytes,
-        elapsed,
-    })
+    Ok(report(manifest, manifest_path, part_paths, &encoded))
+}
+
+/// A bundle streamed into a [`PartSink`]: the manifest (not stored anywhere yet) and the figures.
+#[derive(Debug)]
+pub struct StreamedBundle {
+    /// The signed manifest.
+    pub manifest: Manifest,
+    /// Its exact bytes (§9.2), to be stored last.
+    pub xml: String,
+    /// Digits of the part indices, fixed before streaming (§8.3).
+    pub width: usize,
+    /// Figures (`manifest_path` and `part_paths` are empty: nothing is on local disk).
+    pub report: BundleReport,
+}
+
+/// Bundles an already opened image into a sink that stores parts as they are produced
+/// (streaming upload mode, §8.3): `make_sink` is given the part-name width, fixed up front as
+/// the digit count of [`PreparedImage::max_parts`], so the sink can name parts before their
+/// count is known. The manifest lists the names actually used; storing it last is the caller's
+/// job. A failure of the sink is reported through `sink_err`. `key_iv` injects the key and IV
+/// (tests); `None` draws fresh ones.
+#[allow(clippy::too_many_arguments)]
+pub fn bundle_to_sink<S: PartSink>(
+    image: PreparedImage,
+    spec: &BundleSpec,
+    identity: &Identity,
+    key_iv: Option<(AesKey, AesIv)>,
+    sink: S,
+    width: usize,
+    sink_err: &dyn Fn(io::Error) -> Error,
+    progress: &dyn Progress,
+) -> Result<(S, StreamedBundle), Error> {
+    let (key, iv) = self::key_iv(key_iv)?;
+    let (sink, encoded) = encode(image, spec, &key, &iv, sink, sink_err, progress)?;
+    if parts::part_width(encoded.parts.len() as u64) > width {
+        // Cannot happen while the bound holds; checked because a wrong name would break the
+        // bundle silently.
+        return Err(Error::TooManyParts(encoded.parts.len()));
+    }
+    let (manifest, xml) = signed_manifest(spec, identity, &key, &iv, &encoded, width)?;
+    let report = report(manifest.clone(), PathBuf::new(), Vec::new(), &encoded);
+    Ok((
+        sink,
+        StreamedBundle {
+            manifest,
+            xml,
+            width,
+            report,
+        },
+    ))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -378,10 +578,10 @@ fn build_manifest(
     image_size: u64,
     bundled_size: u64,
     part_infos: &[PartInfo],
+    width: usize,
 ) -> Result<Manifest, Error> {
     let key_hex = key.to_hex();
     let iv_hex = iv.to_hex();
-    let width = parts::part_width(part_infos.len() as u64);
     let parts = part_infos
         .iter()
         .map(|p| {

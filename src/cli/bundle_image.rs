@@ -8,8 +8,9 @@ use serde_json::json;
 
 use super::keys::{self, Ec2CertArgs, UserKeyArgs};
 use super::output;
+use super::streaming::{self, StreamArgs, StreamJob};
 use crate::bundle::manifest::{self, Bundler};
-use crate::bundle::pipeline::{self, BundleSpec, Identity, ImageInput, Overrides};
+use crate::bundle::pipeline::{self, BundleSpec, Identity, ImageInput, Overrides, PreparedImage};
 use crate::progress::Progress;
 
 /// Arguments of `bundle-image`.
@@ -21,14 +22,9 @@ pub struct BundleImageArgs {
     /// Exact size in bytes of the image read from stdin
     #[arg(long, value_name = "BYTES")]
     pub size: Option<u64>,
-    /// Directory for the parts and the manifest
-    #[arg(
-        short = 'd',
-        long = "destination",
-        value_name = "DIR",
-        default_value = "."
-    )]
-    pub destination: PathBuf,
+    /// Directory for the parts and the manifest [default: .]
+    #[arg(short = 'd', long = "destination", value_name = "DIR")]
+    pub destination: Option<PathBuf>,
     /// Bundle name (default: the image's file name)
     #[arg(short = 'p', long = "prefix", value_name = "NAME")]
     pub prefix: Option<String>,
@@ -69,6 +65,8 @@ pub struct BundleImageArgs {
     /// Print the result as JSON on stdout
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub stream: StreamArgs,
 }
 
 /// This machine's architecture in the manifest's vocabulary.
@@ -163,18 +161,42 @@ pub fn run(args: Box<BundleImageArgs>, progress: &dyn Progress) -> anyhow::Resul
         ImageInput::File(args.image.clone())
     };
     let (user_key, user_cert, _) = keys::load_identity(&args.keys)?;
-    let ec2_cert = keys::load_ec2_cert(&args.ec2)?;
+    if args.stream.enabled() {
+        if let Some(dir) = &args.destination {
+            bail!(
+                "-d/--destination {} has no use with --upload: a streamed bundle is not written locally",
+                dir.display()
+            );
+        }
+        let image = PreparedImage::open(input, &spec, &Overrides::default())
+            .with_context(|| format!("bundling {}", args.image.display()))?;
+        let job = StreamJob {
+            spec: &spec,
+            user_key,
+            user_cert,
+            ec2: &args.ec2,
+            overwrite: args.overwrite,
+            json: args.json,
+            command: "bundle-image",
+        };
+        return streaming::run(&args.stream, job, image, progress);
+    }
+    let ec2_cert = keys::load_ec2_cert(&args.ec2, &args.stream.local_region())?;
     let identity = Identity {
         user_key,
         user_cert,
         ec2_cert,
     };
+    let destination = args
+        .destination
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("."));
 
     let report = pipeline::bundle_to_dir(
         input,
         &spec,
         &identity,
-        &args.destination,
+        &destination,
         args.overwrite,
         Overrides::default(),
         progress,

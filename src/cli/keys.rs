@@ -32,9 +32,6 @@ pub struct Ec2CertArgs {
     /// itself will not be able to decrypt the bundle)
     #[arg(long)]
     pub unpinned_ec2cert: bool,
-    /// Region the AMI will be registered in; picks the EC2 certificate
-    #[arg(long, value_name = "REGION", default_value = "us-east-1")]
-    pub region: String,
 }
 
 /// amibundle's own key pair: `$XDG_CONFIG_HOME/amibundle/identity` (else
@@ -102,10 +99,11 @@ pub fn load_private_key(path: Option<&Path>, allow_insecure: bool) -> anyhow::Re
     Ok(UserKey::load(&path, allow_insecure)?)
 }
 
-/// Resolves the EC2 certificate per bundle-format.md §11.
-pub fn load_ec2_cert(args: &Ec2CertArgs) -> anyhow::Result<Certificate> {
+/// Resolves the EC2 certificate for the region the AMI will be registered in, per
+/// bundle-format.md §11.
+pub fn load_ec2_cert(args: &Ec2CertArgs, region: &str) -> anyhow::Result<Certificate> {
     let search = CertSearch::from_env(args.ec2cert.clone(), args.unpinned_ec2cert);
-    let found = certs::resolve_for_region(&search, &args.region)?;
+    let found = certs::resolve_for_region(&search, region)?;
     tracing::info!("EC2 certificate: {}", found.path.display());
     Ok(Certificate::from_der(&found.x509.to_der()?)?)
 }

@@ -9,6 +9,7 @@ mod download;
 mod keys;
 pub mod output;
 mod register;
+mod streaming;
 mod unbundle;
 mod upload;
 mod verify;
@@ -30,6 +31,8 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
     let access = err.chain().any(|e| {
         e.downcast_ref::<crate::cloud::s3::S3Error>()
             .is_some_and(crate::cloud::s3::S3Error::is_access_problem)
+            || e.downcast_ref::<crate::cloud::stream::StreamError>()
+                .is_some_and(crate::cloud::stream::StreamError::is_access_problem)
     });
     if access {
         EXIT_BUCKET_ACCESS

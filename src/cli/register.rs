@@ -38,6 +38,24 @@ pub struct RegisterArgs {
     /// AMI name (default: the bundle name); 3-128 characters
     #[arg(short = 'n', long, value_name = "NAME")]
     pub name: Option<String>,
+    /// Kernel id (paravirtual only)
+    #[arg(long, value_name = "AKI")]
+    pub kernel_id: Option<String>,
+    /// Ramdisk id (paravirtual only)
+    #[arg(long, value_name = "ARI")]
+    pub ramdisk_id: Option<String>,
+    #[command(flatten)]
+    pub ami: AmiArgs,
+    #[command(flatten)]
+    pub cloud: CloudArgs,
+    /// Print the result as JSON on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// How an AMI is registered: shared by `register` and the `--register` of the bundling commands.
+#[derive(Debug, Args, Clone)]
+pub struct AmiArgs {
     /// AMI description
     #[arg(long, value_name = "TEXT")]
     pub description: Option<String>,
@@ -53,12 +71,6 @@ pub struct RegisterArgs {
     /// Enable SR-IOV "simple" networking (C3, D2, I2, R3; needs ixgbevf)
     #[arg(long)]
     pub sriov_net_support: bool,
-    /// Kernel id (paravirtual only)
-    #[arg(long, value_name = "AKI")]
-    pub kernel_id: Option<String>,
-    /// Ramdisk id (paravirtual only)
-    #[arg(long, value_name = "ARI")]
-    pub ramdisk_id: Option<String>,
     /// Tag KEY=VALUE on the AMI (repeatable)
     #[arg(long = "tag", value_name = "KEY=VALUE")]
     pub tags: Vec<String>,
@@ -74,37 +86,94 @@ pub struct RegisterArgs {
     /// Refused: NitroTPM needs UEFI on Nitro
     #[arg(long, value_name = "VERSION", hide = true)]
     pub tpm_support: Option<String>,
-    #[command(flatten)]
-    pub cloud: CloudArgs,
-    /// Print the result as JSON on stdout
-    #[arg(long)]
-    pub json: bool,
+}
+
+impl AmiArgs {
+    /// Refuses what instance-store AMIs cannot use and parses the tags.
+    pub fn check(&self) -> anyhow::Result<Vec<(String, String)>> {
+        if self.boot_mode.is_some() {
+            return Err(ec2::Ec2Error::NotForInstanceStore {
+                option: "--boot-mode",
+                why: "UEFI boot needs a Nitro instance, and every instance-store family is Xen with legacy BIOS boot",
+            }
+            .into());
+        }
+        if self.tpm_support.is_some() {
+            return Err(ec2::Ec2Error::NotForInstanceStore {
+                option: "--tpm-support",
+                why: "NitroTPM needs UEFI boot on Nitro, which instance-store AMIs cannot use",
+            }
+            .into());
+        }
+        self.tags
+            .iter()
+            .map(|t| match t.split_once('=') {
+                Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+                _ => bail!("--tag {t:?} is not KEY=VALUE"),
+            })
+            .collect()
+    }
+}
+
+/// A bundle in S3 to register.
+#[derive(Debug, Clone)]
+pub struct RegisterTarget {
+    /// `bucket/prefix/name.manifest.xml`.
+    pub image_location: String,
+    /// AMI name.
+    pub name: String,
+    /// From the manifest.
+    pub architecture: String,
+    /// PV kernel.
+    pub kernel_id: Option<String>,
+    /// PV ramdisk.
+    pub ramdisk_id: Option<String>,
+}
+
+/// Registers (idempotently) and, unless `--no-wait`, waits for `available`. `tags` come from
+/// [`AmiArgs::check`].
+pub async fn register_and_wait(
+    client: &aws_sdk_ec2::Client,
+    region: &str,
+    target: RegisterTarget,
+    ami: &AmiArgs,
+    tags: Vec<(String, String)>,
+) -> anyhow::Result<(RegisterRequest, ec2::Registered)> {
+    ec2::validate_ami_name(&target.name)?;
+    if ami.virtualization_type == "hvm" {
+        tracing::info!("registering as HVM (EC2's own default would be paravirtual)");
+    }
+    let req = RegisterRequest {
+        image_location: target.image_location,
+        name: target.name,
+        description: ami.description.clone(),
+        architecture: target.architecture,
+        virtualization_type: ami.virtualization_type.clone(),
+        root_device_name: ami.root_device_name.clone(),
+        ephemeral_mappings: ec2::default_ephemeral_mappings(),
+        ena_support: ami.ena_support,
+        sriov_net_support: ami.sriov_net_support,
+        kernel_id: target.kernel_id,
+        ramdisk_id: target.ramdisk_id,
+        tags,
+        force: ami.force,
+    };
+    let registered = ec2::register_image(client, region, &req).await?;
+    if !ami.no_wait {
+        ec2::wait_available(
+            client,
+            region,
+            &registered.image_id,
+            Duration::from_secs(ec2::WAIT_TIMEOUT_SECS),
+        )
+        .await?;
+    }
+    Ok((req, registered))
 }
 
 /// Runs `register`.
 pub fn run(args: RegisterArgs) -> anyhow::Result<()> {
-    if args.boot_mode.is_some() {
-        return Err(ec2::Ec2Error::NotForInstanceStore {
-            option: "--boot-mode",
-            why: "UEFI boot needs a Nitro instance, and every instance-store family is Xen with legacy BIOS boot",
-        }
-        .into());
-    }
-    if args.tpm_support.is_some() {
-        return Err(ec2::Ec2Error::NotForInstanceStore {
-            option: "--tpm-support",
-            why: "NitroTPM needs UEFI boot on Nitro, which instance-store AMIs cannot use",
-        }
-        .into());
-    }
-    let tags = args
-        .tags
-        .iter()
-        .map(|t| match t.split_once('=') {
-            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-            _ => bail!("--tag {t:?} is not KEY=VALUE"),
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let tags = args.ami.check()?;
     if let Some(name) = &args.name {
         ec2::validate_ami_name(name)?;
     }
@@ -154,36 +223,16 @@ pub fn run(args: RegisterArgs) -> anyhow::Result<()> {
             }
             (None, None) => bail!("pass --manifest or --image-location"),
         };
-        let name = args.name.clone().unwrap_or(bundle_name);
-        if args.virtualization_type == "hvm" {
-            tracing::info!("registering as HVM (EC2's own default would be paravirtual)");
-        }
-        let req = RegisterRequest {
+        let target = RegisterTarget {
             image_location,
-            name,
-            description: args.description.clone(),
+            name: args.name.clone().unwrap_or(bundle_name),
             architecture: arch,
-            virtualization_type: args.virtualization_type.clone(),
-            root_device_name: args.root_device_name.clone(),
-            ephemeral_mappings: ec2::default_ephemeral_mappings(),
-            ena_support: args.ena_support,
-            sriov_net_support: args.sriov_net_support,
             kernel_id: args.kernel_id.clone(),
             ramdisk_id: args.ramdisk_id.clone(),
-            tags,
-            force: args.force,
         };
         let client = cloud.ec2_client(&region);
-        let registered = ec2::register_image(&client, &region, &req).await?;
-        if !args.no_wait {
-            ec2::wait_available(
-                &client,
-                &region,
-                &registered.image_id,
-                Duration::from_secs(ec2::WAIT_TIMEOUT_SECS),
-            )
-            .await?;
-        }
+        let (req, registered) =
+            register_and_wait(&client, &region, target, &args.ami, tags).await?;
         if args.json {
             output::print_json(&json!({
                 "version": 1,

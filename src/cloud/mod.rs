@@ -4,3 +4,4 @@
 pub mod config;
 pub mod ec2;
 pub mod s3;
+pub mod stream;

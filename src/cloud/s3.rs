@@ -667,6 +667,86 @@ fn md5_base64(data: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(Md5::digest(data))
 }
 
+/// Stores one file of a bundle at `location`: with Content-MD5 (S3 refuses a body that does not
+/// match), the SDK's CRC32 checksum, and the canned ACL EC2 needs. Returns the bytes sent.
+pub async fn put_bundle_object(
+    s3: &Client,
+    location: &BundleLocation,
+    file_name: &str,
+    data: Vec<u8>,
+    acl: &ObjectCannedAcl,
+) -> Result<u64, S3Error> {
+    let len = data.len() as u64;
+    let key = location.key(file_name);
+    s3.put_object()
+        .bucket(&location.bucket)
+        .key(&key)
+        .content_md5(md5_base64(&data))
+        .acl(acl.clone())
+        .body(ByteStream::from(data))
+        .send()
+        .await
+        .map_err(|err| request_error("uploading", &location.bucket, &key, err))?;
+    Ok(len)
+}
+
+/// Whether `key` exists in `bucket` (HeadObject).
+pub async fn object_exists(s3: &Client, bucket: &str, key: &str) -> Result<bool, S3Error> {
+    match s3.head_object().bucket(bucket).key(key).send().await {
+        Ok(_) => Ok(true),
+        Err(err)
+            if err.as_service_error().is_some_and(|e| e.is_not_found())
+                || err
+                    .raw_response()
+                    .is_some_and(|r| r.status().as_u16() == 404) =>
+        {
+            Ok(false)
+        }
+        Err(err) => Err(request_error("checking", bucket, key, err)),
+    }
+}
+
+/// Deletes exactly `keys` from `bucket`, in batches of the S3 maximum.
+pub async fn delete_keys(s3: &Client, bucket: &str, keys: &[String]) -> Result<(), S3Error> {
+    for batch in keys.chunks(DELETE_BATCH) {
+        let objects = batch
+            .iter()
+            .map(|k| ObjectIdentifier::builder().key(k).build())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| local_failure("deleting", bucket, &batch[0], e))?;
+        let delete = Delete::builder()
+            .set_objects(Some(objects))
+            .quiet(true)
+            .build()
+            .map_err(|e| local_failure("deleting", bucket, &batch[0], e))?;
+        let out = s3
+            .delete_objects()
+            .bucket(bucket)
+            .delete(delete)
+            .send()
+            .await
+            .map_err(|err| request_error("deleting", bucket, &batch[0], err))?;
+        if let Some(first) = out.errors().first() {
+            return Err(S3Error::Request(Box::new(RequestFailure {
+                action: "deleting",
+                bucket: bucket.to_string(),
+                key: first.key().unwrap_or_default().to_string(),
+                code: first.code().map(str::to_string),
+                status: None,
+                detail: format!(
+                    "{}: {} ({} of {} objects in this batch failed)",
+                    first.code().unwrap_or("error"),
+                    first.message().unwrap_or_default(),
+                    out.errors().len(),
+                    batch.len()
+                ),
+                hint: String::new(),
+            })));
+        }
+    }
+    Ok(())
+}
+
 /// Uploads a local bundle: parts concurrently (each with Content-MD5 and the SDK's CRC32
 /// checksum, and the canned ACL), the manifest last — it is the commit point that makes the
 /// bundle registrable. The smallest part goes first, alone, so a permission or ACL problem
@@ -744,17 +824,7 @@ pub async fn upload_bundle(
                     path: part.path.clone(),
                     source,
                 })?;
-            let len = data.len() as u64;
-            let key = location.key(&part.filename);
-            s3.put_object()
-                .bucket(&location.bucket)
-                .key(&key)
-                .content_md5(md5_base64(&data))
-                .acl(acl)
-                .body(ByteStream::from(data))
-                .send()
-                .await
-                .map_err(|err| request_error("uploading", &location.bucket, &key, err))?;
+            let len = put_bundle_object(s3, location, &part.filename, data, &acl).await?;
             progress.inc(len);
             Ok::<_, S3Error>((part.filename, len))
         }
@@ -779,17 +849,8 @@ pub async fn upload_bundle(
 
     let mut manifest_uploaded = false;
     if !opts.skip_manifest {
-        let key = location.key(&manifest_name);
-        s3.put_object()
-            .bucket(&location.bucket)
-            .key(&key)
-            .content_md5(md5_base64(&bundle.raw))
-            .acl(acl)
-            .body(ByteStream::from(bundle.raw.clone()))
-            .send()
-            .await
-            .map_err(|err| request_error("uploading", &location.bucket, &key, err))?;
-        bytes_sent += bundle.raw.len() as u64;
+        bytes_sent +=
+            put_bundle_object(s3, location, &manifest_name, bundle.raw.clone(), &acl).await?;
         manifest_uploaded = true;
     }
     uploaded.sort();
@@ -970,50 +1031,8 @@ pub async fn delete_bundle(
         .iter()
         .map(|p| location.key(&p.filename))
         .collect();
-    for batch in keys.chunks(DELETE_BATCH) {
-        let objects = batch
-            .iter()
-            .map(|k| ObjectIdentifier::builder().key(k).build())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| local_failure("deleting", &location.bucket, &location.prefix, e))?;
-        let delete = Delete::builder()
-            .set_objects(Some(objects))
-            .quiet(true)
-            .build()
-            .map_err(|e| local_failure("deleting", &location.bucket, &location.prefix, e))?;
-        let out = s3
-            .delete_objects()
-            .bucket(&location.bucket)
-            .delete(delete)
-            .send()
-            .await
-            .map_err(|err| {
-                request_error(
-                    "deleting parts under",
-                    &location.bucket,
-                    &location.prefix,
-                    err,
-                )
-            })?;
-        if let Some(first) = out.errors().first() {
-            return Err(S3Error::Request(Box::new(RequestFailure {
-                action: "deleting",
-                bucket: location.bucket.clone(),
-                key: first.key().unwrap_or_default().to_string(),
-                code: first.code().map(str::to_string),
-                status: None,
-                detail: format!(
-                    "{}: {} ({} of {} objects in this batch failed)",
-                    first.code().unwrap_or("error"),
-                    first.message().unwrap_or_default(),
-                    out.errors().len(),
-                    batch.len()
-                ),
-                hint: String::new(),
-            })));
-        }
-        report.deleted.extend(batch.iter().cloned());
-    }
+    delete_keys(s3, &location.bucket, &keys).await?;
+    report.deleted.extend(keys);
     if clear {
         match s3.delete_bucket().bucket(&location.bucket).send().await {
             Ok(_) => report.bucket_removed = true,

@@ -9,20 +9,25 @@ use std::process::Command;
 
 use crate::support::http::{self, Body};
 use crate::support::moto::{FAKE_AUTHORIZATION, Moto};
-use crate::support::proxy::{Exchange, RecordingProxy};
+use crate::support::proxy::{Exchange, FaultPlan, ForwardAll, RecordingProxy};
 use crate::support::*;
 
 /// moto + a recording proxy in front of it + a private HOME.
-struct Cloud {
-    moto: Moto,
-    proxy: RecordingProxy,
-    home: tempfile::TempDir,
+pub(crate) struct Cloud {
+    pub(crate) moto: Moto,
+    pub(crate) proxy: RecordingProxy,
+    pub(crate) home: tempfile::TempDir,
 }
 
 impl Cloud {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
+        Self::start_with(Box::new(ForwardAll))
+    }
+
+    /// Like [`Cloud::start`], with faults injected by the proxy.
+    pub(crate) fn start_with(plan: Box<dyn FaultPlan>) -> Self {
         let moto = Moto::start();
-        let proxy = RecordingProxy::start(&moto.addr);
+        let proxy = RecordingProxy::start_with(&moto.addr, plan);
         let home = tempfile::tempdir().unwrap();
         // Empty AWS config files: nothing of this machine's own AWS setup leaks in.
         fs::write(home.path().join("aws-config"), "").unwrap();
@@ -31,7 +36,7 @@ impl Cloud {
     }
 
     /// The binary, pointed at the proxy with test credentials and no instance metadata.
-    fn cmd(&self, args: &[&str]) -> Command {
+    pub(crate) fn cmd(&self, args: &[&str]) -> Command {
         let mut c = amibundle(self.home.path());
         c.env("AWS_ACCESS_KEY_ID", "testing")
             .env("AWS_SECRET_ACCESS_KEY", "testing")
@@ -61,7 +66,7 @@ impl Cloud {
     }
 
     /// A raw request straight to moto (fixtures), signed with a fake header moto accepts.
-    fn raw(
+    pub(crate) fn raw(
         &self,
         method: &str,
         target: &str,
@@ -73,12 +78,12 @@ impl Cloud {
         http::request(&self.moto.endpoint, method, target, &h, Body::Bytes(body)).unwrap()
     }
 
-    fn object(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {
+    pub(crate) fn object(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {
         let r = self.raw("GET", &format!("/{bucket}/{key}"), &[], b"");
         (r.status == 200).then_some(r.body)
     }
 
-    fn object_puts(&self) -> Vec<Exchange> {
+    pub(crate) fn object_puts(&self) -> Vec<Exchange> {
         // Object PUTs have a key after the bucket in the path.
         self.proxy
             .exchanges()
@@ -88,7 +93,7 @@ impl Cloud {
     }
 }
 
-fn header<'a>(e: &'a Exchange, name: &str) -> Option<&'a str> {
+pub(crate) fn header<'a>(e: &'a Exchange, name: &str) -> Option<&'a str> {
     e.headers
         .iter()
         .find(|(n, _)| n == name)
@@ -468,7 +473,10 @@ fn download_checks_every_part_and_delete_removes_exactly_the_bundle() {
 }
 
 /// The form parameters of the EC2 Query call `action` seen at the proxy (the last one).
-fn ec2_call(cloud: &Cloud, action: &str) -> Option<std::collections::BTreeMap<String, String>> {
+pub(crate) fn ec2_call(
+    cloud: &Cloud,
+    action: &str,
+) -> Option<std::collections::BTreeMap<String, String>> {
     let needle = format!("Action={action}&");
     let ex = cloud.proxy.exchanges();
     let body = ex

@@ -7,5 +7,6 @@ mod cli;
 mod cloud;
 mod golden;
 mod independent;
+mod streaming;
 mod support_selftest;
 mod vectors;

@@ -1,0 +1,220 @@
+//! `--upload` and `--register` of the bundling commands: bundle straight into S3 and register the
+//! AMI, in one run (cloud::stream does the work).
+
+use anyhow::Context;
+use clap::Args;
+use serde_json::json;
+
+use super::cloud_args::{self, CloudArgs};
+use super::keys::{self, Ec2CertArgs};
+use super::output;
+use super::register::{self, AmiArgs, RegisterTarget};
+use crate::bundle::crypto::{Certificate, UserKey};
+use crate::bundle::pipeline::{BundleSpec, Identity, PreparedImage};
+use crate::cloud::s3::{self, BucketPolicy, BundleLocation};
+use crate::cloud::stream::{self, StreamTarget};
+use crate::progress::Progress;
+
+/// Streaming upload and registration flags.
+#[derive(Debug, Args, Clone)]
+pub struct StreamArgs {
+    /// Upload the bundle to S3 while it is being made, keeping nothing on local disk:
+    /// s3://BUCKET[/PREFIX], or no value for amibundle-ACCOUNT-REGION
+    #[arg(long, value_name = "S3URL", num_args = 0..=1, default_missing_value = "")]
+    pub upload: Option<String>,
+    /// Then register the AMI under this name (implies --upload)
+    #[arg(long, value_name = "AMI_NAME")]
+    pub register: Option<String>,
+    /// Parts uploaded at once (each holds 10 MiB of memory)
+    #[arg(long, value_name = "N", default_value_t = s3::DEFAULT_CONCURRENCY)]
+    pub concurrency: usize,
+    /// Canned ACL of every object (EC2 needs aws-exec-read; public-read makes the bundle public)
+    #[arg(long, value_name = "ACL", default_value = s3::DEFAULT_ACL,
+          value_parser = ["aws-exec-read", "public-read"])]
+    pub acl: String,
+    /// If the bucket has ACLs disabled, enable them (Object Ownership BucketOwnerPreferred)
+    #[arg(long)]
+    pub fix_ownership: bool,
+    #[command(flatten)]
+    pub ami: AmiArgs,
+    #[command(flatten)]
+    pub cloud: CloudArgs,
+}
+
+impl StreamArgs {
+    /// Whether the bundle goes to S3 instead of a local directory.
+    pub fn enabled(&self) -> bool {
+        self.upload.is_some() || self.register.is_some()
+    }
+
+    /// The region that picks the EC2 certificate of a local bundle: --region, else the
+    /// environment's, else us-east-1 (every commercial region uses the same certificate).
+    pub fn local_region(&self) -> String {
+        self.cloud
+            .region
+            .clone()
+            .or_else(|| std::env::var("AWS_REGION").ok())
+            .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
+            .filter(|r| !r.is_empty())
+            .unwrap_or_else(|| "us-east-1".to_string())
+    }
+}
+
+/// A streamed bundle to make: everything but the image.
+pub struct StreamJob<'a> {
+    /// What goes into the manifest.
+    pub spec: &'a BundleSpec,
+    /// The user's key pair.
+    pub user_key: UserKey,
+    /// The user's certificate.
+    pub user_cert: Certificate,
+    /// Which EC2 certificate.
+    pub ec2: &'a Ec2CertArgs,
+    /// Replace a bundle of the same name.
+    pub overwrite: bool,
+    /// Print JSON.
+    pub json: bool,
+    /// The command, for the JSON output.
+    pub command: &'static str,
+}
+
+/// Bundles `image` into S3 and, with --register, registers it; prints the image location (and
+/// the AMI id).
+pub fn run(
+    args: &StreamArgs,
+    job: StreamJob<'_>,
+    image: PreparedImage,
+    progress: &dyn Progress,
+) -> anyhow::Result<()> {
+    let tags = args.ami.check()?;
+    if let Some(name) = &args.register {
+        crate::cloud::ec2::validate_ami_name(name).context("checking --register")?;
+    }
+    let location = match args.upload.as_deref() {
+        Some(url) if !url.is_empty() => {
+            Some(BundleLocation::parse(url).context("checking --upload")?)
+        }
+        _ => None,
+    };
+    let runtime = cloud_args::runtime()?;
+    let cloud = runtime.block_on(args.cloud.load())?;
+    let region = cloud.require_region()?.to_string();
+    let ec2_cert = keys::load_ec2_cert(job.ec2, &region)?;
+    let identity = Identity {
+        user_key: job.user_key,
+        user_cert: job.user_cert,
+        ec2_cert,
+    };
+    let account = crate::bundle::manifest::normalize_account(&job.spec.account)?;
+    let location = match location {
+        Some(l) => l,
+        None => BundleLocation::parse(&s3::default_bucket_name(&account, &region))?,
+    };
+    let client = cloud.s3_client(&region);
+    let policy = BucketPolicy {
+        create: true,
+        fix_ownership: args.fix_ownership,
+    };
+    let state = runtime.block_on(s3::ensure_bucket(
+        &client,
+        &location.bucket,
+        &region,
+        Some(&account),
+        policy,
+    ))?;
+    tracing::info!("bucket {} in {region}: {state:?}", location.bucket);
+
+    let target = StreamTarget {
+        client,
+        location: location.clone(),
+        acl: args.acl.clone(),
+        concurrency: args.concurrency,
+        overwrite: job.overwrite,
+    };
+    let report = stream::bundle_to_s3(
+        runtime.handle(),
+        image,
+        job.spec,
+        &identity,
+        &target,
+        progress,
+    )
+    .with_context(|| format!("bundling {} into {location}", job.spec.name))?;
+    let natural = crate::bundle::parts::part_width(report.parts.len() as u64);
+    if report.width > natural {
+        tracing::info!(
+            "part names carry {} digits where a local bundle of {} part(s) would carry {}: the width is fixed before the part count is known when streaming (bundle-format.md §8.3); the manifest lists the names used",
+            report.width,
+            report.parts.len(),
+            natural
+        );
+    }
+
+    let registered = match &args.register {
+        Some(name) => {
+            let b = &report.bundle.manifest;
+            let machine = b.machine.as_ref();
+            let target = RegisterTarget {
+                image_location: report.image_location.clone(),
+                name: name.clone(),
+                architecture: machine
+                    .map(|m| m.architecture.clone())
+                    .unwrap_or_else(|| "i386".into()),
+                kernel_id: machine.and_then(|m| m.kernel_id.clone()),
+                ramdisk_id: machine.and_then(|m| m.ramdisk_id.clone()),
+            };
+            let client = cloud.ec2_client(&region);
+            let (_, registered) = runtime
+                .block_on(register::register_and_wait(
+                    &client, &region, target, &args.ami, tags,
+                ))
+                .with_context(|| format!("registering {}", report.image_location))?;
+            Some(registered)
+        }
+        None => None,
+    };
+
+    let b = &report.bundle;
+    if job.json {
+        output::print_json(&json!({
+            "version": 1,
+            "command": job.command,
+            "name": b.manifest.image.name,
+            "bucket": location.bucket,
+            "prefix": location.prefix,
+            "region": region,
+            "image_location": report.image_location,
+            "image_size": b.image_size,
+            "image_data_bytes": b.data_bytes,
+            "sparse": b.sparse,
+            "tar_bytes": b.tar_bytes,
+            "tar_sha1": b.manifest.image.digest,
+            "gzip_bytes": b.gzip_bytes,
+            "bundled_size": b.bundled_bytes,
+            "part_count": report.parts.len(),
+            "parts": report.parts,
+            "part_name_width": report.width,
+            "bytes_sent": report.bytes_sent,
+            "seconds": report.elapsed.as_secs_f64(),
+            "ami_id": registered.as_ref().map(|r| r.image_id.clone()),
+            "ami_created": registered.as_ref().map(|r| r.created),
+        }))?;
+    } else {
+        eprintln!(
+            "bundled {} ({} bytes, {} of data) into {} part(s) uploaded to s3://{}/{}, {} bytes, in {:.1} s",
+            b.manifest.image.name,
+            b.image_size,
+            indicatif::HumanBytes(b.data_bytes),
+            report.parts.len(),
+            location.bucket,
+            location.prefix,
+            b.bundled_bytes,
+            report.elapsed.as_secs_f64()
+        );
+        println!("{}", report.image_location);
+        if let Some(r) = &registered {
+            println!("{}", r.image_id);
+        }
+    }
+    Ok(())
+}
