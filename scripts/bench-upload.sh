@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Upload benchmark (cloud issue, "Performance"): a ~500 MB bundle uploaded to a local moto
-# emulator on 127.0.0.1 with --concurrency 1 and with the default, side by side in one run.
+# emulator on 127.0.0.1 with --concurrency 1 and with the default, side by side in one run; then
+# the same image bundled and uploaded in two steps vs streamed by `bundle-image --upload`.
 # Usage: scripts/bench-upload.sh [IMAGE_MIB]   (default 500)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,7 +22,6 @@ openssl req -x509 -newkey rsa:1024 -nodes -subj "/CN=bench stand-in" -days 1 \
 mkdir "$work/bundle"
 "$bin" -q bundle-image -i "$work/random.img" -u 123456789012 -d "$work/bundle" --compression-level 1 \
   --ec2cert "$work/ec2-cert.pem" --unpinned-ec2cert > /dev/null
-rm "$work/random.img"
 manifest=$work/bundle/random.img.manifest.xml
 bytes=$(du -cb "$work"/bundle/random.img.part.* | tail -n1 | cut -f1)
 echo "bundle: $bytes bytes in $(ls "$work"/bundle/random.img.part.* | wc -l) parts"
@@ -58,6 +58,21 @@ PY
 )
 done
 
+echo "== bundle to disk then upload (two steps) vs bundle-image --upload (one streaming pass)"
+now() { python3 -c 'import time; print(time.monotonic())'; }
+mkdir "$work/two-step"
+t0=$(now)
+"$bin" -q bundle-image -i "$work/random.img" -u 123456789012 -d "$work/two-step" --compression-level 1 \
+  --ec2cert "$work/ec2-cert.pem" --unpinned-ec2cert > /dev/null
+"$bin" -q upload -m "$work/two-step/random.img.manifest.xml" -b bench-upload/two-step --no-resume "${cloud[@]}" > /dev/null
+t1=$(now)
+"$bin" -q bundle-image -i "$work/random.img" -u 123456789012 --compression-level 1 \
+  --ec2cert "$work/ec2-cert.pem" --unpinned-ec2cert --upload s3://bench-upload/streamed "${cloud[@]}" > /dev/null
+t2=$(now)
+two_step=$(python3 -c "print($t1 - $t0)")
+streamed=$(python3 -c "print($t2 - $t1)")
+rm -rf "$work/two-step" "$work/random.img"
+
 echo
 echo "== results ($(nproc) cores, moto $("$moto_server" --version 2>/dev/null || echo 5.2.5) on 127.0.0.1)"
 for c in 1 8; do
@@ -68,3 +83,4 @@ for c in 1 8; do
   python3 -c "print(f'reference boto3 client, {$c} thread(s): {${ref[$c]}:.2f} s, {$bytes/${ref[$c]}/1e6:.1f} MB/s')"
 done
 python3 -c "print(f'reference speed-up, 8 vs 1 threads: {${ref[1]}/${ref[8]}:.2f}x')"
+python3 -c "print(f'bundle-image -d + upload: {$two_step:.2f} s; bundle-image --upload (streaming): {$streamed:.2f} s; {$two_step/$streamed:.2f}x')"

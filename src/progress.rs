@@ -10,6 +10,9 @@ pub trait Progress: Send + Sync {
     fn start(&self, phase: &str, total_bytes: Option<u64>);
     /// `bytes` more of the current phase are done.
     fn inc(&self, bytes: u64);
+    /// Countable items of the current phase (`"parts"`): `done` so far of `total`, if known.
+    /// Shown beside the byte count; optional.
+    fn items(&self, _label: &str, _done: u64, _total: Option<u64>) {}
     /// The current phase is complete.
     fn finish(&self);
 }

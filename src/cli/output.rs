@@ -89,6 +89,8 @@ enum Mode {
 
 struct PlainState {
     phase: String,
+    /// `" 3/51 parts"`, or empty.
+    items: String,
     total: Option<u64>,
     done: u64,
     started: Instant,
@@ -110,6 +112,7 @@ impl CliProgress {
             mode,
             state: Mutex::new(PlainState {
                 phase: String::new(),
+                items: String::new(),
                 total: None,
                 done: 0,
                 started: Instant::now(),
@@ -135,6 +138,7 @@ impl Progress for CliProgress {
             return;
         };
         st.phase = phase.to_string();
+        st.items.clear();
         st.total = total_bytes;
         st.done = 0;
         st.started = Instant::now();
@@ -150,7 +154,7 @@ impl Progress for CliProgress {
             Mode::Bar => {
                 let bar = ProgressBar::with_draw_target(total_bytes, ProgressDrawTarget::stderr());
                 let style = ProgressStyle::with_template(
-                    "{msg:>16} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                    "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
                 )
                 .map(|s| s.progress_chars("=> "))
                 .unwrap_or_else(|_| ProgressStyle::default_bar());
@@ -179,12 +183,26 @@ impl Progress for CliProgress {
                 .map(|t| format!(" {:.0}%", st.done as f64 * 100.0 / t as f64))
                 .unwrap_or_default();
             eprintln!(
-                "{}: {}{} at {}",
+                "{}: {}{}{} at {}",
                 st.phase,
                 human(st.done),
                 pct,
+                st.items,
                 rate(st.done, st.started.elapsed())
             );
+        }
+    }
+
+    fn items(&self, label: &str, done: u64, total: Option<u64>) {
+        let Ok(mut st) = self.state.lock() else {
+            return;
+        };
+        st.items = match total {
+            Some(t) => format!(", {done}/{t} {label}"),
+            None => format!(", {done} {label}"),
+        };
+        if let Some(bar) = &st.bar {
+            bar.set_message(format!("{}{}", st.phase, st.items));
         }
     }
 
@@ -201,9 +219,10 @@ impl Progress for CliProgress {
         }
         if self.mode != Mode::Quiet {
             eprintln!(
-                "{}: {} in {:.1} s ({})",
+                "{}: {}{} in {:.1} s ({})",
                 st.phase,
                 human(st.done),
+                st.items,
                 elapsed.as_secs_f64(),
                 rate(st.done, elapsed)
             );

@@ -814,6 +814,10 @@ pub async fn upload_bundle(
     }
 
     progress.start("uploading", Some(total));
+    let part_count = pending.len() as u64;
+    let parts_done = std::sync::atomic::AtomicU64::new(0);
+    progress.items("parts", 0, Some(part_count));
+    let parts_done = &parts_done;
     let put = |part: PendingPart| {
         let acl = acl.clone();
         async move {
@@ -826,6 +830,8 @@ pub async fn upload_bundle(
                 })?;
             let len = put_bundle_object(s3, location, &part.filename, data, &acl).await?;
             progress.inc(len);
+            let done = parts_done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            progress.items("parts", done, Some(part_count));
             Ok::<_, S3Error>((part.filename, len))
         }
     };

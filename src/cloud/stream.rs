@@ -136,7 +136,7 @@ impl Uploads {
 }
 
 /// The sink at the end of the bundling pipeline: uploads each part as it is cut.
-struct S3PartSink {
+struct S3PartSink<'a> {
     handle: Handle,
     client: Client,
     location: BundleLocation,
@@ -145,6 +145,7 @@ struct S3PartSink {
     acl: ObjectCannedAcl,
     slots: Arc<Semaphore>,
     uploads: Arc<Uploads>,
+    progress: &'a dyn Progress,
 }
 
 /// The sink's error when an upload failed: the pipeline stops; the real cause is in
@@ -153,7 +154,7 @@ fn upload_failed() -> io::Error {
     io::Error::other("a part upload failed")
 }
 
-impl PartSink for S3PartSink {
+impl PartSink for S3PartSink<'_> {
     fn put_part(&mut self, info: &PartInfo, data: Vec<u8>) -> io::Result<()> {
         if self.uploads.failed() {
             return Err(upload_failed());
@@ -185,6 +186,8 @@ impl PartSink for S3PartSink {
             }
         });
         lock(&self.uploads.tasks).push(task);
+        let stored = lock(&self.uploads.stored).len() as u64;
+        self.progress.items("parts uploaded", stored, None);
         Ok(())
     }
 }
@@ -233,6 +236,7 @@ pub fn bundle_to_s3(
         acl: ObjectCannedAcl::from(target.acl.as_str()),
         slots: Arc::new(Semaphore::new(target.concurrency.max(1))),
         uploads: Arc::clone(&uploads),
+        progress,
     };
     let destination = format!("s3://{}/{}", location.bucket, location.prefix);
     let sink_err = |source: io::Error| crate::bundle::Error::WriteBundle {
