@@ -3,4 +3,5 @@
 
 pub mod config;
 pub mod ec2;
+pub mod imds;
 pub mod s3;
