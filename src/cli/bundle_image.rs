@@ -11,6 +11,7 @@ use super::output;
 use super::streaming::{self, StreamArgs, StreamJob};
 use crate::bundle::manifest::{self, Bundler};
 use crate::bundle::pipeline::{self, BundleSpec, Identity, ImageInput, Overrides, PreparedImage};
+use crate::cloud::imds;
 use crate::progress::Progress;
 
 /// Arguments of `bundle-image`.
@@ -28,9 +29,10 @@ pub struct BundleImageArgs {
     /// Bundle name (default: the image's file name)
     #[arg(short = 'p', long = "prefix", value_name = "NAME")]
     pub prefix: Option<String>,
-    /// AWS account id, 12 digits (dashes allowed)
+    /// AWS account id, 12 digits, dashes allowed (default on EC2: the instance owner's, from
+    /// instance metadata)
     #[arg(short = 'u', long = "user", value_name = "ACCOUNT")]
-    pub user: String,
+    pub user: Option<String>,
     /// Architecture: i386, x86_64 or arm64 (default: this machine's)
     #[arg(short = 'r', long = "arch", value_name = "ARCH")]
     pub arch: Option<String>,
@@ -122,9 +124,19 @@ pub fn run(args: Box<BundleImageArgs>, progress: &dyn Progress) -> anyhow::Resul
             bail!("--block-device-mapping names {} twice", m.virtual_name);
         }
     }
+    let account = match &args.user {
+        Some(user) => user.clone(),
+        None => {
+            let account = imds::read_account_id(&imds::ImdsOptions::from_env()).context(
+                "no -u/--user given and no account id from instance metadata: pass -u/--user ACCOUNT",
+            )?;
+            tracing::info!("account {account} from instance metadata");
+            account
+        }
+    };
     let spec = BundleSpec {
         name: name.clone(),
-        account: args.user.clone(),
+        account,
         arch,
         kernel_id: args.kernel.clone(),
         ramdisk_id: args.ramdisk.clone(),

@@ -3,5 +3,6 @@
 
 pub mod config;
 pub mod ec2;
+pub mod imds;
 pub mod s3;
 pub mod stream;

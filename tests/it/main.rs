@@ -6,6 +6,7 @@ mod support;
 mod cli;
 mod cloud;
 mod golden;
+mod imds;
 mod independent;
 mod streaming;
 mod support_selftest;

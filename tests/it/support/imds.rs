@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::io::{self, BufReader};
 use std::net::TcpStream;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -52,6 +53,8 @@ struct State {
     /// Issued token → expiry.
     tokens: Mutex<HashMap<String, Instant>>,
     requests: Mutex<Vec<ImdsRequest>>,
+    /// When non-zero, the status every token request is answered with (no token).
+    refuse_tokens: AtomicU16,
 }
 
 /// The IMDS test server. Stops on drop.
@@ -80,6 +83,7 @@ impl ImdsServer {
             metadata,
             tokens: Mutex::new(HashMap::new()),
             requests: Mutex::new(Vec::new()),
+            refuse_tokens: AtomicU16::new(0),
         });
         let st = state.clone();
         let server = LoopbackServer::start(Arc::new(move |stream, _id, _conns| {
@@ -90,6 +94,12 @@ impl ImdsServer {
             state,
             _server: server,
         }
+    }
+
+    /// From now on, answers every token request with `status` and no token, as EC2 does with
+    /// 403 when metadata is turned off for the instance.
+    pub fn refuse_tokens(&self, status: u16) {
+        self.state.refuse_tokens.store(status, Ordering::SeqCst);
     }
 
     /// Every request so far, in arrival order.
@@ -142,6 +152,10 @@ fn answer(st: &State, method: &str, path: &str, headers: &[(String, String)]) ->
     if path == TOKEN_PATH {
         if method != "PUT" {
             return text(405, "");
+        }
+        let refuse = st.refuse_tokens.load(Ordering::SeqCst);
+        if refuse != 0 {
+            return text(refuse, "");
         }
         let ttl = header(TTL_HEADER).and_then(|v| v.parse::<u64>().ok());
         let Some(ttl) = ttl.filter(|t| (1..=MAX_TTL_SECS).contains(t)) else {

@@ -97,6 +97,9 @@ pub fn amibundle(home: &Path) -> Command {
         .env_remove("EC2_AMITOOL_HOME")
         .env_remove("EC2_HOME")
         .env_remove("RUST_LOG")
+        // Never reach for a real metadata service (169.254.169.254); tests that want metadata
+        // remove this and point AWS_EC2_METADATA_SERVICE_ENDPOINT at an ImdsServer.
+        .env("AWS_EC2_METADATA_DISABLED", "true")
         .stdin(Stdio::null());
     cmd
 }
