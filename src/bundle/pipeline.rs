@@ -10,13 +10,14 @@
 //! ```
 //!
 //! then the manifest is built, signed and committed last (§9). Unbundling stacks the readers
-//! the other way round: `PartReader` (checks each part's SHA-1 before its bytes are used) →
-//! `CbcDecryptReader` → `GzipReader` → `HashingReader` → `TarReader`, writing the image sparse
+//! the other way round: a ciphertext source that checks each part's SHA-1 before its bytes are
+//! used (`PartReader` for local parts, `cloud::s3::PartStream` for S3) → `CbcDecryptReader` → `GzipReader` → `HashingReader` → `TarReader`, writing the image sparse
 //! into a temporary file that is renamed only after every check has passed (§12).
 //!
 //! Peak memory: one part buffer (10 MiB) + the compressor's in-flight chunks
 //! (2 × threads × 1 MiB in and out, capped at 48 MiB) + the tar read buffer (1 MiB).
 
+use std::cell::Cell;
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -639,7 +640,7 @@ pub struct LocalBundle {
 /// Largest manifest we read: a 1025-part manifest is about 130 KB.
 const MAX_MANIFEST_BYTES: u64 = 16 * 1024 * 1024;
 
-/// What [`LocalBundle::decode`] found.
+/// What [`decode_ciphertext`] (and so [`LocalBundle::decode`]) found.
 #[derive(Debug, Clone)]
 pub struct DecodeReport {
     /// Tar member name.
@@ -770,6 +771,9 @@ impl LocalBundle {
     /// padding, the tar-stream digest and the image size. With `out_dir`, the image is written
     /// (sparse) to a temporary file there and renamed to the tar member's name only after every
     /// check passed; without, nothing is written (verification).
+    ///
+    /// The parts are read by a [`PartReader`] and handed to [`decode_ciphertext`]; a bad part is
+    /// reported as itself, not as the gzip or tar error it caused upstream.
     pub fn decode(
         &self,
         key: &UserKey,
@@ -777,102 +781,135 @@ impl LocalBundle {
         overwrite: bool,
         progress: &dyn Progress,
     ) -> Result<DecodeReport, Error> {
-        let total = self.check_part_sizes()?;
-        let aes_key = crypto::unwrap_key(key, &self.manifest.image.user_encrypted_key)?;
-        let aes_iv = crypto::unwrap_iv(key, &self.manifest.image.user_encrypted_iv)?;
-        let started = Instant::now();
-
-        progress.start(
-            if out_dir.is_some() {
-                "unbundling"
-            } else {
-                "verifying"
-            },
-            Some(total),
-        );
+        self.check_part_sizes()?;
         let parts = PartReader::new(self.expected_parts());
         let part_failure = parts.failure();
-        // A bad part is reported as itself, not as the gzip or tar error it caused upstream.
-        let tar_error = |e: tar::TarError| match part_failure.lock().ok().and_then(|mut f| f.take())
-        {
-            Some(part) => Error::Part(part),
-            None => Error::Tar(e),
-        };
-        let decrypt = CbcDecryptReader::new(
-            ProgressReader {
-                inner: Interruptible(parts),
-                progress,
-            },
-            &aes_key,
-            &aes_iv,
-        )?;
-        let gunzip = GzipReader::new(decrypt);
-        let hashing = HashingReader::new(gunzip);
-        let mut reader = TarReader::new(hashing);
-        let info = reader.read_member_header().map_err(tar_error)?;
-
-        if info.name != self.manifest.image.name {
-            tracing::warn!(
-                "the tar member is named {} but the manifest's image name is {}; the image is written as {}",
-                info.name,
-                self.manifest.image.name,
-                info.name
-            );
-        }
-        if info.size != self.manifest.image.size {
-            return Err(Error::SizeMismatch {
-                expected: self.manifest.image.size,
-                actual: info.size,
-            });
-        }
-
-        let mut temp = match out_dir {
-            Some(dir) => {
-                let final_path = dir.join(&info.name);
-                if !overwrite && fs::symlink_metadata(&final_path).is_ok() {
-                    return Err(Error::Exists(final_path));
-                }
-                Some(TempImage::create(dir, &info.name)?)
+        decode_ciphertext(&self.manifest, key, parts, out_dir, overwrite, progress).map_err(|e| {
+            // Once a part failed, every later error is a consequence of it.
+            match part_failure.lock().ok().and_then(|mut f| f.take()) {
+                Some(part) => Error::Part(part),
+                None => e,
             }
-            None => None,
-        };
-        let hashing = reader
-            .extract_to(temp.as_mut().map(|t| &mut t.file), &mut |_| {})
-            .map_err(tar_error)?;
-        let (tar_digest, tar_bytes, _gunzip) = hashing.finish();
-        progress.finish();
-        if !tar_digest.eq_ignore_ascii_case(&self.manifest.image.digest) {
-            return Err(Error::DigestMismatch {
-                expected: self.manifest.image.digest.clone(),
-                actual: tar_digest,
-            });
-        }
-        let image_path = match temp {
-            Some(t) => Some(t.persist(overwrite)?),
-            None => None,
-        };
-        Ok(DecodeReport {
-            member_name: info.name,
-            image_size: info.size,
-            sparse: info.sparse,
-            tar_digest,
-            tar_bytes,
-            image_path,
-            elapsed: started.elapsed(),
         })
     }
 }
 
-/// Counts bytes read for the progress display.
+/// Decodes a bundle from its ciphertext: the parts concatenated in index order, from any
+/// source (local part files, S3 downloads). Unwraps the AES key and IV with the user key, then
+/// streams the ciphertext through AES-128-CBC (PKCS#7 checked at the end), the strict gzip
+/// reader, the tar-stream SHA-1 and the tar reader (§12). With `out_dir`, the image is written
+/// (sparse) to a 0600 temporary file there and renamed to the tar member's name only after the
+/// size, the digest and the ciphertext length (`bundled_size`) all matched; without, nothing is
+/// written (verification). On any error the temporary file is removed.
+///
+/// Checking each part's SHA-1 before its bytes are returned is the source's job. When the
+/// source fails, the error returned here is the consequence (a tar or decode error); the caller
+/// that knows its source replaces it with the source's own failure.
+pub fn decode_ciphertext(
+    manifest: &Manifest,
+    key: &UserKey,
+    ciphertext: impl Read,
+    out_dir: Option<&Path>,
+    overwrite: bool,
+    progress: &dyn Progress,
+) -> Result<DecodeReport, Error> {
+    let aes_key = crypto::unwrap_key(key, &manifest.image.user_encrypted_key)?;
+    let aes_iv = crypto::unwrap_iv(key, &manifest.image.user_encrypted_iv)?;
+    let started = Instant::now();
+
+    progress.start(
+        if out_dir.is_some() {
+            "unbundling"
+        } else {
+            "verifying"
+        },
+        Some(manifest.image.bundled_size),
+    );
+    let ciphertext_bytes = Cell::new(0u64);
+    let decrypt = CbcDecryptReader::new(
+        ProgressReader {
+            inner: Interruptible(ciphertext),
+            progress,
+            total: &ciphertext_bytes,
+        },
+        &aes_key,
+        &aes_iv,
+    )?;
+    let gunzip = GzipReader::new(decrypt);
+    let hashing = HashingReader::new(gunzip);
+    let mut reader = TarReader::new(hashing);
+    let info = reader.read_member_header()?;
+
+    if info.name != manifest.image.name {
+        tracing::warn!(
+            "the tar member is named {} but the manifest's image name is {}; the image is written as {}",
+            info.name,
+            manifest.image.name,
+            info.name
+        );
+    }
+    if info.size != manifest.image.size {
+        return Err(Error::SizeMismatch {
+            expected: manifest.image.size,
+            actual: info.size,
+        });
+    }
+
+    let mut temp = match out_dir {
+        Some(dir) => {
+            let final_path = dir.join(&info.name);
+            if !overwrite && fs::symlink_metadata(&final_path).is_ok() {
+                return Err(Error::Exists(final_path));
+            }
+            Some(TempImage::create(dir, &info.name)?)
+        }
+        None => None,
+    };
+    let hashing = reader.extract_to(temp.as_mut().map(|t| &mut t.file), &mut |_| {})?;
+    let (tar_digest, tar_bytes, _gunzip) = hashing.finish();
+    progress.finish();
+    // The tar reader reads to EOF (§3.7), so the whole ciphertext has been counted. A source
+    // that checks every part's SHA-1 can still disagree with `bundled_size` when the manifest
+    // itself is inconsistent; a local bundle was checked up front.
+    if ciphertext_bytes.get() != manifest.image.bundled_size {
+        return Err(Error::BundledSize {
+            expected: manifest.image.bundled_size,
+            actual: ciphertext_bytes.get(),
+        });
+    }
+    if !tar_digest.eq_ignore_ascii_case(&manifest.image.digest) {
+        return Err(Error::DigestMismatch {
+            expected: manifest.image.digest.clone(),
+            actual: tar_digest,
+        });
+    }
+    let image_path = match temp {
+        Some(t) => Some(t.persist(overwrite)?),
+        None => None,
+    };
+    Ok(DecodeReport {
+        member_name: info.name,
+        image_size: info.size,
+        sparse: info.sparse,
+        tar_digest,
+        tar_bytes,
+        image_path,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// Counts bytes read, for the progress display and the final length check.
 struct ProgressReader<'a, R> {
     inner: R,
     progress: &'a dyn Progress,
+    total: &'a Cell<u64>,
 }
 
 impl<R: Read> Read for ProgressReader<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.progress.inc(n as u64);
+        self.total.set(self.total.get() + n as u64);
         Ok(n)
     }
 }

@@ -1,13 +1,17 @@
-//! `amibundle download`: a bundle in S3 → a local directory, every part checked as it arrives.
+//! `amibundle download`: a bundle in S3 → a local directory, every part checked as it arrives;
+//! with `--unbundle`, straight into the image without keeping any part.
 
 use std::path::PathBuf;
+use std::time::Instant;
 
 use anyhow::Context;
 use clap::Args;
 use serde_json::json;
 
 use super::cloud_args::{self, CloudArgs};
-use super::output;
+use super::{keys, output};
+use crate::bundle::crypto::Certificate;
+use crate::bundle::manifest;
 use crate::cloud::s3::{self, BundleLocation};
 use crate::progress::Progress;
 
@@ -20,7 +24,7 @@ pub struct DownloadArgs {
     /// Manifest file name in the bucket (NAME.manifest.xml)
     #[arg(short = 'm', long = "manifest", value_name = "NAME")]
     pub manifest: String,
-    /// Directory to download into
+    /// Directory to download into (with --unbundle: to write the image to)
     #[arg(
         short = 'd',
         long = "directory",
@@ -31,6 +35,26 @@ pub struct DownloadArgs {
     /// Parts downloaded at once
     #[arg(long, value_name = "N", default_value_t = s3::DEFAULT_CONCURRENCY)]
     pub concurrency: usize,
+    /// Decode the parts as they arrive and write only the image (no part or manifest is kept)
+    #[arg(long)]
+    pub unbundle: bool,
+    /// With --unbundle: user private key (default: amibundle's own)
+    #[arg(
+        short = 'k',
+        long = "privatekey",
+        value_name = "PATH",
+        requires = "unbundle"
+    )]
+    pub private_key: Option<PathBuf>,
+    /// With --unbundle: accept a private key file that others can read
+    #[arg(long, requires = "unbundle")]
+    pub allow_insecure_key: bool,
+    /// With --unbundle: also verify the manifest signature with this user certificate
+    #[arg(short = 'c', long = "cert", value_name = "PATH", requires = "unbundle")]
+    pub cert: Option<PathBuf>,
+    /// With --unbundle: replace an existing image file of the same name
+    #[arg(long, requires = "unbundle")]
+    pub overwrite: bool,
     #[command(flatten)]
     pub cloud: CloudArgs,
     /// Print the result as JSON on stdout
@@ -46,6 +70,9 @@ pub fn run(args: DownloadArgs, progress: &dyn Progress) -> anyhow::Result<()> {
         );
     }
     let location = BundleLocation::parse(&args.bucket).context("checking --bucket")?;
+    if args.unbundle {
+        return run_unbundle(&args, &location, progress);
+    }
     cloud_args::runtime()?.block_on(async {
         let cloud = args.cloud.load().await?;
         let client = args
@@ -77,4 +104,74 @@ pub fn run(args: DownloadArgs, progress: &dyn Progress) -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+/// `download --unbundle`: the manifest is kept in memory, its signature checked as `unbundle`
+/// does (when a certificate is given), and the parts stream from S3 into the image.
+fn run_unbundle(
+    args: &DownloadArgs,
+    location: &BundleLocation,
+    progress: &dyn Progress,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let url = format!("{}{}", location, args.manifest);
+    // Local inputs first: a bad key or certificate costs no request.
+    let cert = match &args.cert {
+        Some(path) => Some((path, Certificate::load(path)?)),
+        None => None,
+    };
+    let key = keys::load_private_key(args.private_key.as_deref(), args.allow_insecure_key)?;
+    let runtime = cloud_args::runtime()?;
+    let (client, manifest, raw) = runtime.block_on(async {
+        let cloud = args.cloud.load().await?;
+        let client = args
+            .cloud
+            .client_for_bucket(&cloud, &location.bucket)
+            .await?;
+        let (manifest, raw) = s3::fetch_manifest(&client, location, &args.manifest)
+            .await
+            .with_context(|| format!("downloading {url}"))?;
+        Ok::<_, anyhow::Error>((client, manifest, raw))
+    })?;
+    let signature = match &cert {
+        Some((path, cert)) => Some(
+            manifest::verify_signature(&raw, &manifest, cert).with_context(|| {
+                format!("verifying the signature of {url} with {}", path.display())
+            })?,
+        ),
+        None => None,
+    };
+    // The decode runs here, on this thread; the runtime's workers run the downloads.
+    let report = s3::unbundle_stream(
+        runtime.handle(),
+        &client,
+        location,
+        &manifest,
+        &key,
+        &args.directory,
+        args.overwrite,
+        args.concurrency,
+        progress,
+    )
+    .with_context(|| format!("unbundling {url}"))?;
+    let image = report.decode.image_path.clone().unwrap_or_default();
+    if args.json {
+        output::print_json(&json!({
+            "version": 1,
+            "command": "download",
+            "unbundle": true,
+            "image": image,
+            "image_size": report.decode.image_size,
+            "sparse_member": report.decode.sparse,
+            "tar_sha1": report.decode.tar_digest,
+            "signature": signature.map(|f| format!("{f:?}").to_lowercase()),
+            "parts": report.parts,
+            "bytes": report.bytes,
+            "manifest_bytes": raw.len(),
+            "seconds": started.elapsed().as_secs_f64(),
+        }))?;
+    } else {
+        println!("{}", image.display());
+    }
+    Ok(())
 }

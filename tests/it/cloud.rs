@@ -9,7 +9,7 @@ use std::process::Command;
 
 use crate::support::http::{self, Body};
 use crate::support::moto::{FAKE_AUTHORIZATION, Moto};
-use crate::support::proxy::{Exchange, FaultPlan, ForwardAll, RecordingProxy};
+use crate::support::proxy::{Action, Exchange, FaultPlan, ForwardAll, RecordingProxy};
 use crate::support::*;
 
 /// moto + a recording proxy in front of it + a private HOME.
@@ -81,6 +81,19 @@ impl Cloud {
     pub(crate) fn object(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {
         let r = self.raw("GET", &format!("/{bucket}/{key}"), &[], b"");
         (r.status == 200).then_some(r.body)
+    }
+
+    /// Paths of the object GETs (a key after the bucket), sorted.
+    pub(crate) fn object_gets(&self) -> Vec<String> {
+        let mut gets: Vec<String> = self
+            .proxy
+            .exchanges()
+            .into_iter()
+            .filter(|e| e.method == "GET" && e.path.trim_matches('/').contains('/'))
+            .map(|e| e.path)
+            .collect();
+        gets.sort();
+        gets
     }
 
     pub(crate) fn object_puts(&self) -> Vec<Exchange> {
@@ -717,5 +730,294 @@ fn verify_accepts_an_s3_manifest_and_names_a_corrupt_object() {
     assert!(
         err.contains("random.img.part.0") && err.contains("corrupt"),
         "{err}"
+    );
+}
+
+/// Names in a directory, sorted (hidden temporary files included).
+fn dir_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// `download -b stream/img -m random.img.manifest.xml -d DEST --unbundle` plus `extra`.
+fn download_unbundle(cloud: &Cloud, dest: &Path, extra: &[&std::ffi::OsStr]) -> Command {
+    let mut cmd = cloud.cmd(&[
+        "download",
+        "-b",
+        "stream/img",
+        "-m",
+        "random.img.manifest.xml",
+        "-d",
+        dest.to_str().unwrap(),
+        "--unbundle",
+    ]);
+    cmd.args(extra);
+    cmd
+}
+
+#[test]
+fn download_unbundle_streams_each_part_once_into_the_image_and_keeps_nothing_else() {
+    // Part 0 answers last, so parts 1 and 2 arrive first: the decode only succeeds if the
+    // parts are handed on in index order, not in arrival order.
+    let plan = |req: &crate::support::proxy::RequestHead| {
+        if req.method == "GET" && req.path.ends_with("/random.img.part.0") {
+            Action::Stall(std::time::Duration::from_millis(1500))
+        } else {
+            Action::Forward
+        }
+    };
+    let cloud = Cloud::start_with(Box::new(plan));
+    let _bundle = cloud.upload_three_parts("stream/img");
+    cloud.proxy.clear();
+    let keys = Keys::new();
+    let dest = tempfile::tempdir().unwrap();
+    let (k, c) = (keys.user_key(), keys.user_cert());
+    let out = run_ok(&mut download_unbundle(
+        &cloud,
+        dest.path(),
+        &[
+            "-k".as_ref(),
+            k.as_ref(),
+            "-c".as_ref(),
+            c.as_ref(),
+            "--json".as_ref(),
+        ],
+    ));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let exp = expected("v2-three-parts");
+    let image = dest.path().join("random.img");
+    assert_eq!(v["image"], image.to_str().unwrap());
+    assert_eq!(sha1sum(&image), exp["image_sha1"].as_str().unwrap());
+    assert_eq!(v["tar_sha1"], exp["tar_stream_sha1"]);
+    assert_eq!(v["image_size"], exp["image_size"]);
+    assert_eq!(v["signature"], "raw");
+    assert_eq!(v["parts"], 3);
+    let part_bytes: u64 = [
+        "random.img.part.0",
+        "random.img.part.1",
+        "random.img.part.2",
+    ]
+    .iter()
+    .map(|p| {
+        fs::metadata(vector_dir("v2-three-parts").join(p))
+            .unwrap()
+            .len()
+    })
+    .sum();
+    assert_eq!(v["bytes"], part_bytes);
+    assert!(v["seconds"].as_f64().is_some(), "{v}");
+    assert_eq!(
+        dir_names(dest.path()),
+        ["random.img"],
+        "only the image: no part, manifest or temporary file"
+    );
+    assert_eq!(
+        cloud.object_gets(),
+        [
+            "/stream/img/random.img.manifest.xml",
+            "/stream/img/random.img.part.0",
+            "/stream/img/random.img.part.1",
+            "/stream/img/random.img.part.2",
+        ],
+        "the manifest and each part fetched exactly once"
+    );
+
+    // The image is not replaced without --overwrite, and that is known before any part GET.
+    cloud.proxy.clear();
+    let err = run_err(&mut download_unbundle(
+        &cloud,
+        dest.path(),
+        &["-k".as_ref(), k.as_ref()],
+    ));
+    assert!(
+        err.contains("random.img") && err.contains("--overwrite"),
+        "{err}"
+    );
+    assert_eq!(cloud.object_gets(), ["/stream/img/random.img.manifest.xml"]);
+    run_ok(&mut download_unbundle(
+        &cloud,
+        dest.path(),
+        &[
+            "-k".as_ref(),
+            k.as_ref(),
+            "--overwrite".as_ref(),
+            // One part at a time must not deadlock on the memory bound.
+            "--concurrency".as_ref(),
+            "1".as_ref(),
+        ],
+    ));
+    assert_eq!(sha1sum(&image), exp["image_sha1"].as_str().unwrap());
+    assert_eq!(dir_names(dest.path()), ["random.img"]);
+}
+
+#[test]
+fn download_unbundle_names_a_corrupt_or_oversized_object_and_leaves_nothing() {
+    let cloud = Cloud::start();
+    let _bundle = cloud.upload_three_parts("stream/img");
+    let keys = Keys::new();
+    let k = keys.user_key();
+    let dest = tempfile::tempdir().unwrap();
+    // Part 1, not 0: part 0 decodes first, so the temporary image exists when the bad part
+    // arrives and must be removed.
+    for (body, what) in [
+        (b"garbage".to_vec(), "corrupt"),
+        (
+            vec![0u8; 10 * 1024 * 1024 + 1],
+            "more than the largest part",
+        ),
+    ] {
+        assert_eq!(
+            cloud
+                .raw("PUT", "/stream/img/random.img.part.1", &[], &body)
+                .status,
+            200
+        );
+        let out = download_unbundle(&cloud, dest.path(), &["-k".as_ref(), k.as_ref()])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("s3://stream/img/random.img.part.1") && err.contains(what),
+            "{err}"
+        );
+        assert!(
+            !err.contains("gzip") && !err.contains("tar") && !err.contains("EOF"),
+            "the download failure is reported as itself: {err}"
+        );
+        assert!(
+            dir_names(dest.path()).is_empty(),
+            "no image and no temporary file: {:?}",
+            dir_names(dest.path())
+        );
+    }
+}
+
+#[test]
+fn download_unbundle_with_a_wrong_key_or_certificate_fetches_no_part_and_writes_nothing() {
+    use std::os::unix::fs::PermissionsExt;
+    let cloud = Cloud::start();
+    let _bundle = cloud.upload_three_parts("stream/img");
+    let keys = Keys::new();
+    let dest = tempfile::tempdir().unwrap();
+
+    // Another 2048-bit key, like the right one: only the unwrapping can tell them apart.
+    let wrong_key = keys.dir.path().join("other-key.pem");
+    run_ok(
+        Command::new("openssl")
+            .args(["genpkey", "-algorithm", "RSA", "-pkeyopt"])
+            .args(["rsa_keygen_bits:2048", "-out", wrong_key.to_str().unwrap()]),
+    );
+    fs::set_permissions(&wrong_key, fs::Permissions::from_mode(0o600)).unwrap();
+    cloud.proxy.clear();
+    let err = run_err(&mut download_unbundle(
+        &cloud,
+        dest.path(),
+        &["-k".as_ref(), wrong_key.as_ref()],
+    ));
+    assert!(err.contains("wrong private key"), "{err}");
+    assert!(dir_names(dest.path()).is_empty());
+    assert_eq!(
+        cloud.object_gets(),
+        ["/stream/img/random.img.manifest.xml"],
+        "the key is unwrapped before any part is requested"
+    );
+
+    cloud.proxy.clear();
+    let (k, wrong_cert) = (keys.user_key(), keys.ec2_cert());
+    let err = run_err(&mut download_unbundle(
+        &cloud,
+        dest.path(),
+        &[
+            "-k".as_ref(),
+            k.as_ref(),
+            "-c".as_ref(),
+            wrong_cert.as_ref(),
+        ],
+    ));
+    assert!(
+        err.contains("verifying the signature") && err.contains("ec2-test-cert.pem"),
+        "{err}"
+    );
+    assert!(dir_names(dest.path()).is_empty());
+    assert_eq!(cloud.object_gets(), ["/stream/img/random.img.manifest.xml"]);
+
+    // Key flags belong to --unbundle.
+    let err = run_err(&mut cloud.cmd(&[
+        "download",
+        "-b",
+        "stream/img",
+        "-m",
+        "random.img.manifest.xml",
+        "-k",
+        k.to_str().unwrap(),
+    ]));
+    assert!(err.contains("--unbundle"), "{err}");
+}
+
+#[test]
+fn sigint_while_a_part_is_still_downloading_removes_the_partial_image_and_exits_130() {
+    use std::time::{Duration, Instant};
+    // Part 2's GET hangs (until the proxy stops), so the decode waits for it with parts 0 and
+    // 1 already written into the temporary image.
+    let plan = |req: &crate::support::proxy::RequestHead| {
+        if req.method == "GET" && req.path.ends_with("/random.img.part.2") {
+            Action::Stall(Duration::from_secs(300))
+        } else {
+            Action::Forward
+        }
+    };
+    let cloud = Cloud::start_with(Box::new(plan));
+    let _bundle = cloud.upload_three_parts("stream/img");
+    let keys = Keys::new();
+    let k = keys.user_key();
+    let dest = tempfile::tempdir().unwrap();
+    let mut child = download_unbundle(&cloud, dest.path(), &["-k".as_ref(), k.as_ref()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !dir_names(dest.path())
+        .iter()
+        .any(|n| n.starts_with(".random.img.amibundle-"))
+    {
+        if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "no temporary image appeared: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // The stalled GET would hold the run for minutes: the reader must notice the signal while
+    // it waits.
+    let signalled = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if signalled.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            panic!("still running 10 s after SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted"), "{err}");
+    assert!(
+        dir_names(dest.path()).is_empty(),
+        "{:?}",
+        dir_names(dest.path())
     );
 }
