@@ -1,0 +1,1026 @@
+//! The image's `/etc/fstab`: kept as copied from the source by default (and reviewed for lines
+//! that would stop the clone's boot), generated with `--generate-fstab`, or taken from the
+//! user with `--fstab FILE`.
+//!
+//! The classic `--generate-fstab` wrote `/dev/sda1 / ext3` and `/dev/sdb /mnt ext3` whatever
+//! the image was, without `nofail` (reference-tools.md §2.9; users-and-peers.md pain 14), and
+//! crashed after writing on any modern Ruby. [`generate`] writes instead:
+//! * the root by `UUID=` (the image's filesystem carries the source's UUID unless `--new-uuid`,
+//!   which the caller passes here), else by `LABEL=`, with the image's real filesystem type;
+//! * one line per instance-store volume of the block-device mapping ([`instance_store_mounts`]):
+//!   `ephemeral0` on `/mnt` as before (and as cloud-init does), `ephemeralN` on
+//!   `/media/ephemeralN`, `swap` as swap; type `auto` (EC2 formats some, the user others) and
+//!   `nofail,x-systemd.device-timeout=10s`, so a volume missing from the launch mapping (on M3
+//!   it must be in the *launch* mapping) costs ten seconds, not the boot. Instance-store AMIs
+//!   run only on Xen families, whose kernels name `sdb` `xvdb`: the mapping's `sdX` names are
+//!   written as `/dev/xvdX`;
+//! * the classic's `devpts`, `proc` and `sysfs` lines, which systemd ignores and older init
+//!   systems need.
+//!
+//! The previous file is kept as `/etc/fstab.old` (or `.old.1` …, never overwritten), and the
+//! new one takes its owner, mode and SELinux label. Everything is written through
+//! `image::root::ImageRoot`: a symlinked `/etc` in the image cannot redirect the write to
+//! the host.
+
+use std::fmt;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, openat, renameat};
+use nix::sys::stat::{Mode, SFlag, fchmod, fstat};
+use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, linkat, unlinkat};
+use xattr::FileExt as _;
+
+use super::root::{ImageRoot, Lookup, kind, lstat_at};
+
+/// Options of a generated instance-store mount: never stop the boot for it, and give up
+/// waiting for the device after ten seconds (systemd waits 90 s by default; util-linux mount
+/// ignores `x-` options).
+const INSTANCE_STORE_OPTIONS: &str = "defaults,nofail,x-systemd.device-timeout=10s";
+
+/// The largest fstab read; real ones are a few KiB.
+const FSTAB_LIMIT_BYTES: u64 = 1 << 20;
+
+/// How many `/etc/fstab.old`, `.old.1` … names are tried for the previous file.
+const BACKUP_NAMES: usize = 10;
+
+/// Filesystem types that are not devices of this machine (kernel interfaces and memory).
+const VIRTUAL_TYPES: &[&str] = &[
+    "proc",
+    "sysfs",
+    "devpts",
+    "tmpfs",
+    "devtmpfs",
+    "ramfs",
+    "securityfs",
+    "cgroup",
+    "cgroup2",
+    "debugfs",
+    "tracefs",
+    "hugetlbfs",
+    "mqueue",
+    "configfs",
+    "fusectl",
+    "pstore",
+    "efivarfs",
+    "binfmt_misc",
+    "bpf",
+    "overlay",
+];
+
+/// Network filesystem types (mounted after the network; their servers are not in the image).
+const NETWORK_TYPES: &[&str] = &[
+    "nfs",
+    "nfs4",
+    "cifs",
+    "smb3",
+    "smbfs",
+    "glusterfs",
+    "ceph",
+    "fuse.sshfs",
+    "sshfs",
+    "9p",
+];
+
+/// One mount line of an fstab, fields as written (escapes such as `\040` kept).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// 1-based line number.
+    pub line: usize,
+    /// What is mounted (`UUID=…`, `/dev/xvdb`, `proc` …).
+    pub spec: String,
+    /// Where (`/`, `/mnt`, `none` or `swap` for swap).
+    pub file: String,
+    /// Filesystem type.
+    pub vfstype: String,
+    /// Mount options (`defaults` when absent).
+    pub options: String,
+    /// The dump field (0 when absent).
+    pub freq: u32,
+    /// The fsck pass (0 when absent).
+    pub passno: u32,
+}
+
+impl Entry {
+    fn has_option(&self, option: &str) -> bool {
+        self.options.split(',').any(|o| o == option)
+    }
+}
+
+/// A parsed fstab (the mount lines; comments and blank lines are not kept: the file itself is
+/// never rewritten).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fstab {
+    /// The mount lines, in order.
+    pub entries: Vec<Entry>,
+}
+
+/// A line that is not an fstab entry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}: {message}")]
+pub struct ParseError {
+    /// 1-based line number.
+    pub line: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl Fstab {
+    /// Parses fstab text (fstab(5): whitespace-separated fields, `#` comments; the options,
+    /// dump and pass fields may be omitted).
+    ///
+    /// # Errors
+    ///
+    /// [`ParseError`] for a line with fewer than 3 or more than 6 fields or a dump/pass field
+    /// that is not a number.
+    pub fn parse(text: &str) -> Result<Self, ParseError> {
+        let mut entries = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let line_no = i + 1;
+            let trimmed = line.trim();
+            if trimmed.is_empty() || trimmed.starts_with('#') {
+                continue;
+            }
+            let fields: Vec<&str> = trimmed.split_whitespace().collect();
+            if !(3..=6).contains(&fields.len()) {
+                return Err(ParseError {
+                    line: line_no,
+                    message: format!(
+                        "expected 3 to 6 fields (device, mount point, type, options, dump, \
+                         pass), found {}",
+                        fields.len()
+                    ),
+                });
+            }
+            let number = |idx: usize, what: &str| -> Result<u32, ParseError> {
+                fields.get(idx).map_or(Ok(0), |f| {
+                    f.parse().map_err(|_| ParseError {
+                        line: line_no,
+                        message: format!("the {what} field {f:?} is not a number"),
+                    })
+                })
+            };
+            entries.push(Entry {
+                line: line_no,
+                spec: fields[0].to_owned(),
+                file: fields[1].to_owned(),
+                vfstype: fields[2].to_owned(),
+                options: fields.get(3).unwrap_or(&"defaults").to_string(),
+                freq: number(4, "dump")?,
+                passno: number(5, "pass")?,
+            });
+        }
+        Ok(Self { entries })
+    }
+
+    /// Lines of a kept fstab that would hurt the clone: a root entry that names another
+    /// filesystem than the image's or a device name that may differ on the new instance, and
+    /// local mounts without `nofail` (only the root filesystem is in the image, so any other
+    /// device may be missing and stop the boot).
+    pub fn review(&self, root: &RootFs) -> Vec<FstabWarning> {
+        let mut warnings = Vec::new();
+        let mut warn = |entry: &Entry, message: String| {
+            warnings.push(FstabWarning {
+                line: entry.line,
+                message,
+            });
+        };
+        for entry in &self.entries {
+            let file = unescape(&entry.file);
+            if file == "/" {
+                let spec = &entry.spec;
+                if let Some(uuid) = spec.strip_prefix("UUID=") {
+                    if root
+                        .uuid
+                        .as_deref()
+                        .is_none_or(|u| !u.eq_ignore_ascii_case(uuid))
+                    {
+                        warn(
+                            entry,
+                            format!(
+                                "the root entry names {spec}, but the image's filesystem has {}: \
+                                 the new instance will not find its root (use --generate-fstab)",
+                                root.uuid
+                                    .as_deref()
+                                    .map_or("no UUID".into(), |u| format!("UUID={u}"))
+                            ),
+                        );
+                    }
+                } else if let Some(label) = spec.strip_prefix("LABEL=") {
+                    if root.label.as_deref() != Some(unescape(label).as_str()) {
+                        warn(
+                            entry,
+                            format!(
+                                "the root entry names {spec}, but the image's filesystem has {}: \
+                                 the new instance will not find its root (use --generate-fstab)",
+                                root.label
+                                    .as_deref()
+                                    .map_or("no label".into(), |l| format!("LABEL={l}"))
+                            ),
+                        );
+                    }
+                } else if spec.starts_with("PARTUUID=") || spec.starts_with("PARTLABEL=") {
+                    warn(
+                        entry,
+                        format!(
+                            "the root entry names the build host's partition ({spec}), which the \
+                             image does not have (use --generate-fstab)"
+                        ),
+                    );
+                } else if spec.starts_with("/dev/") {
+                    warn(
+                        entry,
+                        format!(
+                            "the root entry names the device {spec}, which may have another name \
+                             on the new instance (an NVMe build host and a Xen clone differ); \
+                             UUID= or LABEL= is safer (use --generate-fstab)"
+                        ),
+                    );
+                }
+                continue;
+            }
+            let virtual_fs = VIRTUAL_TYPES.contains(&entry.vfstype.as_str())
+                || ["proc", "sysfs", "devpts", "tmpfs", "none"].contains(&entry.spec.as_str());
+            let network =
+                NETWORK_TYPES.contains(&entry.vfstype.as_str()) || entry.has_option("_netdev");
+            let optional = entry.has_option("nofail") || entry.has_option("noauto");
+            if virtual_fs || network || optional || entry.has_option("bind") {
+                continue;
+            }
+            warn(
+                entry,
+                format!(
+                    "{} is mounted on {} at boot without nofail: only the root filesystem is in \
+                     the image, so if that device is missing on the new instance the boot stops \
+                     (add nofail, or use --generate-fstab)",
+                    entry.spec, entry.file
+                ),
+            );
+        }
+        warnings
+    }
+}
+
+/// Something in a kept fstab the user should look at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FstabWarning {
+    /// 1-based line number.
+    pub line: usize,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+impl fmt::Display for FstabWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "/etc/fstab line {}: {}", self.line, self.message)
+    }
+}
+
+/// The image's root filesystem, as a generated fstab names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootFs {
+    /// Its UUID (preferred in the root entry).
+    pub uuid: Option<String>,
+    /// Its label.
+    pub label: Option<String>,
+    /// Its type (`ext4`, `xfs` …).
+    pub fs_type: String,
+}
+
+/// An instance-store volume to mount, from the block-device mapping.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceStoreMount {
+    /// The mapping's virtual name (`ephemeral0`, `swap`).
+    pub virtual_name: String,
+    /// The device as the instance's kernel names it (`/dev/xvdb`).
+    pub device: String,
+    /// Where it is mounted; `None` for swap.
+    pub mount_point: Option<String>,
+}
+
+/// The instance-store volumes of a block-device mapping (`virtual` → `device` pairs as in the
+/// manifest: `ephemeral0` → `sdb`), in order: `ephemeral0`, `ephemeral1` …, then `swap`.
+/// Other entries (`ami`, `root`) are not instance-store volumes and are ignored.
+pub fn instance_store_mounts(mapping: &[(String, String)]) -> Vec<InstanceStoreMount> {
+    let mut ephemeral: Vec<(u32, InstanceStoreMount)> = Vec::new();
+    let mut swap = Vec::new();
+    for (virtual_name, device) in mapping {
+        if virtual_name == "swap" {
+            swap.push(InstanceStoreMount {
+                virtual_name: virtual_name.clone(),
+                device: kernel_device(device),
+                mount_point: None,
+            });
+        } else if let Some(n) = virtual_name
+            .strip_prefix("ephemeral")
+            .and_then(|n| n.parse::<u32>().ok())
+        {
+            let mount_point = if n == 0 {
+                "/mnt".to_owned()
+            } else {
+                format!("/media/ephemeral{n}")
+            };
+            ephemeral.push((
+                n,
+                InstanceStoreMount {
+                    virtual_name: virtual_name.clone(),
+                    device: kernel_device(device),
+                    mount_point: Some(mount_point),
+                },
+            ));
+        }
+    }
+    ephemeral.sort_by_key(|(n, _)| *n);
+    ephemeral.into_iter().map(|(_, m)| m).chain(swap).collect()
+}
+
+/// The kernel's name for a mapping device on the Xen families that run instance-store AMIs:
+/// `sdb`, `/dev/sdb`, `xvdb` → `/dev/xvdb`; anything else is kept, under `/dev/`.
+fn kernel_device(device: &str) -> String {
+    let name = device.strip_prefix("/dev/").unwrap_or(device);
+    match name.strip_prefix("sd") {
+        Some(rest) if !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_alphanumeric()) => {
+            format!("/dev/xvd{rest}")
+        }
+        _ => format!("/dev/{name}"),
+    }
+}
+
+/// The text of a generated fstab; `generator` names the tool and version in the header
+/// (`amibundle 0.1.0`).
+///
+/// # Errors
+///
+/// [`FstabError::NoRootId`] when the root filesystem has neither a UUID nor a label (a device
+/// name would be a guess).
+pub fn generate(
+    root: &RootFs,
+    mounts: &[InstanceStoreMount],
+    generator: &str,
+) -> Result<String, FstabError> {
+    let root_spec = match (&root.uuid, &root.label) {
+        (Some(uuid), _) if !uuid.is_empty() => format!("UUID={uuid}"),
+        (_, Some(label)) if !label.is_empty() => format!("LABEL={label}"),
+        _ => return Err(FstabError::NoRootId),
+    };
+    let mut rows: Vec<[String; 6]> = vec![[
+        escape(&root_spec),
+        "/".into(),
+        escape(&root.fs_type),
+        "defaults".into(),
+        "0".into(),
+        "1".into(),
+    ]];
+    for mount in mounts {
+        let (file, vfstype) = match &mount.mount_point {
+            Some(point) => (escape(point), "auto"),
+            None => ("none".to_owned(), "swap"),
+        };
+        rows.push([
+            escape(&mount.device),
+            file,
+            vfstype.into(),
+            INSTANCE_STORE_OPTIONS.into(),
+            "0".into(),
+            "0".into(),
+        ]);
+    }
+    for (spec, file, options) in [
+        ("devpts", "/dev/pts", "gid=5,mode=620"),
+        ("proc", "/proc", "defaults"),
+        ("sysfs", "/sys", "defaults"),
+    ] {
+        rows.push([
+            spec.into(),
+            file.into(),
+            spec.into(),
+            options.into(),
+            "0".into(),
+            "0".into(),
+        ]);
+    }
+    let mut widths = [0; 6];
+    for row in &rows {
+        for (w, field) in widths.iter_mut().zip(row) {
+            *w = (*w).max(field.len());
+        }
+    }
+    let mut out = format!(
+        "# /etc/fstab written by {generator} (--generate-fstab)\n\
+         # Instance-store volumes are nofail: a volume missing at launch does not stop the boot.\n"
+    );
+    for row in &rows {
+        let mut line = String::new();
+        for (i, field) in row.iter().enumerate() {
+            if i + 1 == row.len() {
+                line.push_str(field);
+            } else {
+                line.push_str(&format!("{field:<width$}  ", width = widths[i]));
+            }
+        }
+        out.push_str(&line);
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+/// fstab(5) escapes for a field: space, tab, newline and backslash as octal.
+fn escape(field: &str) -> String {
+    let mut out = String::with_capacity(field.len());
+    for c in field.chars() {
+        match c {
+            ' ' => out.push_str("\\040"),
+            '\t' => out.push_str("\\011"),
+            '\n' => out.push_str("\\012"),
+            '\\' => out.push_str("\\134"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Undoes fstab(5) octal escapes (`\040` → space); anything else is kept.
+fn unescape(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && i + 4 <= bytes.len()
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
+        {
+            let value = bytes[i + 1..i + 4]
+                .iter()
+                .fold(0u32, |acc, b| acc * 8 + u32::from(b - b'0'));
+            if let Ok(b) = u8::try_from(value) {
+                out.push(b);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A failed fstab step.
+#[derive(Debug, thiserror::Error)]
+pub enum FstabError {
+    /// The `--fstab` file could not be read.
+    #[error("reading the --fstab file {path}")]
+    ReadUserFile {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The `--fstab` file is not an fstab.
+    #[error("the --fstab file {path} is not a valid fstab")]
+    InvalidUserFile {
+        /// The file.
+        path: PathBuf,
+        /// The line at fault.
+        #[source]
+        source: ParseError,
+    },
+    /// Nothing to name the root filesystem by.
+    #[error(
+        "the image's root filesystem has neither a UUID nor a label for a generated fstab; \
+         give the fstab with --fstab FILE"
+    )]
+    NoRootId,
+    /// The image root is the host's own root directory.
+    #[error(
+        "refusing to write an fstab into {path}: it is this machine's root directory, not an image"
+    )]
+    HostRoot {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// The image has no `/etc` directory to write into.
+    #[error("the image at {image} has no /etc directory ({why})")]
+    NoEtc {
+        /// The image root.
+        image: PathBuf,
+        /// Missing, or what stands there.
+        why: String,
+    },
+    /// Reading or writing in the image failed.
+    #[error("{what} in the image at {image}")]
+    Image {
+        /// What was being done (`writing /etc/fstab` …).
+        what: String,
+        /// The image root.
+        image: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Reads and checks a `--fstab` file.
+///
+/// # Errors
+///
+/// [`FstabError::ReadUserFile`] (unreadable or not UTF-8 text),
+/// [`FstabError::InvalidUserFile`] naming the first bad line.
+pub fn read_user_fstab(path: &Path) -> Result<String, FstabError> {
+    let text = std::fs::read_to_string(path).map_err(|source| FstabError::ReadUserFile {
+        path: path.to_owned(),
+        source,
+    })?;
+    Fstab::parse(&text).map_err(|source| FstabError::InvalidUserFile {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(text)
+}
+
+/// The image's `/etc/fstab` as text (bytes that are not UTF-8 replaced), `None` when there is
+/// none or it is not a regular file.
+///
+/// # Errors
+///
+/// [`FstabError::Image`] when it exists but cannot be read.
+pub fn read_from_image(image_root: &Path) -> Result<Option<String>, FstabError> {
+    let err = |what: &str| {
+        let what = what.to_owned();
+        move |source: io::Error| FstabError::Image {
+            what,
+            image: image_root.to_owned(),
+            source,
+        }
+    };
+    let root = ImageRoot::open(image_root).map_err(err("opening the image root"))?;
+    let Lookup::Dir(etc) = root
+        .open_dir(Path::new("etc"))
+        .map_err(err("opening /etc"))?
+    else {
+        return Ok(None);
+    };
+    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+    let file = match openat(&etc, "fstab", flags, Mode::empty()) {
+        Ok(fd) => File::from(fd),
+        Err(Errno::ENOENT | Errno::ELOOP) => return Ok(None),
+        Err(e) => return Err(err("reading /etc/fstab")(e.into())),
+    };
+    let st = fstat(&file).map_err(|e| err("reading /etc/fstab")(e.into()))?;
+    if kind(&st) != SFlag::S_IFREG {
+        return Ok(None);
+    }
+    let mut text = Vec::new();
+    file.take(FSTAB_LIMIT_BYTES)
+        .read_to_end(&mut text)
+        .map_err(err("reading /etc/fstab"))?;
+    Ok(Some(String::from_utf8_lossy(&text).into_owned()))
+}
+
+/// What [`install`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Installed {
+    /// Where the previous `/etc/fstab` was kept, as a path in the image, if there was one.
+    pub previous: Option<PathBuf>,
+}
+
+/// Writes `text` as the image's `/etc/fstab`, keeping the previous file under a new name (see
+/// the module docs). The new file replaces the old one atomically.
+///
+/// # Errors
+///
+/// [`FstabError::NoEtc`], [`FstabError::Image`] naming the step; a failed write leaves the
+/// previous fstab in place.
+pub fn install(image_root: &Path, text: &str) -> Result<Installed, FstabError> {
+    let image = image_root.to_owned();
+    let err = |what: String| {
+        let image = image.clone();
+        move |source: io::Error| FstabError::Image {
+            what,
+            image,
+            source,
+        }
+    };
+    let root = ImageRoot::open(image_root).map_err(err("opening the image root".into()))?;
+    if root
+        .is_host_root()
+        .map_err(err("opening the image root".into()))?
+    {
+        return Err(FstabError::HostRoot { path: image });
+    }
+    let etc = match root
+        .open_dir(Path::new("etc"))
+        .map_err(err("opening /etc".into()))?
+    {
+        Lookup::Dir(etc) => etc,
+        Lookup::Missing => {
+            return Err(FstabError::NoEtc {
+                image,
+                why: "missing".into(),
+            });
+        }
+        Lookup::Blocked(why) => return Err(FstabError::NoEtc { image, why }),
+    };
+
+    let old = lstat_at(&etc, "fstab".as_ref()).map_err(err("examining /etc/fstab".into()))?;
+    if old.is_some_and(|st| kind(&st) == SFlag::S_IFDIR) {
+        return Err(err("replacing /etc/fstab".into())(io::Error::other(
+            "it is a directory",
+        )));
+    }
+    // The attributes the new file inherits: a regular old file's owner, mode and SELinux
+    // label (a file created from outside would get the label of nothing, and a confined
+    // mount would be denied reading it).
+    let mut attrs = None;
+    if old.is_some_and(|st| kind(&st) == SFlag::S_IFREG) {
+        let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+        let file = openat(&etc, "fstab", flags, Mode::empty())
+            .map(File::from)
+            .map_err(|e| err("reading /etc/fstab".into())(e.into()))?;
+        let st = fstat(&file).map_err(|e| err("reading /etc/fstab".into())(e.into()))?;
+        let label = file.get_xattr("security.selinux").ok().flatten();
+        attrs = Some((st, label));
+    }
+
+    // Write the new file under a temporary name first.
+    let tmp_name = format!(".fstab.amibundle-{}", std::process::id());
+    let tmp = openat(
+        &etc,
+        tmp_name.as_str(),
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o644),
+    )
+    .map(File::from)
+    .map_err(|e| err(format!("creating /etc/{tmp_name}"))(e.into()))?;
+    let written = (|| -> io::Result<()> {
+        let mut tmp = &tmp;
+        tmp.write_all(text.as_bytes())?;
+        match &attrs {
+            Some((st, label)) => {
+                fchown(
+                    tmp,
+                    Some(Uid::from_raw(st.st_uid)),
+                    Some(Gid::from_raw(st.st_gid)),
+                )?;
+                fchmod(tmp, Mode::from_bits_truncate(st.st_mode & 0o7777))?;
+                if let Some(label) = label {
+                    tmp.set_xattr("security.selinux", label)?;
+                }
+            }
+            // The usual owner; creating as root gives it anyway, and the umask may have
+            // narrowed the mode.
+            None => fchmod(tmp, Mode::from_bits_truncate(0o644))?,
+        }
+        tmp.sync_all()
+    })();
+    let cleanup = |e: io::Error| {
+        let _ = unlinkat(&etc, tmp_name.as_str(), UnlinkatFlags::NoRemoveDir);
+        e
+    };
+    written
+        .map_err(cleanup)
+        .map_err(err("writing the new /etc/fstab".into()))?;
+
+    // Keep the previous file under a free name: a hard link, so /etc/fstab itself is only
+    // ever replaced atomically by the rename below.
+    let mut previous = None;
+    if old.is_some() {
+        for i in 0..BACKUP_NAMES {
+            let name = if i == 0 {
+                "fstab.old".to_owned()
+            } else {
+                format!("fstab.old.{i}")
+            };
+            match linkat(
+                &etc,
+                "fstab",
+                &etc,
+                name.as_str(),
+                nix::fcntl::AtFlags::empty(),
+            ) {
+                Ok(()) => {
+                    previous = Some(PathBuf::from("/etc").join(name));
+                    break;
+                }
+                Err(Errno::EEXIST) => {}
+                Err(e) => {
+                    return Err(err("keeping the previous /etc/fstab".into())(cleanup(
+                        e.into(),
+                    )));
+                }
+            }
+        }
+        if previous.is_none() {
+            return Err(err("keeping the previous /etc/fstab".into())(cleanup(
+                io::Error::other(format!(
+                    "/etc/fstab.old and /etc/fstab.old.1 to .{} all exist",
+                    BACKUP_NAMES - 1
+                )),
+            )));
+        }
+    }
+    if let Err(e) = renameat(&etc, tmp_name.as_str(), &etc, "fstab") {
+        // Nothing changed: drop the extra name of the previous file too.
+        if let Some(previous) = &previous {
+            if let Some(name) = previous.file_name() {
+                let _ = unlinkat(&etc, name, UnlinkatFlags::NoRemoveDir);
+            }
+        }
+        return Err(err("replacing /etc/fstab".into())(cleanup(e.into())));
+    }
+    etc.sync_all()
+        .map_err(err("syncing /etc after replacing /etc/fstab".into()))?;
+    Ok(Installed { previous })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+
+    fn root_fs() -> RootFs {
+        RootFs {
+            uuid: Some("0f3e4c1a-1b2c-4d5e-8f90-123456789abc".into()),
+            label: Some("cloudimg-rootfs".into()),
+            fs_type: "ext4".into(),
+        }
+    }
+
+    fn mapping(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(v, d)| ((*v).to_owned(), (*d).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn instance_store_mounts_from_the_mapping() {
+        let mounts = instance_store_mounts(&mapping(&[
+            ("ami", "sda1"),
+            ("root", "/dev/sda1"),
+            ("swap", "sda3"),
+            ("ephemeral10", "sdl"),
+            ("ephemeral1", "/dev/sdc"),
+            ("ephemeral0", "xvdb"),
+            ("ephemeralX", "sdz"),
+        ]));
+        let got: Vec<(&str, &str, Option<&str>)> = mounts
+            .iter()
+            .map(|m| {
+                (
+                    m.virtual_name.as_str(),
+                    m.device.as_str(),
+                    m.mount_point.as_deref(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("ephemeral0", "/dev/xvdb", Some("/mnt")),
+                ("ephemeral1", "/dev/xvdc", Some("/media/ephemeral1")),
+                ("ephemeral10", "/dev/xvdl", Some("/media/ephemeral10")),
+                ("swap", "/dev/xvda3", None),
+            ]
+        );
+        assert_eq!(kernel_device("nvme1n1"), "/dev/nvme1n1");
+        assert_eq!(kernel_device("/dev/xvdb"), "/dev/xvdb");
+    }
+
+    #[test]
+    fn generated_fstab_text() {
+        let mounts = instance_store_mounts(&mapping(&[("ephemeral0", "sdb"), ("swap", "sda3")]));
+        let text = generate(&root_fs(), &mounts, "amibundle 0.1.0").unwrap();
+        assert_eq!(
+            text,
+            "# /etc/fstab written by amibundle 0.1.0 (--generate-fstab)\n\
+             # Instance-store volumes are nofail: a volume missing at launch does not stop the boot.\n\
+             UUID=0f3e4c1a-1b2c-4d5e-8f90-123456789abc  /         ext4    defaults                                      0  1\n\
+             /dev/xvdb                                  /mnt      auto    defaults,nofail,x-systemd.device-timeout=10s  0  0\n\
+             /dev/xvda3                                 none      swap    defaults,nofail,x-systemd.device-timeout=10s  0  0\n\
+             devpts                                     /dev/pts  devpts  gid=5,mode=620                                0  0\n\
+             proc                                       /proc     proc    defaults                                      0  0\n\
+             sysfs                                      /sys      sysfs   defaults                                      0  0\n"
+        );
+        // What it writes parses, and the review has nothing to say about it.
+        let parsed = Fstab::parse(&text).unwrap();
+        assert_eq!(parsed.entries.len(), 6);
+        assert_eq!(parsed.review(&root_fs()), []);
+    }
+
+    #[test]
+    fn generated_root_by_label_then_refused_without_either() {
+        let mut root = root_fs();
+        root.uuid = None;
+        root.label = Some("my root".into());
+        let text = generate(&root, &[], "amibundle").unwrap();
+        let parsed = Fstab::parse(&text).unwrap();
+        assert_eq!(parsed.entries[0].spec, "LABEL=my\\040root");
+        assert_eq!(parsed.review(&root), []);
+        root.label = None;
+        assert!(matches!(
+            generate(&root, &[], "amibundle"),
+            Err(FstabError::NoRootId)
+        ));
+    }
+
+    #[test]
+    fn parse_errors_name_the_line() {
+        let err = Fstab::parse("# c\n\nUUID=x / ext4 defaults 0 1\n/dev/sdb /mnt\n").unwrap_err();
+        assert_eq!(err.line, 4);
+        assert!(
+            err.to_string()
+                .starts_with("line 4: expected 3 to 6 fields"),
+            "{err}"
+        );
+        let err = Fstab::parse("UUID=x / ext4 defaults zero 1\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "line 1: the dump field \"zero\" is not a number"
+        );
+        let ok = Fstab::parse("proc /proc proc\n").unwrap();
+        assert_eq!(
+            ok.entries[0],
+            Entry {
+                line: 1,
+                spec: "proc".into(),
+                file: "/proc".into(),
+                vfstype: "proc".into(),
+                options: "defaults".into(),
+                freq: 0,
+                passno: 0,
+            }
+        );
+    }
+
+    #[test]
+    fn review_of_a_kept_fstab() {
+        let text = "\
+UUID=0F3E4C1A-1B2C-4D5E-8F90-123456789ABC / ext4 defaults 0 1
+UUID=AAAA-BBBB /boot/efi vfat umask=0077 0 1
+/dev/xvdb /mnt auto defaults,nofail 0 0
+/dev/xvdc /data ext4 defaults 0 2
+/swapfile none swap sw 0 0
+server:/export /srv/nfs nfs defaults 0 0
+//host/share /srv/smb cifs _netdev 0 0
+tmpfs /tmp tmpfs defaults 0 0
+/srv/a /srv/b none bind 0 0
+/dev/xvdd /opt ext4 noauto 0 0
+";
+        let warnings = Fstab::parse(text).unwrap().review(&root_fs());
+        let lines: Vec<usize> = warnings.iter().map(|w| w.line).collect();
+        // The EFI partition (pain 11's "comment out /boot/efi"), an extra disk, a swap file.
+        assert_eq!(lines, [2, 4, 5]);
+        assert!(warnings[0].to_string().starts_with(
+            "/etc/fstab line 2: UUID=AAAA-BBBB is mounted on /boot/efi at boot without nofail"
+        ));
+
+        for (root_line, expect) in [
+            (
+                "UUID=11111111-2222-3333-4444-555555555555 / ext4 defaults 0 1",
+                "but the image's filesystem has UUID=0f3e4c1a",
+            ),
+            (
+                "LABEL=other / ext4 defaults 0 1",
+                "but the image's filesystem has LABEL=cloudimg-rootfs",
+            ),
+            (
+                "PARTUUID=6a1b2c3d-01 / ext4 defaults 0 1",
+                "the build host's partition",
+            ),
+            (
+                "/dev/nvme0n1p1 / ext4 defaults 0 1",
+                "may have another name",
+            ),
+        ] {
+            let warnings = Fstab::parse(root_line).unwrap().review(&root_fs());
+            assert_eq!(warnings.len(), 1, "{root_line}");
+            assert!(warnings[0].message.contains(expect), "{}", warnings[0]);
+        }
+        for fine in [
+            "LABEL=cloudimg-rootfs / ext4 defaults 0 1",
+            "UUID=0f3e4c1a-1b2c-4d5e-8f90-123456789abc / ext4 defaults 0 1",
+        ] {
+            assert_eq!(Fstab::parse(fine).unwrap().review(&root_fs()), [], "{fine}");
+        }
+    }
+
+    #[test]
+    fn escapes_round_trip() {
+        assert_eq!(escape("/mnt/my disk\\x"), "/mnt/my\\040disk\\134x");
+        assert_eq!(unescape("/mnt/my\\040disk\\134x"), "/mnt/my disk\\x");
+        assert_eq!(unescape("a\\04"), "a\\04");
+        assert_eq!(unescape("a\\999"), "a\\999");
+    }
+
+    #[test]
+    fn user_fstab_is_checked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let good = tmp.path().join("good");
+        std::fs::write(&good, "LABEL=root / ext4 defaults 0 1\n").unwrap();
+        assert_eq!(
+            read_user_fstab(&good).unwrap(),
+            "LABEL=root / ext4 defaults 0 1\n"
+        );
+        let bad = tmp.path().join("bad");
+        std::fs::write(&bad, "LABEL=root /\n").unwrap();
+        let err = read_user_fstab(&bad).unwrap_err();
+        assert!(matches!(err, FstabError::InvalidUserFile { .. }), "{err:?}");
+        let err = read_user_fstab(&tmp.path().join("missing")).unwrap_err();
+        assert!(matches!(err, FstabError::ReadUserFile { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn install_keeps_the_previous_file_and_its_attributes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let image = tmp.path();
+        std::fs::create_dir(image.join("etc")).unwrap();
+        std::fs::write(image.join("etc/fstab"), "old\n").unwrap();
+        std::fs::set_permissions(
+            image.join("etc/fstab"),
+            std::fs::Permissions::from_mode(0o640),
+        )
+        .unwrap();
+        std::fs::write(image.join("etc/fstab.old"), "older\n").unwrap();
+
+        assert_eq!(read_from_image(image).unwrap().as_deref(), Some("old\n"));
+        let installed = install(image, "new\n").unwrap();
+        assert_eq!(installed.previous, Some(PathBuf::from("/etc/fstab.old.1")));
+        assert_eq!(
+            std::fs::read_to_string(image.join("etc/fstab")).unwrap(),
+            "new\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(image.join("etc/fstab.old.1")).unwrap(),
+            "old\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(image.join("etc/fstab.old")).unwrap(),
+            "older\n"
+        );
+        let meta = std::fs::metadata(image.join("etc/fstab")).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o640);
+        // No temporary file left behind.
+        let names: Vec<String> = std::fs::read_dir(image.join("etc"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), 3, "{names:?}");
+
+        // Without a previous file: 0644, nothing kept.
+        let other = tempfile::tempdir().unwrap();
+        std::fs::create_dir(other.path().join("etc")).unwrap();
+        assert_eq!(read_from_image(other.path()).unwrap(), None);
+        let installed = install(other.path(), "x\n").unwrap();
+        assert_eq!(installed.previous, None);
+        let meta = std::fs::metadata(other.path().join("etc/fstab")).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o644);
+        assert_eq!(meta.uid(), nix::unistd::geteuid().as_raw());
+    }
+
+    #[test]
+    fn install_refuses_the_host_root() {
+        let err = install(Path::new("/"), "x\n").unwrap_err();
+        assert!(matches!(err, FstabError::HostRoot { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn install_never_writes_through_a_symlink() {
+        let tmp = tempfile::tempdir().unwrap();
+        let host = tmp.path().join("host");
+        std::fs::create_dir_all(&host).unwrap();
+        std::fs::write(host.join("fstab"), "host fstab\n").unwrap();
+
+        // /etc of the image is a symlink to a host directory by its host path: inside the
+        // image that path does not exist.
+        let image = tmp.path().join("image");
+        std::fs::create_dir(&image).unwrap();
+        symlink(&host, image.join("etc")).unwrap();
+        let err = install(&image, "evil\n").unwrap_err();
+        assert!(matches!(err, FstabError::NoEtc { .. }), "{err:?}");
+        assert_eq!(read_from_image(&image).unwrap(), None);
+
+        // /etc/fstab of the image is a symlink to the host file: replaced as a name, the
+        // link kept as the previous file, the host file untouched.
+        let image2 = tmp.path().join("image2");
+        std::fs::create_dir_all(image2.join("etc")).unwrap();
+        symlink(host.join("fstab"), image2.join("etc/fstab")).unwrap();
+        assert_eq!(read_from_image(&image2).unwrap(), None);
+        let installed = install(&image2, "new\n").unwrap();
+        assert_eq!(installed.previous, Some(PathBuf::from("/etc/fstab.old")));
+        assert!(image2.join("etc/fstab.old").is_symlink());
+        assert_eq!(
+            std::fs::read_to_string(image2.join("etc/fstab")).unwrap(),
+            "new\n"
+        );
+        assert!(!image2.join("etc/fstab").is_symlink());
+        assert_eq!(
+            std::fs::read_to_string(host.join("fstab")).unwrap(),
+            "host fstab\n"
+        );
+    }
+}
