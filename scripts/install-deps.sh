@@ -5,7 +5,8 @@
 set -euo pipefail
 missing=()
 for pair in pkg-config:pkg-config openssl:openssl gzip:gzip tar:tar mkfs.ext4:e2fsprogs \
-            debugfs:e2fsprogs cmp:diffutils sha1sum:coreutils curl:curl; do
+            debugfs:e2fsprogs dumpe2fs:e2fsprogs blkid:util-linux findmnt:util-linux \
+            cmp:diffutils sha1sum:coreutils curl:curl; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair##*:}")
 done
 dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)

@@ -1,10 +1,18 @@
-//! Building the filesystem image for `bundle-vol`: the faithful tree copy that fills a mounted
-//! image from a live root filesystem or any directory ([`copy`]), the sensitive-file filter
-//! that decides what the copy leaves out ([`filter`]), `--generalize` ([`generalize`]) and the
-//! image's `/etc/fstab` ([`fstab`]).
+//! Building the filesystem image for `bundle-vol`: the image file and its filesystem
+//! ([`fs`]), the loop device it is attached to ([`loopdev`]), the private mounts of the image
+//! and of the source volume ([`mount`]), the faithful tree copy that fills the image from a
+//! live root filesystem or any directory ([`copy`]), the sensitive-file filter that decides what
+//! the copy leaves out ([`filter`]), `--generalize` ([`generalize`]) and the image's
+//! `/etc/fstab` ([`fstab`]).
 
 pub mod copy;
 pub mod filter;
+pub mod fs;
 pub mod fstab;
 pub mod generalize;
+pub mod loopdev;
+pub mod mount;
 mod root;
+
+#[cfg(test)]
+mod testing;
