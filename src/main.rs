@@ -8,7 +8,7 @@ use amibundle::interrupt;
 
 fn main() {
     let cli = Cli::parse();
-    cli::output::init_logging(cli.verbose, cli.quiet);
+    cli::output::init_logging(cli.verbose.saturating_add(cli.debug), cli.quiet);
     if let Err(err) = interrupt::install() {
         eprintln!(
             "warning: cannot handle SIGINT/SIGTERM ({err}); an interrupted run may leave temporary files"

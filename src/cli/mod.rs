@@ -2,6 +2,8 @@
 //! choosing defaults, printing; the work is done by [`crate::bundle`].
 
 mod bundle_image;
+mod bundle_vol;
+mod bundling;
 mod certs;
 mod cloud_args;
 mod delete;
@@ -45,9 +47,13 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
 #[derive(Debug, Parser)]
 #[command(name = "amibundle", version, about, max_term_width = 80)]
 pub struct Cli {
-    /// More log output (-v debug, -vv trace)
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    /// More log output (-v debug, -vv trace), given before the subcommand (bundle-vol's -v is
+    /// --volume, as in ec2-bundle-vol); --debug works anywhere
+    #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// More log output, anywhere on the command line (like -v; the classic tools' --debug)
+    #[arg(long = "debug", action = clap::ArgAction::Count, global = true, hide_short_help = true)]
+    pub debug: u8,
     /// Only warnings and errors; no progress
     #[arg(short, long, global = true)]
     pub quiet: bool,
@@ -59,6 +65,8 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Save a running system or any directory as an image and bundle it (needs root)
+    BundleVol(Box<bundle_vol::BundleVolArgs>),
     /// Bundle an image file (or stdin) into encrypted parts and a signed manifest
     BundleImage(Box<bundle_image::BundleImageArgs>),
     /// Rebuild the image from a bundle with the user's private key
@@ -81,6 +89,7 @@ pub enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let progress = output::CliProgress::new(cli.quiet);
     match cli.command {
+        Command::BundleVol(args) => bundle_vol::run(args, &progress),
         Command::BundleImage(args) => bundle_image::run(args, &progress),
         Command::Unbundle(args) => unbundle::run(args, &progress),
         Command::Verify(args) => verify::run(args, &progress),

@@ -519,7 +519,7 @@ fn parse_mountinfo_line(line: &[u8]) -> Result<MountEntry, &'static str> {
 }
 
 /// Decodes the kernel's `\NNN` octal escapes (space, tab, newline, backslash in paths).
-fn unescape_octal(field: &[u8]) -> Vec<u8> {
+pub(crate) fn unescape_octal(field: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(field.len());
     let mut i = 0;
     while i < field.len() {
@@ -555,9 +555,19 @@ pub fn find_mount(path: &Path) -> Result<MountEntry, FsError> {
         path: path.to_owned(),
         source,
     })?;
+    mount_holding(mounts()?, &resolved).ok_or(FsError::NoMount { path: resolved })
+}
+
+/// Every mount of the calling thread's mount namespace (`/proc/thread-self/mountinfo`: after
+/// `unshare`, `/proc/self` still shows the main thread's namespace).
+///
+/// # Errors
+///
+/// mountinfo cannot be read or parsed.
+pub fn mounts() -> Result<Vec<MountEntry>, FsError> {
     let text = std::fs::read("/proc/thread-self/mountinfo")
         .map_err(|source| FsError::ReadMountinfo { source })?;
-    mount_holding(parse_mountinfo(&text)?, &resolved).ok_or(FsError::NoMount { path: resolved })
+    parse_mountinfo(&text)
 }
 
 fn mount_holding(entries: Vec<MountEntry>, path: &Path) -> Option<MountEntry> {

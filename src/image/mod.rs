@@ -13,6 +13,7 @@ pub mod generalize;
 pub mod loopdev;
 pub mod mount;
 mod root;
+pub mod volume;
 
 #[cfg(test)]
 mod testing;

@@ -1,0 +1,723 @@
+//! `bundle-vol`'s first half: a live volume (the root filesystem or any directory) → a
+//! faithful loopback image file, built entirely inside the process's private mount namespace.
+//!
+//! Order of work, each step behind a guard that undoes it on any failure:
+//!
+//! 1. find the volume's filesystem and plan the image's (type, label, UUID, layout: [`fs`]);
+//! 2. size it (`--size`, else used space plus headroom; root volumes capped at EC2's 10 GiB);
+//! 3. create the 0600 sparse image in the 0700 work directory and make the filesystem on it;
+//! 4. attach it to a loop device and mount it; bind the volume read-only (not recursively, so
+//!    other mounts below it show as the directories underneath, copied empty) next to it;
+//! 5. scan for secrets ([`filter`]) and copy the tree ([`copy`]), leaving out the work
+//!    directory, swap files, the user's exclusions and what the filter found;
+//! 6. set up `/etc/fstab` ([`fstab`]) and, on request, generalize ([`generalize`]);
+//! 7. unmount and detach explicitly, so that failures there are reported, not ignored.
+//!
+//! The caller enters the private namespace first ([`mount::enter_private_namespace`]) and owns
+//! the work directory.
+
+use std::collections::BTreeSet;
+use std::ffi::OsString;
+use std::fs;
+use std::io;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Component, Path, PathBuf};
+
+use nix::mount::MsFlags;
+
+use crate::image::copy::{self, CopyOptions, CopyReport};
+use crate::image::filter::{self, FilterOptions, FilterReport};
+use crate::image::fs::{self as imgfs, FsType, MkfsSpec, SourceUsage, VolumeRole};
+use crate::image::fstab::{self, FstabWarning, RootFs};
+use crate::image::generalize::{self, GeneralizeReport};
+use crate::image::loopdev::{LoopDevice, LoopOptions};
+use crate::image::mount::{Mount, PrivateNamespace};
+use crate::progress::Progress;
+
+/// Directories of a root volume whose contents are runtime state, never part of an image: they
+/// are created empty with their own mode, owner and times. With the non-recursive bind these
+/// are usually the empty directories under the pseudo-filesystems already; listing them also
+/// covers systems where they are plain directories.
+const ROOT_RUNTIME_DIRS: [&str; 5] = ["/proc", "/sys", "/dev", "/run", "/tmp"];
+
+/// Filesystem types that are never copied, even with `--all`: kernel and runtime views, not
+/// data. Their mount points become empty directories.
+const PSEUDO_FS_TYPES: [&str; 22] = [
+    "proc",
+    "sysfs",
+    "devtmpfs",
+    "devpts",
+    "tmpfs",
+    "cgroup",
+    "cgroup2",
+    "securityfs",
+    "debugfs",
+    "tracefs",
+    "pstore",
+    "bpf",
+    "mqueue",
+    "hugetlbfs",
+    "autofs",
+    "fusectl",
+    "configfs",
+    "binfmt_misc",
+    "efivarfs",
+    "nsfs",
+    "rpc_pipefs",
+    "selinuxfs",
+];
+
+/// What to do with the image's `/etc/fstab`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum FstabChoice {
+    /// Keep the volume's own (reviewed: warnings for entries that will not work).
+    #[default]
+    Keep,
+    /// Write one naming the root by UUID/LABEL plus `nofail` instance-store entries.
+    Generate,
+    /// Install this file.
+    File(PathBuf),
+}
+
+/// What image to make of which volume.
+#[derive(Debug, Clone)]
+pub struct VolumeOptions {
+    /// The directory to snapshot (canonical, absolute).
+    pub volume: PathBuf,
+    /// Image file name inside the work directory.
+    pub image_name: String,
+    /// `--size` in MiB.
+    pub size_mib: Option<u64>,
+    /// `--fs-type`.
+    pub fs_type: Option<FsType>,
+    /// `--new-uuid`.
+    pub new_uuid: bool,
+    /// `--all`: follow other filesystems mounted below the volume (except pseudo-filesystems).
+    pub all: bool,
+    /// Host paths under the volume to leave out, with everything below them.
+    pub exclude: Vec<PathBuf>,
+    /// Host paths under the volume the filter must not touch (`--include`).
+    pub include: Vec<PathBuf>,
+    /// Apply the sensitive-file filter.
+    pub filter: bool,
+    /// Files given to this run (keys, certificates): never copied.
+    pub tool_inputs: Vec<PathBuf>,
+    /// fstab handling.
+    pub fstab: FstabChoice,
+    /// Instance-store mappings (virtual name, device) for a generated fstab.
+    pub ephemeral: Vec<(String, String)>,
+    /// `--generalize`.
+    pub generalize: bool,
+    /// Accept entries that cannot be copied faithfully (listed as warnings).
+    pub allow_lossy: bool,
+    /// Copy threads.
+    pub threads: usize,
+    /// The tool's name and version, for a generated fstab's header.
+    pub generator: String,
+}
+
+/// The finished image.
+#[derive(Debug)]
+pub struct VolumeImage {
+    /// The image file (in the work directory).
+    pub path: PathBuf,
+    /// Its size.
+    pub size: u64,
+    /// The filesystem made.
+    pub mkfs: MkfsSpec,
+    /// What the copy did.
+    pub copy: CopyReport,
+    /// What the filter left out.
+    pub filter: FilterReport,
+    /// Warnings about the image's fstab.
+    pub fstab_warnings: Vec<FstabWarning>,
+    /// Where a replaced fstab was kept, inside the image.
+    pub fstab_previous: Option<PathBuf>,
+    /// What `--generalize` did.
+    pub generalize: Option<GeneralizeReport>,
+    /// Other filesystems mounted below the volume that were not copied (without `--all`).
+    pub skipped_mounts: Vec<(PathBuf, String)>,
+}
+
+/// A failure while making the image; each names the step.
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    /// The volume is not a usable directory.
+    #[error("volume {path} is not a directory")]
+    NotADirectory {
+        /// The volume.
+        path: PathBuf,
+    },
+    /// Filesystem inspection, mkfs, the image file.
+    #[error(transparent)]
+    Fs(#[from] imgfs::FsError),
+    /// Loop device.
+    #[error(transparent)]
+    Loop(#[from] crate::image::loopdev::LoopError),
+    /// Mounting.
+    #[error(transparent)]
+    Mount(#[from] crate::image::mount::MountError),
+    /// The sensitive-file filter.
+    #[error(transparent)]
+    Filter(#[from] filter::FilterError),
+    /// The copy.
+    #[error(transparent)]
+    Copy(#[from] copy::CopyError),
+    /// fstab.
+    #[error(transparent)]
+    Fstab(#[from] fstab::FstabError),
+    /// `--generalize`.
+    #[error(transparent)]
+    Generalize(#[from] generalize::GeneralizeError),
+    /// Local file trouble in the work directory or the volume.
+    #[error("{action} {}", path.display())]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// Where.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> VolumeError + use<> {
+    let path = path.to_owned();
+    move |source| VolumeError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+/// Makes the image of `opts.volume` in `work_dir` (see the module docs).
+pub fn make_image(
+    ns: &PrivateNamespace,
+    opts: &VolumeOptions,
+    work_dir: &Path,
+    progress: &dyn Progress,
+) -> Result<VolumeImage, VolumeError> {
+    let volume = &opts.volume;
+    let meta = fs::metadata(volume).map_err(io_err("reading volume", volume))?;
+    if !meta.is_dir() {
+        return Err(VolumeError::NotADirectory {
+            path: volume.clone(),
+        });
+    }
+    let role = if volume == Path::new("/") {
+        VolumeRole::Root
+    } else {
+        VolumeRole::Data
+    };
+
+    // 1. The filesystem to make.
+    let mounts = read_mounts()?;
+    let is_mount_point = mounts.iter().any(|(mp, _)| mp == volume);
+    let mut spec = plan_filesystem(volume, is_mount_point, opts.fs_type, opts.new_uuid)?;
+    tracing::info!(
+        "image filesystem: {} label {:?} uuid {}",
+        spec.fs_type,
+        spec.label.as_deref().unwrap_or_default(),
+        spec.uuid
+            .map(|u| u.to_string())
+            .unwrap_or_else(|| "(new)".into())
+    );
+
+    // 2. Its size.
+    let usage = volume_usage(volume, &mounts, opts.all)?;
+    let plan = imgfs::plan_image(opts.size_mib, usage, role)?;
+    spec.inodes = plan.inodes;
+
+    // 3. The image file and its filesystem.
+    let image = imgfs::create_image_file(work_dir, &opts.image_name, plan.size_bytes)?;
+    imgfs::mkfs(&image, &spec)?;
+
+    // 4. Loop device, mounts.
+    let target = work_dir.join("image");
+    let source_view = work_dir.join("volume");
+    for dir in [&target, &source_view] {
+        fs::create_dir(dir).map_err(io_err("creating", dir))?;
+    }
+    let loopdev = LoopDevice::attach(&image, LoopOptions::default())?;
+    let image_mount = Mount::new(
+        ns,
+        loopdev.path(),
+        &target,
+        spec.fs_type.as_str(),
+        MsFlags::empty(),
+        spec.fs_type.mount_data(),
+    )?;
+    // Without --all the copy reads a read-only, non-recursive bind of the volume: nothing can
+    // be written to the source by mistake, and other mounts below it are not in the view.
+    // With --all it walks the live tree and crosses into other filesystems.
+    let (src_mount, copy_root) = if opts.all {
+        (None, volume.clone())
+    } else {
+        let bind = Mount::bind_read_only(ns, volume, &source_view)?;
+        (Some(bind), source_view.clone())
+    };
+
+    // 5. What to leave out, then the filter and the copy.
+    let skipped_mounts = if opts.all {
+        Vec::new()
+    } else {
+        mounts_below(&mounts, volume)
+            .into_iter()
+            .filter(|(_, t)| !PSEUDO_FS_TYPES.contains(&t.as_str()))
+            .collect()
+    };
+    let view = |host: &Path| -> Option<PathBuf> { in_view(volume, &copy_root, host) };
+    let mut exclude: BTreeSet<PathBuf> = BTreeSet::new();
+    for p in &opts.exclude {
+        exclude.extend(view(p));
+    }
+    exclude.extend(view(work_dir));
+    for swap in swap_files() {
+        exclude.extend(view(&swap));
+    }
+    let mut empty_dirs: BTreeSet<PathBuf> = BTreeSet::new();
+    if role == VolumeRole::Root {
+        for d in ROOT_RUNTIME_DIRS {
+            let p = copy_root.join(d.trim_start_matches('/'));
+            if fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
+                empty_dirs.insert(p);
+            }
+        }
+    }
+    if opts.all {
+        for (mp, fs_type) in mounts_below(&mounts, volume) {
+            if PSEUDO_FS_TYPES.contains(&fs_type.as_str()) {
+                empty_dirs.extend(view(&mp));
+            }
+        }
+    }
+    // A directory emptied by the runtime rule may still be excluded by the user: exclusion wins.
+    empty_dirs.retain(|d| !exclude.contains(d));
+
+    let filter_opts = FilterOptions {
+        rules: opts.filter,
+        one_file_system: !opts.all,
+        not_copied: exclude.iter().chain(&empty_dirs).cloned().collect(),
+        include: opts.include.iter().filter_map(|p| view(p)).collect(),
+        tool_inputs: opts.tool_inputs.iter().filter_map(|p| view(p)).collect(),
+    };
+    let mut filter_report = filter::scan(&copy_root, &filter_opts)?;
+    exclude.extend(filter_report.excluded_paths());
+    // Report host paths, not the private view's.
+    for f in filter_report
+        .filtered
+        .iter_mut()
+        .chain(filter_report.kept.iter_mut())
+    {
+        if let Some(host) = in_view(&copy_root, volume, &f.path) {
+            f.path = host;
+        }
+    }
+
+    let copy_opts = CopyOptions {
+        one_file_system: !opts.all,
+        exclude: exclude.into_iter().collect(),
+        empty_dirs: empty_dirs.into_iter().collect(),
+        allow_lossy: opts.allow_lossy,
+        threads: opts.threads,
+    };
+    let copy_report = copy::copy_tree(&copy_root, &target, &copy_opts, progress)?;
+
+    // 6. fstab and generalization, inside the image only.
+    let root_fs = RootFs {
+        uuid: spec.uuid.map(|u| u.to_string()),
+        label: spec
+            .label
+            .as_ref()
+            .map(|l| String::from_utf8_lossy(l.as_bytes()).into_owned()),
+        fs_type: spec.fs_type.as_str().to_string(),
+    };
+    let (fstab_warnings, fstab_previous) = match &opts.fstab {
+        FstabChoice::Keep => {
+            let warnings = match fstab::read_from_image(&target)? {
+                Some(text) => match fstab::Fstab::parse(&text) {
+                    Ok(table) => table.review(&root_fs),
+                    Err(e) => vec![FstabWarning {
+                        line: e.line,
+                        message: format!("cannot be parsed ({e}); left as it is"),
+                    }],
+                },
+                None if role == VolumeRole::Root => vec![FstabWarning {
+                    line: 0,
+                    message: "the image has no /etc/fstab: pass --generate-fstab".into(),
+                }],
+                None => Vec::new(),
+            };
+            (warnings, None)
+        }
+        FstabChoice::Generate => {
+            let mounts = fstab::instance_store_mounts(&opts.ephemeral);
+            let text = fstab::generate(&root_fs, &mounts, &opts.generator)?;
+            (Vec::new(), fstab::install(&target, &text)?.previous)
+        }
+        FstabChoice::File(path) => {
+            let text = fstab::read_user_fstab(path)?;
+            (Vec::new(), fstab::install(&target, &text)?.previous)
+        }
+    };
+    let generalized = if opts.generalize {
+        Some(generalize::generalize(&target)?)
+    } else {
+        None
+    };
+
+    // 7. Tear down explicitly: a failure to unmount or detach is an error, not a leak.
+    if let Some(bind) = src_mount {
+        bind.unmount()?;
+    }
+    image_mount.unmount()?;
+    loopdev.detach()?;
+    for dir in [&target, &source_view] {
+        fs::remove_dir(dir).map_err(io_err("removing", dir))?;
+    }
+
+    Ok(VolumeImage {
+        path: image,
+        size: plan.size_bytes,
+        mkfs: spec,
+        copy: copy_report,
+        filter: filter_report,
+        fstab_warnings,
+        fstab_previous,
+        generalize: generalized,
+        skipped_mounts,
+    })
+}
+
+/// The image's filesystem. For a volume that is a mount point: its type, label and UUID when
+/// they can be read; when its device cannot be probed (no permission, no device) the image gets
+/// the mount's type (or `--fs-type`) and a fresh UUID, with a warning. A directory that is only
+/// part of a filesystem gets that filesystem's type and a fresh UUID and no label: two
+/// filesystems with one UUID would confuse every `UUID=` lookup.
+fn plan_filesystem(
+    volume: &Path,
+    is_mount_point: bool,
+    override_type: Option<FsType>,
+    new_uuid: bool,
+) -> Result<MkfsSpec, VolumeError> {
+    if !is_mount_point {
+        let mount = imgfs::find_mount(volume)?;
+        let fs_type = match override_type {
+            Some(t) => t,
+            None => mount
+                .fs_type
+                .parse()
+                .map_err(|_| imgfs::FsError::Unsupported {
+                    fs_type: mount.fs_type.clone(),
+                    mount_point: mount.mount_point.clone(),
+                })?,
+        };
+        return Ok(MkfsSpec::new(fs_type));
+    }
+    match imgfs::inspect_source(volume) {
+        Ok(source) => Ok(imgfs::plan_mkfs(&source, override_type, new_uuid)?),
+        Err(e) => {
+            let mount = imgfs::find_mount(volume)?;
+            let fs_type = match override_type.or_else(|| mount.fs_type.parse().ok()) {
+                Some(t) => t,
+                None => return Err(e.into()),
+            };
+            tracing::warn!(
+                "cannot read the label and UUID of the filesystem at {} ({}): the image gets a new UUID and no label; /etc/fstab entries by UUID= or LABEL= will not match (use --generate-fstab)",
+                mount.mount_point.display(),
+                crate::bundle::error_chain(&e)
+            );
+            let mut spec = MkfsSpec::new(fs_type);
+            if new_uuid {
+                spec.uuid = Some(imgfs::FsUuid::random()?);
+            }
+            Ok(spec)
+        }
+    }
+}
+
+/// Mount points and types of this thread's namespace (the private one).
+fn read_mounts() -> Result<Vec<(PathBuf, String)>, VolumeError> {
+    Ok(imgfs::mounts()?
+        .into_iter()
+        .map(|m| (m.mount_point, m.fs_type))
+        .collect())
+}
+
+/// Mounts strictly below `volume`.
+fn mounts_below(mounts: &[(PathBuf, String)], volume: &Path) -> Vec<(PathBuf, String)> {
+    let mut below: Vec<(PathBuf, String)> = mounts
+        .iter()
+        .filter(|(mp, _)| mp != volume && mp.starts_with(volume))
+        .cloned()
+        .collect();
+    below.sort();
+    below.dedup();
+    below
+}
+
+/// The used space to size the image for: the filesystem's own figures when the volume is its
+/// mount point (cheap and exact), else a walk of the volume's tree (a directory on a large
+/// filesystem must not get an image the size of that filesystem).
+fn volume_usage(
+    volume: &Path,
+    mounts: &[(PathBuf, String)],
+    all: bool,
+) -> Result<SourceUsage, VolumeError> {
+    let is_mount_point = mounts.iter().any(|(mp, _)| mp == volume);
+    if is_mount_point && !all {
+        return Ok(imgfs::source_usage(volume)?);
+    }
+    tree_usage(volume, all)
+}
+
+/// Allocated bytes and inodes of the tree at `root` (hard links counted once), staying on its
+/// filesystem unless `all`.
+fn tree_usage(root: &Path, all: bool) -> Result<SourceUsage, VolumeError> {
+    let root_dev = fs::metadata(root).map_err(io_err("reading", root))?.dev();
+    let mut seen = std::collections::HashSet::new();
+    let mut usage = SourceUsage {
+        used_bytes: 0,
+        used_inodes: 0,
+    };
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            // Vanished while walking a live tree; the copy reports what it finds.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io_err("reading", &dir)(e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(io_err("reading", &dir))?;
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.nlink() > 1 && !meta.is_dir() && !seen.insert((meta.dev(), meta.ino())) {
+                continue;
+            }
+            usage.used_inodes += 1;
+            usage.used_bytes += meta.blocks() * 512;
+            if meta.is_dir() && (all || meta.dev() == root_dev) {
+                stack.push(entry.path());
+            }
+        }
+    }
+    Ok(usage)
+}
+
+/// `host` (a path under the volume) as seen in the copy's view of the volume; `None` when it
+/// is not under the volume.
+fn in_view(volume: &Path, view: &Path, host: &Path) -> Option<PathBuf> {
+    let rel = host.strip_prefix(volume).ok()?;
+    Some(if rel.as_os_str().is_empty() {
+        view.to_path_buf()
+    } else {
+        view.join(rel)
+    })
+}
+
+/// Swap files in use (`/proc/swaps`, type `file`): never copied.
+fn swap_files() -> Vec<PathBuf> {
+    let Ok(text) = fs::read("/proc/swaps") else {
+        return Vec::new();
+    };
+    text.split(|&b| b == b'\n')
+        .skip(1)
+        .filter_map(|line| {
+            let mut fields = line
+                .split(|b| b.is_ascii_whitespace())
+                .filter(|f| !f.is_empty());
+            let path = fields.next()?;
+            (fields.next()? == b"file")
+                .then(|| PathBuf::from(OsString::from_vec(imgfs::unescape_octal(path))))
+        })
+        .collect()
+}
+
+/// Expands `--exclude`/`--include` patterns into host paths under `volume`. A pattern is a path
+/// anchored at the volume's root (`/var/cache` with `--volume /data` means `/data/var/cache`;
+/// a path already under the volume is taken as it is); its components may hold the shell
+/// wildcards `*`, `?` and `[…]` (so Packer's `-e /tmp/*` leaves `/tmp` itself and drops its
+/// contents). Returns the matches and whether the pattern matched nothing.
+pub fn expand_pattern(volume: &Path, pattern: &Path) -> (Vec<PathBuf>, bool) {
+    let rel: PathBuf = if volume != Path::new("/") && pattern.starts_with(volume) {
+        pattern
+            .strip_prefix(volume)
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
+    } else {
+        pattern
+            .components()
+            .filter(|c| !matches!(c, Component::RootDir | Component::CurDir))
+            .collect()
+    };
+    let mut current = vec![volume.to_path_buf()];
+    for comp in rel.components() {
+        let Component::Normal(name) = comp else {
+            // `..` could leave the volume: such a pattern matches nothing.
+            return (Vec::new(), true);
+        };
+        let name = name.as_bytes();
+        let mut next = Vec::new();
+        for dir in &current {
+            if has_wildcard(name) {
+                let Ok(entries) = fs::read_dir(dir) else {
+                    continue;
+                };
+                let mut names: Vec<OsString> = entries
+                    .filter_map(|e| e.ok().map(|e| e.file_name()))
+                    .filter(|n| glob_match(name, n.as_bytes()))
+                    .collect();
+                names.sort();
+                next.extend(names.into_iter().map(|n| dir.join(n)));
+            } else {
+                let p = dir.join(std::ffi::OsStr::from_bytes(name));
+                if fs::symlink_metadata(&p).is_ok() {
+                    next.push(p);
+                }
+            }
+        }
+        current = next;
+    }
+    let none = current.is_empty() || current == [volume.to_path_buf()];
+    if current == [volume.to_path_buf()] {
+        current.clear();
+    }
+    (current, none)
+}
+
+fn has_wildcard(name: &[u8]) -> bool {
+    name.iter().any(|b| matches!(b, b'*' | b'?' | b'['))
+}
+
+/// Shell-style match of one path component: `*`, `?`, `[abc]`, `[a-z]`, `[!x]`. A leading `.`
+/// must be matched literally, as in the shell, so a pattern means what it would have meant had
+/// the shell expanded it (`/tmp/*` does not take `/tmp/.X11-unix`).
+fn glob_match(pattern: &[u8], name: &[u8]) -> bool {
+    if name.first() == Some(&b'.') && pattern.first() != Some(&b'.') {
+        return false;
+    }
+    glob_from(pattern, name)
+}
+
+fn glob_from(p: &[u8], n: &[u8]) -> bool {
+    match p.first() {
+        None => n.is_empty(),
+        Some(b'*') => (0..=n.len()).any(|i| glob_from(&p[1..], &n[i..])),
+        Some(b'?') => !n.is_empty() && glob_from(&p[1..], &n[1..]),
+        Some(b'[') => {
+            let Some(&c) = n.first() else { return false };
+            match class_match(&p[1..], c) {
+                Some((matched, rest)) => matched && glob_from(rest, &n[1..]),
+                // An unclosed `[` is a literal.
+                None => c == b'[' && glob_from(&p[1..], &n[1..]),
+            }
+        }
+        Some(&c) => n.first() == Some(&c) && glob_from(&p[1..], &n[1..]),
+    }
+}
+
+/// Matches `c` against a bracket class starting after `[`; returns the result and the pattern
+/// after `]`, or `None` when the class is not closed.
+fn class_match(p: &[u8], c: u8) -> Option<(bool, &[u8])> {
+    let (negate, mut i) = match p.first() {
+        Some(b'!' | b'^') => (true, 1),
+        _ => (false, 0),
+    };
+    let mut matched = false;
+    let mut first = true;
+    while i < p.len() {
+        if p[i] == b']' && !first {
+            return Some((matched != negate, &p[i + 1..]));
+        }
+        first = false;
+        if i + 2 < p.len() && p[i + 1] == b'-' && p[i + 2] != b']' {
+            if (p[i]..=p[i + 2]).contains(&c) {
+                matched = true;
+            }
+            i += 3;
+        } else {
+            if p[i] == c {
+                matched = true;
+            }
+            i += 1;
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_matches_like_the_shell() {
+        assert!(glob_match(b"*", b"x509-key.pem"));
+        assert!(!glob_match(b"*", b".hidden"));
+        assert!(glob_match(b".*", b".hidden"));
+        assert!(glob_match(b"*.pem", b"a.pem"));
+        assert!(!glob_match(b"*.pem", b"a.pem.bak"));
+        assert!(glob_match(b"id_?sa", b"id_rsa"));
+        assert!(glob_match(b"[a-c]x", b"bx"));
+        assert!(!glob_match(b"[!a-c]x", b"bx"));
+        assert!(glob_match(b"[]x]", b"]"));
+        assert!(glob_match(b"a[", b"a["));
+        assert!(glob_match(b"**a", b"bba"));
+    }
+
+    #[test]
+    fn patterns_are_anchored_at_the_volume_and_expanded() {
+        let dir = tempfile::tempdir().unwrap();
+        let vol = dir.path();
+        fs::create_dir_all(vol.join("tmp/sub")).unwrap();
+        fs::write(vol.join("tmp/key.pem"), b"k").unwrap();
+        fs::write(vol.join("tmp/.hidden"), b"h").unwrap();
+        fs::create_dir_all(vol.join("var/cache")).unwrap();
+
+        let (m, none) = expand_pattern(vol, Path::new("/tmp/*"));
+        assert!(!none);
+        assert_eq!(m, [vol.join("tmp/key.pem"), vol.join("tmp/sub")]);
+        // Anchored at the volume, or already a path under it.
+        assert_eq!(
+            expand_pattern(vol, Path::new("/var/cache")).0,
+            [vol.join("var/cache")]
+        );
+        assert_eq!(
+            expand_pattern(vol, &vol.join("var/cache")).0,
+            [vol.join("var/cache")]
+        );
+        assert!(expand_pattern(vol, Path::new("/nothing/*")).1);
+        assert!(expand_pattern(vol, Path::new("/tmp/../etc")).1);
+        // The volume itself is never an exclusion.
+        assert!(expand_pattern(vol, Path::new("/")).1);
+    }
+
+    #[test]
+    fn views_and_mounts_below() {
+        assert_eq!(
+            in_view(
+                Path::new("/"),
+                Path::new("/w/volume"),
+                Path::new("/var/tmp/x")
+            ),
+            Some(PathBuf::from("/w/volume/var/tmp/x"))
+        );
+        assert_eq!(
+            in_view(Path::new("/data"), Path::new("/w/v"), Path::new("/etc")),
+            None
+        );
+        let mounts = vec![
+            (PathBuf::from("/"), "ext4".to_string()),
+            (PathBuf::from("/proc"), "proc".to_string()),
+            (PathBuf::from("/data"), "xfs".to_string()),
+            (PathBuf::from("/database"), "xfs".to_string()),
+            (PathBuf::from("/data/x"), "nfs".to_string()),
+        ];
+        assert_eq!(
+            mounts_below(&mounts, Path::new("/data")),
+            [(PathBuf::from("/data/x"), "nfs".to_string())]
+        );
+        assert_eq!(mounts_below(&mounts, Path::new("/")).len(), 4);
+    }
+}
