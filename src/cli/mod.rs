@@ -11,6 +11,7 @@ mod download;
 mod keys;
 pub mod output;
 mod register;
+mod restore;
 mod streaming;
 mod unbundle;
 mod upload;
@@ -81,6 +82,8 @@ pub enum Command {
     Download(Box<download::DownloadArgs>),
     /// Delete a bundle from S3: the manifest first, then exactly its parts
     Delete(Box<delete::DeleteArgs>),
+    /// Restore a bundle of a directory (local or s3://) into a directory (needs root)
+    Restore(Box<restore::RestoreArgs>),
     /// Register an uploaded bundle as an instance-store AMI (idempotent; waits for "available")
     Register(Box<register::RegisterArgs>),
 }
@@ -98,5 +101,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Download(args) => download::run(*args, &progress),
         Command::Delete(args) => delete::run(*args),
         Command::Register(args) => register::run(*args),
+        Command::Restore(args) => restore::run(*args, &progress),
     }
 }

@@ -182,11 +182,9 @@ pub fn run(args: RegisterArgs) -> anyhow::Result<()> {
         let region = cloud.require_region()?.to_string();
         let (image_location, bundle_name, arch) = match (&args.image_location, &args.manifest) {
             (Some(loc), _) => {
-                let loc = loc.strip_prefix("s3://").unwrap_or(loc);
-                let (dir, file) = loc
-                    .rsplit_once('/')
-                    .context("--image-location must be BUCKET/[PREFIX/]NAME.manifest.xml")?;
-                let location = BundleLocation::parse(dir).context("checking --image-location")?;
+                let (location, file) =
+                    BundleLocation::parse_manifest_url(loc).context("checking --image-location")?;
+                let file = file.as_str();
                 let (manifest, _) =
                     s3::fetch_manifest(&cloud.s3_client(&region), &location, file).await?;
                 let arch = manifest

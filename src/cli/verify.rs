@@ -45,11 +45,8 @@ fn fetch_from_s3(
     cloud_args: &CloudArgs,
     progress: &dyn Progress,
 ) -> anyhow::Result<(tempfile::TempDir, PathBuf)> {
-    let rest = url.strip_prefix("s3://").unwrap_or(url);
-    let (dir, file) = rest
-        .rsplit_once('/')
-        .context("an S3 manifest is s3://BUCKET/[PREFIX/]NAME.manifest.xml")?;
-    let location = BundleLocation::parse(dir).context("checking the S3 location")?;
+    let (location, file) = BundleLocation::parse_manifest_url(url)?;
+    let file = file.as_str();
     let tmp = tempfile::Builder::new()
         .prefix(".amibundle-verify-")
         .tempdir()

@@ -78,6 +78,16 @@ impl BundleLocation {
         })
     }
 
+    /// Parses the manifest's address `[s3://]BUCKET/[PREFIX/]NAME.manifest.xml` into its
+    /// location and file name.
+    pub fn parse_manifest_url(url: &str) -> Result<(Self, String), S3Error> {
+        let rest = url.strip_prefix("s3://").unwrap_or(url);
+        match rest.rsplit_once('/') {
+            Some((dir, file)) if !file.is_empty() => Ok((Self::parse(dir)?, file.to_string())),
+            _ => Err(S3Error::BadManifestUrl(url.to_string())),
+        }
+    }
+
     /// The key of a file of the bundle.
     pub fn key(&self, file_name: &str) -> String {
         format!("{}{}", self.prefix, file_name)
@@ -165,6 +175,9 @@ pub enum S3Error {
         /// Which rule it breaks.
         why: String,
     },
+    /// Not `s3://BUCKET/[PREFIX/]NAME.manifest.xml`.
+    #[error("{0:?} is not a manifest address: use s3://BUCKET/[PREFIX/]NAME.manifest.xml")]
+    BadManifestUrl(String),
     /// Key prefix with empty, `.` or `..` segments.
     #[error("key prefix {0:?} has an empty, '.' or '..' segment")]
     BadPrefix(String),

@@ -391,6 +391,72 @@ pub fn make_image(
     })
 }
 
+/// Copies the tree inside an image file (a bundle of a volume, unbundled) into `target`, with
+/// every attribute `bundle-vol` keeps: the data-volume restore. The image is attached read-only
+/// and mounted read-only in the private namespace; a partitioned image is read from its first
+/// partition. An empty `lost+found` at the image's root (made by mkfs, not by the user) is left
+/// out.
+pub fn restore_image(
+    ns: &PrivateNamespace,
+    image: &Path,
+    work_dir: &Path,
+    target: &Path,
+    allow_lossy: bool,
+    threads: usize,
+    progress: &dyn Progress,
+) -> Result<CopyReport, VolumeError> {
+    let loopdev = LoopDevice::attach(
+        image,
+        LoopOptions {
+            read_only: true,
+            partscan: true,
+        },
+    )?;
+    let first = loopdev.partition_path(1);
+    let device = if first.exists() {
+        first
+    } else {
+        loopdev.path().to_path_buf()
+    };
+    let probe = imgfs::probe_device(&device)?;
+    let fs_type: FsType = probe
+        .fs_type
+        .as_deref()
+        .and_then(|t| t.parse().ok())
+        .ok_or_else(|| imgfs::FsError::Unsupported {
+            fs_type: probe
+                .fs_type
+                .clone()
+                .unwrap_or_else(|| "nothing recognisable".into()),
+            mount_point: image.to_path_buf(),
+        })?;
+    let mnt = work_dir.join("restore");
+    fs::create_dir(&mnt).map_err(io_err("creating", &mnt))?;
+    let mounted = Mount::new(
+        ns,
+        &device,
+        &mnt,
+        fs_type.as_str(),
+        MsFlags::MS_RDONLY,
+        fs_type.mount_data(),
+    )?;
+    let lost_found = mnt.join("lost+found");
+    let empty = fs::read_dir(&lost_found).is_ok_and(|mut entries| entries.next().is_none());
+    let exclude = if empty { vec![lost_found] } else { Vec::new() };
+    let opts = CopyOptions {
+        one_file_system: true,
+        exclude,
+        empty_dirs: Vec::new(),
+        allow_lossy,
+        threads,
+    };
+    let report = copy::copy_tree(&mnt, target, &opts, progress)?;
+    mounted.unmount()?;
+    loopdev.detach()?;
+    fs::remove_dir(&mnt).map_err(io_err("removing", &mnt))?;
+    Ok(report)
+}
+
 /// The image's filesystem. For a volume that is a mount point: its type, label and UUID when
 /// they can be read; when its device cannot be probed (no permission, no device) the image gets
 /// the mount's type (or `--fs-type`) and a fresh UUID, with a warning. A directory that is only
