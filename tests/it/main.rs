@@ -8,6 +8,7 @@ mod cloud;
 mod golden;
 mod imds;
 mod independent;
+mod restore;
 mod streaming;
 mod support_selftest;
 mod vectors;
