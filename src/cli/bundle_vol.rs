@@ -235,6 +235,12 @@ pub fn run(args: Box<BundleVolArgs>, progress: &dyn Progress) -> anyhow::Result<
                 "bytes_copied": made.copy.bytes,
                 "filtered": made.filter.filtered.len(),
                 "filtered_list": filter_list,
+                "phase_seconds": {
+                    "prepare": made.timings.prepare.as_secs_f64(),
+                    "filter": made.timings.filter.as_secs_f64(),
+                    "copy": made.timings.copy.as_secs_f64(),
+                    "finish": made.timings.finish.as_secs_f64(),
+                },
             }))?;
         } else {
             println!("{}", image_path.display());

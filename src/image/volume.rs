@@ -23,6 +23,7 @@ use std::io;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use nix::mount::MsFlags;
 
@@ -138,6 +139,21 @@ pub struct VolumeImage {
     pub generalize: Option<GeneralizeReport>,
     /// Other filesystems mounted below the volume that were not copied (without `--all`).
     pub skipped_mounts: Vec<(PathBuf, String)>,
+    /// Wall time of each phase.
+    pub timings: VolumeTimings,
+}
+
+/// Wall time of the phases of [`make_image`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct VolumeTimings {
+    /// Inspecting, sizing, creating the image, mkfs, loop device and mounts.
+    pub prepare: Duration,
+    /// The sensitive-file filter's scan.
+    pub filter: Duration,
+    /// The copy.
+    pub copy: Duration,
+    /// fstab, generalize, unmount and detach.
+    pub finish: Duration,
 }
 
 /// A failure while making the image; each names the step.
@@ -199,6 +215,8 @@ pub fn make_image(
     work_dir: &Path,
     progress: &dyn Progress,
 ) -> Result<VolumeImage, VolumeError> {
+    let started = Instant::now();
+    let mut timings = VolumeTimings::default();
     let volume = &opts.volume;
     let meta = fs::metadata(volume).map_err(io_err("reading volume", volume))?;
     if !meta.is_dir() {
@@ -303,7 +321,10 @@ pub fn make_image(
         include: opts.include.iter().filter_map(|p| view(p)).collect(),
         tool_inputs: opts.tool_inputs.iter().filter_map(|p| view(p)).collect(),
     };
+    timings.prepare = started.elapsed();
+    let phase = Instant::now();
     let mut filter_report = filter::scan(&copy_root, &filter_opts)?;
+    timings.filter = phase.elapsed();
     exclude.extend(filter_report.excluded_paths());
     // Report host paths, not the private view's.
     for f in filter_report
@@ -323,7 +344,10 @@ pub fn make_image(
         allow_lossy: opts.allow_lossy,
         threads: opts.threads,
     };
+    let phase = Instant::now();
     let copy_report = copy::copy_tree(&copy_root, &target, &copy_opts, progress)?;
+    timings.copy = phase.elapsed();
+    let phase = Instant::now();
 
     // 6. fstab and generalization, inside the image only.
     let root_fs = RootFs {
@@ -377,6 +401,7 @@ pub fn make_image(
     for dir in [&target, &source_view] {
         fs::remove_dir(dir).map_err(io_err("removing", dir))?;
     }
+    timings.finish = phase.elapsed();
 
     Ok(VolumeImage {
         path: image,
@@ -388,6 +413,7 @@ pub fn make_image(
         fstab_previous,
         generalize: generalized,
         skipped_mounts,
+        timings,
     })
 }
 
