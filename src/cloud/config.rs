@@ -87,8 +87,12 @@ impl CloudConfig {
         if let Some(profile) = &options.profile {
             loader = loader.profile_name(profile);
         }
-        let region_chain = RegionProviderChain::first_try(options.region.clone().map(Region::new))
-            .or_default_provider();
+        let region = options
+            .region
+            .as_deref()
+            .map(|r| crate::cloud::s3::region_of_location(Some(r)));
+        let region_chain =
+            RegionProviderChain::first_try(region.map(Region::new)).or_default_provider();
         loader = loader.region(region_chain);
         if let Some(url) = &options.endpoint_url {
             loader = loader.endpoint_url(url);
