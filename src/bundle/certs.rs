@@ -658,6 +658,17 @@ pub fn resolve_for_region(search: &CertSearch, region: &str) -> Result<Ec2Cert, 
     }
 }
 
+/// An explicitly given certificate (`--ec2cert PATH`) when no region says which of Amazon's
+/// certificates to expect: accepted if it is any pinned certificate, or unpinned with
+/// `allow_unpinned` (with the warning of [`resolve`]).
+///
+/// # Errors
+///
+/// As [`resolve`] for an explicit path.
+pub fn resolve_explicit_path(path: &Path, allow_unpinned: bool) -> Result<Ec2Cert, CertError> {
+    resolve_explicit(path, allow_unpinned, None)
+}
+
 /// For `amibundle certs`: the certificate each region would use, or why there is none.
 pub fn describe(
     search: &CertSearch,

@@ -6,6 +6,7 @@ pub mod crypto;
 pub mod digest;
 pub mod gzip;
 pub mod manifest;
+pub mod migrate;
 pub mod parts;
 pub mod pipeline;
 pub mod tar;

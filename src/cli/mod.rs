@@ -6,9 +6,11 @@ mod bundle_vol;
 mod bundling;
 mod certs;
 mod cloud_args;
+mod copy;
 mod delete;
 mod download;
 mod keys;
+mod migrate_manifest;
 pub mod output;
 mod register;
 mod restore;
@@ -36,6 +38,8 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
             .is_some_and(crate::cloud::s3::S3Error::is_access_problem)
             || e.downcast_ref::<crate::cloud::stream::StreamError>()
                 .is_some_and(crate::cloud::stream::StreamError::is_access_problem)
+            || e.downcast_ref::<crate::cloud::copy::CopyError>()
+                .is_some_and(crate::cloud::copy::CopyError::is_access_problem)
     });
     if access {
         EXIT_BUCKET_ACCESS
@@ -86,6 +90,11 @@ pub enum Command {
     Restore(Box<restore::RestoreArgs>),
     /// Register an uploaded bundle as an instance-store AMI (idempotent; waits for "available")
     Register(Box<register::RegisterArgs>),
+    /// Re-wrap a manifest for another region's EC2 certificate; set its kernel/ramdisk
+    MigrateManifest(Box<migrate_manifest::MigrateManifestArgs>),
+    /// Copy an AMI or bundle to other regions: parts copied in S3, manifest re-wrapped,
+    /// registered alike
+    Copy(Box<copy::CopyArgs>),
 }
 
 /// Runs the parsed command.
@@ -102,5 +111,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Delete(args) => delete::run(*args),
         Command::Register(args) => register::run(*args),
         Command::Restore(args) => restore::run(*args, &progress),
+        Command::MigrateManifest(args) => migrate_manifest::run(*args),
+        Command::Copy(args) => copy::run(*args),
     }
 }

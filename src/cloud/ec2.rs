@@ -64,6 +64,26 @@ pub enum Ec2Error {
         /// EC2's reason, if any (starts with ": ").
         reason: String,
     },
+    /// No AMI of that id in the region.
+    #[error("AMI {image_id} does not exist in {region} (or is not visible to these credentials)")]
+    NoSuchImage {
+        /// AMI id.
+        image_id: String,
+        /// Region looked in.
+        region: String,
+    },
+    /// The AMI is not an instance-store AMI, so it has no bundle to copy.
+    #[error(
+        "AMI {image_id} in {region} has no image location (root device type {root_device_type}): only instance-store AMIs registered from a bundle in S3 can be copied this way"
+    )]
+    NotInstanceStore {
+        /// AMI id.
+        image_id: String,
+        /// Region.
+        region: String,
+        /// What EC2 says it is.
+        root_device_type: String,
+    },
     /// A request failed.
     #[error("{action} in {region}: {detail}")]
     Request {
@@ -336,6 +356,112 @@ pub async fn wait_available(
     }
 }
 
+/// What `copy --ami` reads of a registered instance-store AMI to register its copies alike.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceImage {
+    /// AMI id.
+    pub image_id: String,
+    /// AMI name.
+    pub name: String,
+    /// Description.
+    pub description: Option<String>,
+    /// `i386`, `x86_64` or `arm64` (EC2 always says; emulators may not).
+    pub architecture: Option<String>,
+    /// `hvm` or `paravirtual` (EC2 always says; emulators may not).
+    pub virtualization_type: Option<String>,
+    /// Root device name.
+    pub root_device_name: Option<String>,
+    /// `(device, virtual name)` of its instance-store mappings.
+    pub ephemeral_mappings: Vec<(String, String)>,
+    /// Device names of its other mappings (EBS volumes, suppressed devices), which
+    /// [`RegisterRequest`] cannot express.
+    pub other_mappings: Vec<String>,
+    /// ENA support.
+    pub ena_support: bool,
+    /// SR-IOV `simple`.
+    pub sriov_net_support: bool,
+    /// PV kernel.
+    pub kernel_id: Option<String>,
+    /// PV ramdisk.
+    pub ramdisk_id: Option<String>,
+    /// `bucket/prefix/name.manifest.xml`: EC2's `ImageLocation`, else our [`LOCATION_TAG`]
+    /// (emulators store no location).
+    pub image_location: String,
+}
+
+/// Describes AMI `image_id` in `region` for copying it.
+///
+/// # Errors
+///
+/// [`Ec2Error::NoSuchImage`], [`Ec2Error::NotInstanceStore`] (no image location: an EBS-backed
+/// AMI), [`Ec2Error::Request`].
+pub async fn describe_image(
+    ec2: &Client,
+    region: &str,
+    image_id: &str,
+) -> Result<SourceImage, Ec2Error> {
+    let no_such = || Ec2Error::NoSuchImage {
+        image_id: image_id.to_string(),
+        region: region.to_string(),
+    };
+    let out = match ec2.describe_images().image_ids(image_id).send().await {
+        Ok(out) => out,
+        Err(err) if err.code().is_some_and(|c| c.starts_with("InvalidAMIID")) => {
+            return Err(no_such());
+        }
+        Err(err) => return Err(request_error("describing the source AMI", region, err)),
+    };
+    let image = out.images().first().ok_or_else(no_such)?;
+    source_image(image, image_id, region)
+}
+
+/// The copy-relevant view of a described image.
+fn source_image(image: &Image, image_id: &str, region: &str) -> Result<SourceImage, Ec2Error> {
+    let location = image
+        .image_location()
+        .filter(|l| !l.is_empty())
+        .or_else(|| tag_value(image, LOCATION_TAG));
+    let Some(location) = location else {
+        return Err(Ec2Error::NotInstanceStore {
+            image_id: image_id.to_string(),
+            region: region.to_string(),
+            root_device_type: image
+                .root_device_type()
+                .map(|t| t.as_str().to_string())
+                .unwrap_or_else(|| "unknown".into()),
+        });
+    };
+    let mut ephemeral_mappings = Vec::new();
+    let mut other_mappings = Vec::new();
+    for m in image.block_device_mappings() {
+        let device = m.device_name().unwrap_or_default().to_string();
+        match m.virtual_name() {
+            Some(v) if v.starts_with("ephemeral") => {
+                ephemeral_mappings.push((device, v.to_string()));
+            }
+            _ => other_mappings.push(device),
+        }
+    }
+    Ok(SourceImage {
+        image_id: image_id.to_string(),
+        name: image.name().unwrap_or_default().to_string(),
+        description: image
+            .description()
+            .filter(|d| !d.is_empty())
+            .map(str::to_string),
+        architecture: image.architecture().map(|a| a.as_str().to_string()),
+        virtualization_type: image.virtualization_type().map(|v| v.as_str().to_string()),
+        root_device_name: image.root_device_name().map(str::to_string),
+        ephemeral_mappings,
+        other_mappings,
+        ena_support: image.ena_support().unwrap_or(false),
+        sriov_net_support: image.sriov_net_support() == Some("simple"),
+        kernel_id: image.kernel_id().map(str::to_string),
+        ramdisk_id: image.ramdisk_id().map(str::to_string),
+        image_location: location.to_string(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -353,6 +479,79 @@ mod tests {
             let err = validate_ami_name(bad).unwrap_err().to_string();
             assert!(err.contains("--name"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn a_described_instance_store_ami_is_read_for_copying() {
+        use aws_sdk_ec2::types::{
+            DeviceType, EbsBlockDevice, VirtualizationType, builders::ImageBuilder,
+        };
+        let base = || -> ImageBuilder {
+            Image::builder()
+                .image_id("ami-1")
+                .name("web")
+                .description("web server")
+                .architecture(ArchitectureValues::Arm64)
+                .virtualization_type(VirtualizationType::Paravirtual)
+                .root_device_name("/dev/xvda1")
+                .root_device_type(DeviceType::InstanceStore)
+                .ena_support(true)
+                .sriov_net_support("simple")
+                .kernel_id("aki-1")
+                .ramdisk_id("ari-1")
+                .block_device_mappings(
+                    BlockDeviceMapping::builder()
+                        .device_name("/dev/sdb")
+                        .virtual_name("ephemeral0")
+                        .build(),
+                )
+                .block_device_mappings(
+                    BlockDeviceMapping::builder()
+                        .device_name("/dev/sdf")
+                        .ebs(EbsBlockDevice::builder().volume_size(8).build())
+                        .build(),
+                )
+        };
+        let with_location = base().image_location("b/p/web.manifest.xml").build();
+        let s = source_image(&with_location, "ami-1", "eu-west-1").unwrap();
+        assert_eq!(
+            s,
+            SourceImage {
+                image_id: "ami-1".into(),
+                name: "web".into(),
+                description: Some("web server".into()),
+                architecture: Some("arm64".into()),
+                virtualization_type: Some("paravirtual".into()),
+                root_device_name: Some("/dev/xvda1".into()),
+                ephemeral_mappings: vec![("/dev/sdb".into(), "ephemeral0".into())],
+                other_mappings: vec!["/dev/sdf".into()],
+                ena_support: true,
+                sriov_net_support: true,
+                kernel_id: Some("aki-1".into()),
+                ramdisk_id: Some("ari-1".into()),
+                image_location: "b/p/web.manifest.xml".into(),
+            }
+        );
+        // Without ImageLocation (emulators), our tag says where the bundle is.
+        let tagged = base()
+            .tags(
+                Tag::builder()
+                    .key(LOCATION_TAG)
+                    .value("t/web.manifest.xml")
+                    .build(),
+            )
+            .build();
+        let s = source_image(&tagged, "ami-1", "eu-west-1").unwrap();
+        assert_eq!(s.image_location, "t/web.manifest.xml");
+        // Neither: an EBS-backed AMI, refused naming it and its region.
+        let ebs = base().root_device_type(DeviceType::Ebs).build();
+        let err = source_image(&ebs, "ami-1", "eu-west-1")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("ami-1") && err.contains("eu-west-1") && err.contains("ebs"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! (tokio) because it is network I/O; the bundle engine itself stays synchronous.
 
 pub mod config;
+pub mod copy;
 pub mod ec2;
 pub mod imds;
 pub mod s3;

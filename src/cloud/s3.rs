@@ -303,7 +303,7 @@ impl std::fmt::Display for RequestFailure {
 
 /// A failure that did not come from S3 itself (a request that could not be built, a body that
 /// could not be read).
-fn local_failure(
+pub(crate) fn local_failure(
     action: &'static str,
     bucket: &str,
     key: &str,
@@ -344,7 +344,7 @@ impl S3Error {
 }
 
 /// Renders an SDK error into [`S3Error::Request`] with a hint for the causes users meet.
-fn request_error<E>(
+pub(crate) fn request_error<E>(
     action: &'static str,
     bucket: &str,
     key: &str,

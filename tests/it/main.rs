@@ -5,6 +5,7 @@ mod support;
 
 mod cli;
 mod cloud;
+mod copy;
 mod golden;
 mod imds;
 mod independent;
