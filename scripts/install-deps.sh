@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the build and the tests need, if any is missing:
 # pkg-config + libssl-dev (openssl crate), and the standard tools the tests use as an
-# independent decoder and image maker (openssl, gzip, GNU tar, e2fsprogs, diffutils).
+# independent decoder and image maker (openssl, gzip, GNU tar, e2fsprogs, diffutils), and the
+# bundle-vol tests' tools for a source tree (setcap, setfacl, losetup).
 set -euo pipefail
 missing=()
 for pair in pkg-config:pkg-config openssl:openssl gzip:gzip tar:tar mkfs.ext4:e2fsprogs \
             debugfs:e2fsprogs dumpe2fs:e2fsprogs blkid:util-linux findmnt:util-linux \
-            cmp:diffutils sha1sum:coreutils curl:curl; do
+            cmp:diffutils sha1sum:coreutils curl:curl losetup:mount setcap:libcap2-bin \
+            setfacl:acl; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair##*:}")
 done
 dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)

@@ -16,7 +16,7 @@
 //! The caller enters the private namespace first ([`mount::enter_private_namespace`]) and owns
 //! the work directory.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::ffi::OsString;
 use std::fs;
 use std::io;
@@ -25,7 +25,11 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use nix::dir::Dir;
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, open};
 use nix::mount::MsFlags;
+use nix::sys::stat::Mode;
 
 use crate::image::copy::{self, CopyOptions, CopyReport};
 use crate::image::filter::{self, FilterOptions, FilterReport};
@@ -234,6 +238,11 @@ pub fn make_image(
     let mounts = read_mounts()?;
     let is_mount_point = mounts.iter().any(|(mp, _)| mp == volume);
     let mut spec = plan_filesystem(volume, is_mount_point, opts.fs_type, opts.new_uuid)?;
+    // A fresh filesystem gets its UUID drawn here, not by mkfs: a generated fstab names the
+    // root by it (a directory or an unreadable device has no UUID to carry over).
+    if spec.uuid.is_none() {
+        spec.uuid = Some(imgfs::FsUuid::random()?);
+    }
     tracing::info!(
         "image filesystem: {} label {:?} uuid {}",
         spec.fs_type,
@@ -244,7 +253,12 @@ pub fn make_image(
     );
 
     // 2. Its size.
-    let usage = volume_usage(volume, &mounts, opts.all)?;
+    // Runtime directories of a root volume are copied empty: their contents take no space.
+    let runtime_dirs: Vec<PathBuf> = match role {
+        VolumeRole::Root => ROOT_RUNTIME_DIRS.iter().map(PathBuf::from).collect(),
+        VolumeRole::Data => Vec::new(),
+    };
+    let usage = volume_usage(volume, &mounts, opts.all, &opts.exclude, &runtime_dirs)?;
     let plan = imgfs::plan_image(opts.size_mib, usage, role)?;
     spec.inodes = plan.inodes;
 
@@ -259,12 +273,15 @@ pub fn make_image(
         fs::create_dir(dir).map_err(io_err("creating", dir))?;
     }
     let loopdev = LoopDevice::attach(&image, LoopOptions::default())?;
+    // noatime: the copy sets every atime from the source, and the steps after it (fstab review,
+    // --generalize) read files and directories in the image, which under relatime would move
+    // those atimes (their ctime is the copy's time, later than any copied atime).
     let image_mount = Mount::new(
         ns,
         loopdev.path(),
         &target,
         spec.fs_type.as_str(),
-        MsFlags::empty(),
+        MsFlags::MS_NOATIME,
         spec.fs_type.mount_data(),
     )?;
     // Without --all the copy reads a read-only, non-recursive bind of the volume: nothing can
@@ -551,51 +568,93 @@ fn mounts_below(mounts: &[(PathBuf, String)], volume: &Path) -> Vec<(PathBuf, St
 }
 
 /// The used space to size the image for: the filesystem's own figures when the volume is its
-/// mount point (cheap and exact), else a walk of the volume's tree (a directory on a large
-/// filesystem must not get an image the size of that filesystem).
+/// mount point and nothing is excluded (cheap and exact), else a walk of the volume's tree
+/// without the excluded paths (a directory on a large filesystem must not get an image the
+/// size of that filesystem, and `--exclude` must be able to bring a root volume under EC2's
+/// 10 GiB limit).
 fn volume_usage(
     volume: &Path,
     mounts: &[(PathBuf, String)],
     all: bool,
+    exclude: &[PathBuf],
+    empty_dirs: &[PathBuf],
 ) -> Result<SourceUsage, VolumeError> {
     let is_mount_point = mounts.iter().any(|(mp, _)| mp == volume);
-    if is_mount_point && !all {
+    if is_mount_point && !all && exclude.is_empty() {
         return Ok(imgfs::source_usage(volume)?);
     }
-    tree_usage(volume, all)
+    tree_usage(
+        volume,
+        all,
+        &exclude.iter().collect(),
+        &empty_dirs.iter().collect(),
+    )
 }
 
 /// Allocated bytes and inodes of the tree at `root` (hard links counted once), staying on its
-/// filesystem unless `all`.
-fn tree_usage(root: &Path, all: bool) -> Result<SourceUsage, VolumeError> {
+/// filesystem unless `all`, without the `exclude`d paths (host paths under `root`) and what is
+/// below them, and without the contents of `empty_dirs`.
+fn tree_usage(
+    root: &Path,
+    all: bool,
+    exclude: &HashSet<&PathBuf>,
+    empty_dirs: &HashSet<&PathBuf>,
+) -> Result<SourceUsage, VolumeError> {
     let root_dev = fs::metadata(root).map_err(io_err("reading", root))?.dev();
-    let mut seen = std::collections::HashSet::new();
+    let mut seen = HashSet::new();
     let mut usage = SourceUsage {
         used_bytes: 0,
         used_inodes: 0,
     };
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        let entries = match fs::read_dir(&dir) {
-            Ok(e) => e,
+        let names = match list_dir(&dir) {
+            Ok(names) => names,
             // Vanished while walking a live tree; the copy reports what it finds.
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => return Err(io_err("reading", &dir)(e)),
         };
-        for entry in entries {
-            let entry = entry.map_err(io_err("reading", &dir))?;
-            let Ok(meta) = entry.metadata() else { continue };
+        for name in names {
+            let path = dir.join(name);
+            if exclude.contains(&path) {
+                continue;
+            }
+            let Ok(meta) = fs::symlink_metadata(&path) else {
+                continue;
+            };
             if meta.nlink() > 1 && !meta.is_dir() && !seen.insert((meta.dev(), meta.ino())) {
                 continue;
             }
             usage.used_inodes += 1;
             usage.used_bytes += meta.blocks() * 512;
-            if meta.is_dir() && (all || meta.dev() == root_dev) {
-                stack.push(entry.path());
+            if meta.is_dir() && (all || meta.dev() == root_dev) && !empty_dirs.contains(&path) {
+                stack.push(path);
             }
         }
     }
     Ok(usage)
+}
+
+/// The names in the directory `dir`, listed without moving its atime: the volume is live,
+/// and its atimes are what the copy puts into the image (under `relatime` a plain listing
+/// would update them). `O_NOATIME` is retried without where the kernel refuses it (not the
+/// owner and no CAP_FOWNER).
+fn list_dir(dir: &Path) -> io::Result<Vec<OsString>> {
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    let fd = match open(dir, flags | OFlag::O_NOATIME, Mode::empty()) {
+        Err(Errno::EPERM) => open(dir, flags, Mode::empty())?,
+        r => r?,
+    };
+    let mut stream = Dir::from_fd(fd)?;
+    let mut names = Vec::new();
+    for entry in stream.iter() {
+        let entry = entry?;
+        let name = entry.file_name().to_bytes();
+        if name != b"." && name != b".." {
+            names.push(OsString::from_vec(name.to_vec()));
+        }
+    }
+    Ok(names)
 }
 
 /// `host` (a path under the volume) as seen in the copy's view of the volume; `None` when it
@@ -654,11 +713,11 @@ pub fn expand_pattern(volume: &Path, pattern: &Path) -> (Vec<PathBuf>, bool) {
         let mut next = Vec::new();
         for dir in &current {
             if has_wildcard(name) {
-                let Ok(entries) = fs::read_dir(dir) else {
+                let Ok(entries) = list_dir(dir) else {
                     continue;
                 };
                 let mut names: Vec<OsString> = entries
-                    .filter_map(|e| e.ok().map(|e| e.file_name()))
+                    .into_iter()
                     .filter(|n| glob_match(name, n.as_bytes()))
                     .collect();
                 names.sort();
@@ -783,6 +842,24 @@ mod tests {
         assert!(expand_pattern(vol, Path::new("/tmp/../etc")).1);
         // The volume itself is never an exclusion.
         assert!(expand_pattern(vol, Path::new("/")).1);
+    }
+
+    #[test]
+    fn usage_leaves_out_exclusions_and_the_contents_of_emptied_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let vol = dir.path();
+        for (path, len) in [("keep/a", 40_000), ("big/b", 400_000), ("tmp/c", 400_000)] {
+            fs::create_dir_all(vol.join(path).parent().unwrap()).unwrap();
+            fs::write(vol.join(path), vec![1u8; len]).unwrap();
+        }
+        let all = tree_usage(vol, false, &HashSet::new(), &HashSet::new()).unwrap();
+        assert_eq!(all.used_inodes, 6);
+        let (big, tmp) = (vol.join("big"), vol.join("tmp"));
+        let some = tree_usage(vol, false, &HashSet::from([&big]), &HashSet::from([&tmp])).unwrap();
+        // keep, keep/a and tmp (its contents not counted); big not at all.
+        assert_eq!(some.used_inodes, 3);
+        assert!(some.used_bytes < 100_000, "{some:?}");
+        assert!(all.used_bytes > 800_000, "{all:?}");
     }
 
     #[test]

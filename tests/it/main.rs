@@ -3,6 +3,7 @@
 
 mod support;
 
+mod bundle_vol;
 mod cli;
 mod cloud;
 mod copy;
