@@ -1548,6 +1548,7 @@ mod tests {
     //! loudly rather than skip without it.
 
     use super::*;
+    use crate::image::loopdev::{LoopDevice, LoopOptions};
     use std::os::unix::fs::symlink;
 
     const MIB: u64 = 1 << 20;
@@ -1573,11 +1574,7 @@ mod tests {
     }
 
     fn image(dir: &Path, size: u64) -> PathBuf {
-        let path = dir.join("disk.img");
-        File::create(&path)
-            .and_then(|f| f.set_len(size))
-            .expect("image file");
-        path
+        crate::image::testing::sparse_file(dir, "disk.img", size)
     }
 
     fn run_tool(cmd: &str, args: &[&OsStr]) -> String {
@@ -2547,17 +2544,10 @@ mod tests {
 
     // --- GRUB on a real loop device (root) ---------------------------------------------------
 
-    fn require_root() {
-        assert!(
-            nix::unistd::geteuid().is_root(),
-            "the GRUB tests need root (loop devices, mkfs, mount); CI runs as root"
-        );
-    }
-
-    /// A loop device over the test image (and the partition mounted from it), released on drop
-    /// or, checked, by [`Attached::close`].
+    /// The test image on a loop device (`image::loopdev`), and the partition mounted from it;
+    /// released on drop or, checked, by [`Attached::close`].
     struct Attached {
-        disk: PathBuf,
+        loopdev: Option<LoopDevice>,
         mount: Option<PathBuf>,
     }
 
@@ -2566,18 +2556,17 @@ mod tests {
             if let Some(mnt) = self.mount.take() {
                 run_tool("umount", &[mnt.as_os_str()]);
             }
-            run_tool("losetup", &[OsStr::new("-d"), self.disk.as_os_str()]);
-            self.disk = PathBuf::new();
+            if let Some(dev) = self.loopdev.take() {
+                dev.detach().unwrap();
+            }
         }
     }
 
     impl Drop for Attached {
         fn drop(&mut self) {
+            // Unmount first; the loop device detaches itself (autoclear) when dropped after.
             if let Some(mnt) = self.mount.take() {
                 let _ = Command::new("umount").arg("-l").arg(mnt).status();
-            }
-            if !self.disk.as_os_str().is_empty() {
-                let _ = Command::new("losetup").arg("-d").arg(&self.disk).status();
             }
         }
     }
@@ -2586,29 +2575,28 @@ mod tests {
     /// installs GRUB into it, and checks the boot sector, the embedded core image and the
     /// table against what GRUB's own files say they should be.
     fn grub_installs_into(style: PartitionStyle) {
-        require_root();
+        crate::image::testing::require_root();
         let dir = tempfile::tempdir().unwrap();
         let path = image(dir.path(), 64 * MIB);
         let layout = write_table(&path, &spec(style)).unwrap();
 
-        let disk = run_tool(
-            "losetup",
-            &[
-                OsStr::new("-P"),
-                OsStr::new("--find"),
-                OsStr::new("--show"),
-                path.as_os_str(),
-            ],
-        );
+        let loopdev = LoopDevice::attach(
+            &path,
+            LoopOptions {
+                read_only: false,
+                partscan: true,
+            },
+        )
+        .unwrap();
+        let disk = loopdev.path().to_owned();
+        let part1 = loopdev.partition_path(1);
         let mut attached = Attached {
-            disk: PathBuf::from(disk.trim()),
+            loopdev: Some(loopdev),
             mount: None,
         };
-        let disk = attached.disk.clone();
-        // Kernels built without table parsers (CI's) create no partition devices for -P;
-        // partx reads the table in user space and adds them (BLKPG).
+        // Kernels built without table parsers (CI's) create no partition devices for
+        // partscan; partx reads the table in user space and adds them (BLKPG).
         run_tool("partx", &[OsStr::new("-u"), disk.as_os_str()]);
-        let part1 = PathBuf::from(format!("{}p1", disk.display()));
 
         // Detection through the real sysfs and the real disk.
         let d = detect(&part1).unwrap();
