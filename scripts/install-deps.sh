@@ -3,6 +3,9 @@
 # pkg-config + libssl-dev (openssl crate), and the standard tools the tests use as an
 # independent decoder and image maker (openssl, gzip, GNU tar, e2fsprogs, diffutils), and the
 # bundle-vol tests' tools for a source tree (setcap, setfacl, losetup).
+# Partitioned images: sfdisk (fdisk) and sgdisk (gdisk) read the tables back in the tests,
+# partx adds a loop device's partitions, grub-install (grub2-common) with GRUB 2 for BIOS
+# (grub-pc-bin) installs the bootloader, and GRUB finds loop partitions through udevadm (udev).
 set -euo pipefail
 missing=()
 for pair in pkg-config:pkg-config openssl:openssl gzip:gzip tar:tar mkfs.ext4:e2fsprogs \
@@ -12,6 +15,10 @@ for pair in pkg-config:pkg-config openssl:openssl gzip:gzip tar:tar mkfs.ext4:e2
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair##*:}")
 done
 dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
+for pair in sfdisk:fdisk sgdisk:gdisk partx:util-linux grub-install:grub2-common udevadm:udev; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair##*:}")
+done
+[ -f /usr/lib/grub/i386-pc/kernel.img ] || missing+=(grub-pc-bin)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "missing packages: ${missing[*]} (run as root or install them)" >&2

@@ -2,8 +2,8 @@
 //! ([`fs`]), the loop device it is attached to ([`loopdev`]), the private mounts of the image
 //! and of the source volume ([`mount`]), the faithful tree copy that fills the image from a
 //! live root filesystem or any directory ([`copy`]), the sensitive-file filter that decides what
-//! the copy leaves out ([`filter`]), `--generalize` ([`generalize`]) and the image's
-//! `/etc/fstab` ([`fstab`]).
+//! the copy leaves out ([`filter`]), `--generalize` ([`generalize`]), the image's
+//! `/etc/fstab` ([`fstab`]), and the partition table and GRUB of HVM images ([`partition`]).
 
 pub mod copy;
 pub mod filter;
@@ -12,6 +12,7 @@ pub mod fstab;
 pub mod generalize;
 pub mod loopdev;
 pub mod mount;
+pub mod partition;
 mod root;
 pub mod volume;
 
