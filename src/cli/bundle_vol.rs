@@ -14,6 +14,7 @@ use crate::bundle::pipeline::ImageInput;
 use crate::cloud::imds::{self, ImdsOptions, InstanceMetadata};
 use crate::image::fs::{self as imgfs, FsType};
 use crate::image::mount;
+use crate::image::partition::{Bootloader, PartitionChoice};
 use crate::image::volume::{self, FstabChoice, VolumeImage, VolumeOptions};
 use crate::progress::Progress;
 
@@ -84,6 +85,13 @@ pub struct BundleVolArgs {
     /// Write an /etc/fstab naming the root by UUID/LABEL, instance-store disks with nofail
     #[arg(long)]
     pub generate_fstab: bool,
+    /// Partition table of the image: auto (like the root disk's; none for a directory), mbr,
+    /// gpt (with a BIOS boot partition) or none
+    #[arg(short = 'P', long, value_name = "STYLE", value_enum, default_value_t = PartitionChoice::Auto)]
+    pub partition: PartitionChoice,
+    /// Bootloader of a partitioned image: grub2 (the image's own GRUB 2 for BIOS) or none
+    #[arg(long, value_name = "NAME", value_enum, default_value_t = Bootloader::Grub2)]
+    pub bootloader: Bootloader,
     /// Filesystem of the image (default: the volume's own type)
     #[arg(long, value_name = "TYPE", value_enum)]
     pub fs_type: Option<FsTypeArg>,
@@ -204,6 +212,8 @@ pub fn run(args: Box<BundleVolArgs>, progress: &dyn Progress) -> anyhow::Result<
         allow_lossy: args.allow_lossy,
         threads: bundling::threads(args.bundle.threads),
         generator: format!("amibundle {}", env!("CARGO_PKG_VERSION")),
+        partition: args.partition,
+        bootloader: args.bootloader,
     };
     tracing::info!(
         "saving {} into a {} image in {}",
@@ -351,6 +361,17 @@ fn report_image(
             "/etc/fstab replaced; the previous one is {} in the image",
             prev.display()
         );
+    }
+    if let Some(boot) = &made.boot {
+        tracing::info!(
+            "{} image: GRUB 2 installed with {} ({})",
+            made.partition,
+            boot.program.display(),
+            boot.grub_dir.display()
+        );
+        for w in &boot.warnings {
+            tracing::warn!("{w}");
+        }
     }
     if let Some(g) = &made.generalize {
         for action in &g.actions {

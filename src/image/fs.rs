@@ -847,6 +847,9 @@ pub struct MkfsSpec {
     pub ext_layout: Option<ExtLayout>,
     /// For ext: the inode count, when the default would be too few (see [`plan_image`]).
     pub inodes: Option<u64>,
+    /// For ext on an image file: make the filesystem in this byte range of the file (a
+    /// partition) rather than the whole file (`mke2fs -E offset=`).
+    pub region: Option<(u64, u64)>,
 }
 
 impl MkfsSpec {
@@ -858,6 +861,7 @@ impl MkfsSpec {
             uuid: None,
             ext_layout: None,
             inodes: None,
+            region: None,
         }
     }
 }
@@ -898,6 +902,7 @@ pub fn plan_mkfs(
         uuid,
         ext_layout,
         inodes: None,
+        region: None,
     })
 }
 
@@ -974,7 +979,17 @@ fn mke2fs_args(target: &Path, spec: &MkfsSpec, version: Option<(u32, u32)>) -> V
             args.extend([OsString::from("-O"), OsString::from(off.join(","))]);
         }
     }
+    if let Some((offset, _)) = spec.region {
+        args.extend([
+            OsString::from("-E"),
+            OsString::from(format!("offset={offset}")),
+        ]);
+    }
     args.push(target.as_os_str().to_owned());
+    if let Some((_, size)) = spec.region {
+        // The filesystem size, in KiB: without it mke2fs would fill the file past the region.
+        args.push(OsString::from(format!("{}k", size / 1024)));
+    }
     args
 }
 
@@ -1607,6 +1622,13 @@ mod tests {
             13,
             "no -O"
         );
+        // Inside a partition of the image file: the offset, and the size after the target.
+        spec.region = Some((2 << 20, 64 << 20));
+        let with_region = args(&mke2fs_args(target, &spec, Some((1, 47))));
+        assert_eq!(
+            with_region[12..],
+            ["-E", "offset=2097152", "/w/img", "65536k"]
+        );
 
         let xfs = MkfsSpec {
             label: Some("data".into()),
@@ -1694,6 +1716,7 @@ mod tests {
                 ),
                 ext_layout: Some(layout.clone()),
                 inodes: None,
+                region: None,
             }
         );
         // --new-uuid.

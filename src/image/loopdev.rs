@@ -96,6 +96,29 @@ struct LoopConfig {
     reserved: [u64; 8],
 }
 
+/// `struct blkpg_partition` of `linux/blkpg.h`.
+#[repr(C)]
+struct BlkpgPartition {
+    start: i64,
+    length: i64,
+    pno: libc::c_int,
+    devname: [u8; 64],
+    volname: [u8; 64],
+}
+
+/// `struct blkpg_ioctl_arg` of `linux/blkpg.h`.
+#[repr(C)]
+struct BlkpgIoctlArg {
+    op: libc::c_int,
+    flags: libc::c_int,
+    datalen: libc::c_int,
+    data: *mut BlkpgPartition,
+}
+
+/// `BLKPG_ADD_PARTITION` and `BLKPG_DEL_PARTITION` of `linux/blkpg.h`.
+const BLKPG_ADD_PARTITION: libc::c_int = 1;
+const BLKPG_DEL_PARTITION: libc::c_int = 2;
+
 /// The ioctls. The loop driver predates the `_IOW` encoding, so every request is a "bad" one
 /// (a bare number from `linux/loop.h`).
 mod sys {
@@ -106,6 +129,8 @@ mod sys {
     nix::ioctl_write_int_bad!(loop_set_fd, 0x4C00);
     nix::ioctl_write_ptr_bad!(loop_set_status64, 0x4C04, LoopInfo64);
     nix::ioctl_none_bad!(loop_clr_fd, 0x4C01);
+    // BLKPG = _IO(0x12, 105) of linux/fs.h.
+    nix::ioctl_write_ptr_bad!(blkpg, 0x1269, super::BlkpgIoctlArg);
 }
 
 /// How to attach.
@@ -179,6 +204,17 @@ pub enum LoopError {
     /// The device is still in use (a filesystem on it is mounted, or another program holds it
     /// exclusively), so it cannot be detached now. It is marked to detach itself when that user
     /// goes away.
+    /// A partition could not be added to the device.
+    #[error("adding partition {index} to the loop device {device}")]
+    Partition {
+        /// The device.
+        device: PathBuf,
+        /// The partition number.
+        index: u32,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
     #[error(
         "the loop device {device} is still in use (unmount it first); it will detach itself when released"
     )]
@@ -205,6 +241,8 @@ pub struct LoopDevice {
     device: File,
     path: PathBuf,
     number: u32,
+    /// Partitions added with [`LoopDevice::add_partition`], removed again before detaching.
+    partitions: Vec<u32>,
     /// Set once detached explicitly, so that drop does nothing.
     detached: bool,
 }
@@ -269,6 +307,7 @@ impl LoopDevice {
                         device,
                         path,
                         number,
+                        partitions: Vec::new(),
                         detached: false,
                     });
                 }
@@ -305,6 +344,77 @@ impl LoopDevice {
         PathBuf::from(format!("/dev/loop{}p{index}", self.number))
     }
 
+    /// Adds partition `index` (1-based) covering `size` bytes from `offset` to the device with
+    /// `BLKPG_ADD_PARTITION` and returns its node `/dev/loopNpK`. Unlike
+    /// [`LoopOptions::partscan`] this does not depend on the kernel's partition-table parsers
+    /// (some kernels are built without them); the offsets come from the table we wrote.
+    ///
+    /// # Errors
+    ///
+    /// [`LoopError::Partition`] if the kernel refuses, or the node never appears.
+    pub fn add_partition(
+        &mut self,
+        index: u32,
+        offset: u64,
+        size: u64,
+    ) -> Result<PathBuf, LoopError> {
+        let node = self.partition_path(index);
+        let fail = |source: io::Error| LoopError::Partition {
+            device: self.path.clone(),
+            index,
+            source,
+        };
+        let to_i64 = |v: u64| i64::try_from(v).map_err(|_| fail(Errno::EOVERFLOW.into()));
+        let mut part = BlkpgPartition {
+            start: to_i64(offset)?,
+            length: to_i64(size)?,
+            pno: libc::c_int::try_from(index).map_err(|_| fail(Errno::EINVAL.into()))?,
+            devname: [0; 64],
+            volname: [0; 64],
+        };
+        self.blkpg(BLKPG_ADD_PARTITION, &mut part)
+            .map_err(|e| fail(e.into()))?;
+        self.partitions.push(index);
+        open_device_node(&node, true).map_err(|e| match e {
+            LoopError::OpenDevice { source, .. } => fail(source),
+            other => other,
+        })?;
+        Ok(node)
+    }
+
+    fn blkpg(&self, op: libc::c_int, part: &mut BlkpgPartition) -> Result<(), Errno> {
+        let arg = BlkpgIoctlArg {
+            op,
+            flags: 0,
+            datalen: std::mem::size_of::<BlkpgPartition>() as libc::c_int,
+            data: part,
+        };
+        // SAFETY: `self.device` is our open descriptor of the loop device; `arg` is a live
+        // `struct blkpg_ioctl_arg` whose `data` points to a live `struct blkpg_partition` of the
+        // size given (layouts checked in the tests); the kernel only reads them.
+        unsafe { sys::blkpg(self.device.as_raw_fd(), &arg) }.map(drop)
+    }
+
+    /// Removes the partitions we added (they would otherwise outlive the binding on some
+    /// kernels). Best effort: a partition still mounted stays until unmounted.
+    fn remove_partitions(&mut self) {
+        for index in std::mem::take(&mut self.partitions).into_iter().rev() {
+            let mut part = BlkpgPartition {
+                start: 0,
+                length: 0,
+                pno: libc::c_int::try_from(index).unwrap_or(0),
+                devname: [0; 64],
+                volname: [0; 64],
+            };
+            if let Err(errno) = self.blkpg(BLKPG_DEL_PARTITION, &mut part) {
+                tracing::debug!(
+                    "removing partition {index} of {}: {errno}",
+                    self.path.display()
+                );
+            }
+        }
+    }
+
     /// Detaches the device.
     ///
     /// # Errors
@@ -334,6 +444,7 @@ impl LoopDevice {
                 });
             }
         }
+        self.remove_partitions();
         // SAFETY: `self.device` is our open descriptor of the loop device; LOOP_CLR_FD takes
         // no argument.
         match unsafe { sys::loop_clr_fd(self.device.as_raw_fd()) } {
@@ -358,6 +469,7 @@ impl Drop for LoopDevice {
         if self.detached {
             return;
         }
+        self.remove_partitions();
         // Best effort: if the device is still mounted this only confirms autoclear, and the
         // device goes when the mount does; otherwise closing our descriptor right after this
         // releases it.
@@ -489,6 +601,13 @@ mod tests {
         assert_eq!(offset_of!(LoopConfig, block_size), 4);
         assert_eq!(offset_of!(LoopConfig, info), 8);
         assert_eq!(offset_of!(LoopConfig, reserved), 240);
+        // struct blkpg_partition: long long start, length; int pno; char devname[64],
+        // volname[64]; padded to 8. struct blkpg_ioctl_arg: three ints and a pointer (64-bit).
+        assert_eq!(offset_of!(BlkpgPartition, pno), 16);
+        assert_eq!(offset_of!(BlkpgPartition, devname), 20);
+        assert_eq!(size_of::<BlkpgPartition>(), 152);
+        assert_eq!(offset_of!(BlkpgIoctlArg, data), 16);
+        assert_eq!(size_of::<BlkpgIoctlArg>(), 24);
     }
 
     fn backing_file(number: u32) -> Option<Vec<u8>> {

@@ -577,6 +577,58 @@ fn table_style(head: &[u8], block_size: usize) -> Option<PartitionStyle> {
     }
 }
 
+/// Where partition 1 of an image file is, for images amibundle made (or any MBR/GPT disk
+/// image with 512-byte sectors): `None` when the image has no partition table (a bare
+/// filesystem). Read from the table itself, so it works where the kernel has no table parsers.
+///
+/// # Errors
+/// [`PartitionError::ReadDisk`] when the image cannot be read.
+pub fn first_partition(image: &Path) -> Result<Option<Extent>, PartitionError> {
+    let read_err = |source| PartitionError::ReadDisk {
+        disk: image.to_owned(),
+        source,
+    };
+    let file = File::open(image).map_err(read_err)?;
+    let mut head = vec![0u8; 2 * SECTOR_BYTES as usize];
+    if file.read_exact_at(&mut head, 0).is_err() {
+        return Ok(None);
+    }
+    let u32_at = |b: &[u8], at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+    let u64_at =
+        |b: &[u8], at: usize| u64::from(u32_at(b, at)) | (u64::from(u32_at(b, at + 4)) << 32);
+    match table_style(&head, SECTOR_BYTES as usize) {
+        Some(PartitionStyle::Gpt) => {
+            let gpt = &head[SECTOR_BYTES as usize..];
+            let entries_lba = u64_at(gpt, 72);
+            let mut entry = [0u8; 128];
+            file.read_exact_at(&mut entry, entries_lba * SECTOR_BYTES)
+                .map_err(read_err)?;
+            let (first, last) = (u64_at(&entry, 32), u64_at(&entry, 40));
+            if entry[..16].iter().all(|&b| b == 0) || last < first {
+                return Ok(None);
+            }
+            Ok(Some(Extent {
+                offset_bytes: first * SECTOR_BYTES,
+                size_bytes: (last - first + 1) * SECTOR_BYTES,
+            }))
+        }
+        Some(PartitionStyle::Mbr) => {
+            let e = &head[446..462];
+            let (kind, first, sectors) = (e[4], u64::from(u32_at(e, 8)), u64::from(u32_at(e, 12)));
+            // 0x00: unused slot. An ext or XFS boot sector never ends in 0x55AA with a sane
+            // first entry, but a FAT one does: require a non-empty Linux-style entry.
+            if kind == 0 || first == 0 || sectors == 0 {
+                return Ok(None);
+            }
+            Ok(Some(Extent {
+                offset_bytes: first * SECTOR_BYTES,
+                size_bytes: sectors * SECTOR_BYTES,
+            }))
+        }
+        _ => Ok(None),
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // GUIDs
 // ---------------------------------------------------------------------------------------------

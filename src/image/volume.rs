@@ -38,6 +38,9 @@ use crate::image::fstab::{self, FstabWarning, RootFs};
 use crate::image::generalize::{self, GeneralizeReport};
 use crate::image::loopdev::{LoopDevice, LoopOptions};
 use crate::image::mount::{Mount, PrivateNamespace};
+use crate::image::partition::{
+    self, Bootloader, GrubReport, PartitionChoice, PartitionStyle, TableSpec,
+};
 use crate::progress::Progress;
 
 /// Directories of a root volume whose contents are runtime state, never part of an image: they
@@ -72,6 +75,43 @@ const PSEUDO_FS_TYPES: [&str; 22] = [
     "rpc_pipefs",
     "selinuxfs",
 ];
+
+/// Room for a partition table around the filesystem: 1 MiB before it (MBR and the gap GRUB
+/// embeds into; for GPT the table and the BIOS boot partition's 1 MiB), and the backup GPT at
+/// the end.
+const TABLE_OVERHEAD_BYTES: u64 = 3 << 20;
+
+/// The partition table to give the image. Only a root volume gets one by itself (`auto`: the
+/// table of the disk the root filesystem is on, found through sysfs); a data directory gets
+/// one only when asked. A root disk whose table cannot be told gets none, with a warning.
+fn partition_style(choice: PartitionChoice, role: VolumeRole, volume: &Path) -> PartitionStyle {
+    if role == VolumeRole::Data || choice != PartitionChoice::Auto {
+        return choice.resolve(None).unwrap_or(PartitionStyle::None);
+    }
+    let detected = imgfs::find_mount(volume)
+        .map_err(|e| e.to_string())
+        .and_then(|m| {
+            partition::Sysfs::host()
+                .detect_devnum(u64::from(m.major), u64::from(m.minor))
+                .map_err(|e| crate::bundle::error_chain(&e))
+        });
+    match detected {
+        Ok(d) => {
+            tracing::info!(
+                "the root filesystem is on {} (table: {}): the image gets the same",
+                d.device,
+                d.style
+            );
+            d.style
+        }
+        Err(e) => {
+            tracing::warn!(
+                "cannot tell the partition table of the root disk ({e}): making a plain filesystem image; pass --partition mbr or gpt for an HVM image"
+            );
+            PartitionStyle::None
+        }
+    }
+}
 
 /// What to do with the image's `/etc/fstab`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -120,6 +160,10 @@ pub struct VolumeOptions {
     pub threads: usize,
     /// The tool's name and version, for a generated fstab's header.
     pub generator: String,
+    /// `--partition`: a table for an HVM image (auto: like the root disk's).
+    pub partition: PartitionChoice,
+    /// `--bootloader` for a partitioned image.
+    pub bootloader: Bootloader,
 }
 
 /// The finished image.
@@ -145,6 +189,10 @@ pub struct VolumeImage {
     pub skipped_mounts: Vec<(PathBuf, String)>,
     /// Wall time of each phase.
     pub timings: VolumeTimings,
+    /// The partition table of the image.
+    pub partition: PartitionStyle,
+    /// What the GRUB 2 installation found, for a partitioned image.
+    pub boot: Option<GrubReport>,
 }
 
 /// Wall time of the phases of [`make_image`].
@@ -190,6 +238,12 @@ pub enum VolumeError {
     /// `--generalize`.
     #[error(transparent)]
     Generalize(#[from] generalize::GeneralizeError),
+    /// The partition table.
+    #[error(transparent)]
+    Partition(#[from] partition::PartitionError),
+    /// GRUB.
+    #[error(transparent)]
+    Bootloader(#[from] partition::BootloaderError),
     /// Local file trouble in the work directory or the volume.
     #[error("{action} {}", path.display())]
     Io {
@@ -262,9 +316,34 @@ pub fn make_image(
     let plan = imgfs::plan_image(opts.size_mib, usage, role)?;
     spec.inodes = plan.inodes;
 
-    // 3. The image file and its filesystem.
-    let image = imgfs::create_image_file(work_dir, &opts.image_name, plan.size_bytes)?;
-    imgfs::mkfs(&image, &spec)?;
+    // 3. The image file, its partition table (HVM) and its filesystem.
+    let style = partition_style(opts.partition, role, volume);
+    let table_bytes = if style == PartitionStyle::None {
+        0
+    } else {
+        TABLE_OVERHEAD_BYTES
+    };
+    let image =
+        imgfs::create_image_file(work_dir, &opts.image_name, plan.size_bytes + table_bytes)?;
+    let layout = if style == PartitionStyle::None {
+        None
+    } else {
+        let label = spec
+            .label
+            .as_ref()
+            .map(|l| String::from_utf8_lossy(l.as_bytes()).into_owned());
+        let table = TableSpec::random(style, label.as_deref())?;
+        Some(partition::write_table(&image, &table)?)
+    };
+    // ext is made on the image file itself (with an offset inside a table), where mke2fs
+    // knows the inode tables are already zero and the image stays sparse; XFS on a partition
+    // is made on the partition's device below.
+    if let Some(l) = &layout {
+        spec.region = Some((l.root.offset_bytes, l.root.size_bytes));
+    }
+    if layout.is_none() || spec.fs_type.is_ext() {
+        imgfs::mkfs(&image, &spec)?;
+    }
 
     // 4. Loop device, mounts.
     let target = work_dir.join("image");
@@ -272,13 +351,32 @@ pub fn make_image(
     for dir in [&target, &source_view] {
         fs::create_dir(dir).map_err(io_err("creating", dir))?;
     }
-    let loopdev = LoopDevice::attach(&image, LoopOptions::default())?;
+    let mut loopdev = LoopDevice::attach(&image, LoopOptions::default())?;
+    let fs_device = match &layout {
+        None => loopdev.path().to_path_buf(),
+        Some(l) => {
+            // Added from the table we wrote: some kernels have no table parsers for partscan.
+            let mut root_node = None;
+            for (index, extent) in l.partitions() {
+                let node = loopdev.add_partition(index, extent.offset_bytes, extent.size_bytes)?;
+                if Some(index) == l.root_number() {
+                    root_node = Some(node);
+                }
+            }
+            let node = root_node.unwrap_or_else(|| loopdev.partition_path(1));
+            if !spec.fs_type.is_ext() {
+                spec.region = None;
+                imgfs::mkfs(&node, &spec)?;
+            }
+            node
+        }
+    };
     // noatime: the copy sets every atime from the source, and the steps after it (fstab review,
     // --generalize) read files and directories in the image, which under relatime would move
     // those atimes (their ctime is the copy's time, later than any copied atime).
     let image_mount = Mount::new(
         ns,
-        loopdev.path(),
+        &fs_device,
         &target,
         spec.fs_type.as_str(),
         MsFlags::MS_NOATIME,
@@ -408,6 +506,12 @@ pub fn make_image(
     } else {
         None
     };
+    let boot = match (&layout, opts.bootloader) {
+        (Some(l), Bootloader::Grub2) => {
+            Some(partition::install_grub(loopdev.path(), &target, l.style)?)
+        }
+        _ => None,
+    };
 
     // 7. Tear down explicitly: a failure to unmount or detach is an error, not a leak.
     if let Some(bind) = src_mount {
@@ -431,6 +535,8 @@ pub fn make_image(
         generalize: generalized,
         skipped_mounts,
         timings,
+        partition: style,
+        boot,
     })
 }
 
@@ -448,18 +554,16 @@ pub fn restore_image(
     threads: usize,
     progress: &dyn Progress,
 ) -> Result<CopyReport, VolumeError> {
-    let loopdev = LoopDevice::attach(
+    let mut loopdev = LoopDevice::attach(
         image,
         LoopOptions {
             read_only: true,
-            partscan: true,
+            partscan: false,
         },
     )?;
-    let first = loopdev.partition_path(1);
-    let device = if first.exists() {
-        first
-    } else {
-        loopdev.path().to_path_buf()
+    let device = match partition::first_partition(image)? {
+        Some(extent) => loopdev.add_partition(1, extent.offset_bytes, extent.size_bytes)?,
+        None => loopdev.path().to_path_buf(),
     };
     let probe = imgfs::probe_device(&device)?;
     let fs_type: FsType = probe

@@ -1361,3 +1361,134 @@ fn this_machines_root_filesystem_clones_and_mounts() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Partitioned images (HVM): the table, the partition offsets and GRUB's boot sector
+
+/// `sfdisk --json` of an image: (start sector, size in sectors, type) of each partition.
+fn partitions(image: &Path) -> (String, Vec<(u64, u64, String)>) {
+    let out = run_ok(Command::new("sfdisk").arg("--json").arg(image));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let table = &v["partitiontable"];
+    let parts = table["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["start"].as_u64().unwrap(),
+                p["size"].as_u64().unwrap(),
+                p["type"].as_str().unwrap().to_ascii_lowercase(),
+            )
+        })
+        .collect();
+    (table["label"].as_str().unwrap().to_string(), parts)
+}
+
+#[test]
+fn partitioned_images_get_the_table_the_filesystem_at_its_offset_and_grub() {
+    require_root();
+    let grub_modules = Path::new("/usr/lib/grub/i386-pc");
+    assert!(
+        grub_modules.join("boot.img").is_file(),
+        "GRUB 2 for BIOS is needed (grub-pc-bin; scripts/install-deps.sh installs it)"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let (src, dest) = (t.join("src"), t.join("dest"));
+    small_system(&src);
+    // The system's own GRUB, as an HVM instance has it.
+    fs::create_dir_all(src.join("usr/lib/grub")).unwrap();
+    run_ok(
+        Command::new("cp")
+            .args(["-a"])
+            .arg(grub_modules)
+            .arg(src.join("usr/lib/grub/i386-pc")),
+    );
+    write(
+        &src.join("boot/grub/grub.cfg"),
+        b"menuentry 'Linux' {\n  linux /vmlinuz root=LABEL=cloudimg-rootfs ro console=ttyS0\n}\n",
+    );
+    fs::create_dir(&dest).unwrap();
+    let boot_img = fs::read(grub_modules.join("boot.img")).unwrap();
+    let home = tempfile::tempdir().unwrap();
+
+    for (style, label, root_start, root_type) in [
+        ("mbr", "dos", 2048, "83"),
+        ("gpt", "gpt", 4096, "0fc63daf-8483-4772-8e79-3d69d8477de4"),
+    ] {
+        let prefix = format!("{style}.img");
+        let (_, err) = clone_only(
+            home.path(),
+            &src,
+            &dest,
+            &prefix,
+            &["--no-inherit", "-P", style],
+        );
+        assert!(err.contains("GRUB 2 installed"), "{err}");
+        let image = dest.join(&prefix);
+        let (got_label, parts) = partitions(&image);
+        assert_eq!(got_label, label);
+        let root = parts
+            .iter()
+            .find(|p| p.2 == root_type)
+            .unwrap_or_else(|| panic!("{style}: no Linux partition in {parts:?}"));
+        assert_eq!(root.0, root_start, "{style}: filesystem partition offset");
+        if style == "gpt" {
+            assert!(
+                parts.contains(&(2048, 2048, "21686148-6449-6e6f-744e-656564454649".into())),
+                "a 1 MiB BIOS boot partition at 1 MiB: {parts:?}"
+            );
+        }
+        // GRUB's boot code in the boot sector: boot.img's jump and code (grub-install patches
+        // the drive check at 0x66 and the core image's sector before it), not zeros; the
+        // signature intact.
+        let sector = fs::read(&image).unwrap()[..512].to_vec();
+        assert_eq!(
+            sector[..2],
+            boot_img[..2],
+            "{style}: GRUB's jump instruction"
+        );
+        assert_eq!(
+            sector[0x68..0x180],
+            boot_img[0x68..0x180],
+            "{style}: GRUB's boot code"
+        );
+        assert_eq!(sector[510..], [0x55, 0xAA]);
+        // The filesystem sits at the partition's offset and holds the tree.
+        let mnt = t.join(format!("mnt-{style}"));
+        let offset = format!("loop,ro,offset={}", root.0 * 512);
+        let mounted = mount(&image, &mnt, &offset);
+        assert!(mnt.join("boot/grub/i386-pc/core.img").is_file());
+        assert_eq!(fs::read(mnt.join("var/lib/state")).unwrap(), b"kept");
+        drop(mounted);
+    }
+    assert_nothing_left(&dest);
+
+    // Asking for GRUB when the system has none is an error that says what to do.
+    fs::remove_dir_all(src.join("usr/lib/grub")).unwrap();
+    let out = amibundle(home.path())
+        .arg("bundle-vol")
+        .arg("-v")
+        .arg(&src)
+        .arg("-d")
+        .arg(&dest)
+        .args([
+            "-p",
+            "nogrub.img",
+            "--clone-only",
+            "--no-inherit",
+            "-P",
+            "mbr",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("no GRUB 2") && err.contains("--bootloader none"),
+        "{err}"
+    );
+    assert!(!dest.join("nogrub.img").exists());
+    assert_nothing_left(&dest);
+}
