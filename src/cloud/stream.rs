@@ -2,7 +2,7 @@
 //! still being bundled, so nothing of the bundle is ever written to local disk.
 //!
 //! The bundling pipeline is synchronous and runs on the caller's thread; its last adapter hands
-//! each finished 10 MiB part to [`S3PartSink`], which starts an upload task on the tokio runtime
+//! each finished 10 MiB part to its S3 part sink, which starts an upload task on the tokio runtime
 //! and returns at once, unless `concurrency` uploads are already in flight: then it waits for
 //! one to finish. So at most `concurrency` parts are being uploaded plus the one being filled,
 //! `concurrency + 1` parts in memory in all.

@@ -178,8 +178,8 @@ impl Mount {
     /// Binds the directory `source` read-only on the existing directory `target`, for the copy
     /// to read the volume from. Not recursive: mounts below `source` are not carried along, so
     /// their mount points show as the directories underneath them (which the copy recreates
-    /// empty) rather than their contents. The bind keeps the source mount's `nosuid`, `nodev`,
-    /// `noexec` and atime flags (required when they are locked, harmless otherwise).
+    /// empty) rather than their contents. The bind keeps the source mount's `nosuid`, `nodev`
+    /// and `noexec` flags (required when they are locked, harmless otherwise) and is `noatime`.
     ///
     /// # Errors
     ///
@@ -214,14 +214,24 @@ impl Mount {
                 target: target.to_owned(),
                 source,
             })?;
-        nix::mount::mount(
-            None::<&str>,
-            target,
-            None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | kept,
-            None::<&str>,
-        )
-        .map_err(fail)?;
+        // noatime as well: the copy opens files with O_NOATIME, but reading a symlink or
+        // listing a directory would still move the live volume's atimes (which the copy then
+        // copies). Where the source's atime flags are locked (EPERM), keep them as they are.
+        let remount = |atime: MsFlags| {
+            nix::mount::mount(
+                None::<&str>,
+                target,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | atime,
+                None::<&str>,
+            )
+        };
+        let atime_flags = MsFlags::MS_NOATIME | MsFlags::MS_RELATIME | MsFlags::MS_NODIRATIME;
+        match remount((kept - atime_flags) | MsFlags::MS_NOATIME) {
+            Ok(()) => {}
+            Err(Errno::EPERM) => remount(kept).map_err(fail)?,
+            Err(errno) => return Err(fail(errno)),
+        }
         Ok(bind)
     }
 

@@ -13,7 +13,7 @@
 //! 6. set up `/etc/fstab` ([`fstab`]) and, on request, generalize ([`generalize`]);
 //! 7. unmount and detach explicitly, so that failures there are reported, not ignored.
 //!
-//! The caller enters the private namespace first ([`mount::enter_private_namespace`]) and owns
+//! The caller enters the private namespace first ([`crate::image::mount::enter_private_namespace`]) and owns
 //! the work directory.
 
 use std::collections::{BTreeSet, HashSet};
