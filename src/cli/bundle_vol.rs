@@ -209,6 +209,7 @@ pub fn run(args: Box<BundleVolArgs>, progress: &dyn Progress) -> anyhow::Result<
             .map(|m| (m.virtual_name.clone(), m.device.clone()))
             .collect(),
         generalize: args.generalize,
+        destination: Some(destination.clone()),
         allow_lossy: args.allow_lossy,
         threads: bundling::threads(args.bundle.threads),
         generator: format!("amibundle {}", env!("CARGO_PKG_VERSION")),

@@ -154,6 +154,9 @@ pub struct VolumeOptions {
     pub ephemeral: Vec<(String, String)>,
     /// `--generalize`.
     pub generalize: bool,
+    /// Where the run writes (bundle-vol's destination): when it lies inside the volume it is
+    /// copied as an empty directory, so no earlier bundle, image or report lands in the image.
+    pub destination: Option<PathBuf>,
     /// Accept entries that cannot be copied faithfully (listed as warnings).
     pub allow_lossy: bool,
     /// Copy threads.
@@ -308,10 +311,17 @@ pub fn make_image(
 
     // 2. Its size.
     // Runtime directories of a root volume are copied empty: their contents take no space.
-    let runtime_dirs: Vec<PathBuf> = match role {
+    let mut runtime_dirs: Vec<PathBuf> = match role {
         VolumeRole::Root => ROOT_RUNTIME_DIRS.iter().map(PathBuf::from).collect(),
         VolumeRole::Data => Vec::new(),
     };
+    // The destination's contents are not copied either (see `VolumeOptions::destination`).
+    runtime_dirs.extend(
+        opts.destination
+            .iter()
+            .filter(|d| d.starts_with(volume) && *d != volume)
+            .cloned(),
+    );
     let usage = volume_usage(volume, &mounts, opts.all, &opts.exclude, &runtime_dirs)?;
     let plan = imgfs::plan_image(opts.size_mib, usage, role)?;
     spec.inodes = plan.inodes;
@@ -424,6 +434,11 @@ pub fn make_image(
             if PSEUDO_FS_TYPES.contains(&fs_type.as_str()) {
                 empty_dirs.extend(view(&mp));
             }
+        }
+    }
+    if let Some(dest) = &opts.destination {
+        if let Some(d) = view(dest).filter(|d| *d != copy_root) {
+            empty_dirs.insert(d);
         }
     }
     // A directory emptied by the runtime rule may still be excluded by the user: exclusion wins.

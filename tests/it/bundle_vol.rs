@@ -1492,3 +1492,31 @@ fn partitioned_images_get_the_table_the_filesystem_at_its_offset_and_grub() {
     assert!(!dest.join("nogrub.img").exists());
     assert_nothing_left(&dest);
 }
+
+#[test]
+fn a_destination_inside_the_volume_comes_out_empty() {
+    require_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    small_system(&src);
+    let dest = src.join("var/backups");
+    write(
+        &dest.join("old.part.0"),
+        b"an earlier bundle must not go into the image",
+    );
+    chmod(&dest, 0o1777);
+    let home = tempfile::tempdir().unwrap();
+    clone_only(home.path(), &src, &dest, "self.img", &["--no-inherit"]);
+    let mnt = tmp.path().join("mnt");
+    let mounted = mount(&dest.join("self.img"), &mnt, "loop,ro");
+    let inside = mnt.join("var/backups");
+    assert_eq!(
+        fs::symlink_metadata(&inside).unwrap().permissions().mode() & 0o7777,
+        0o1777,
+        "the directory itself is kept, with its mode"
+    );
+    assert!(names(&inside).is_empty(), "{:?}", names(&inside));
+    assert_eq!(fs::read(mnt.join("var/lib/state")).unwrap(), b"kept");
+    drop(mounted);
+    assert_nothing_left(&dest);
+}
