@@ -9,6 +9,7 @@ mod cloud_args;
 mod copy;
 mod delete;
 mod download;
+mod generate;
 mod keys;
 mod migrate_manifest;
 pub mod output;
@@ -95,6 +96,10 @@ pub enum Command {
     /// Copy an AMI or bundle to other regions: parts copied in S3, manifest re-wrapped,
     /// registered alike
     Copy(Box<copy::CopyArgs>),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    Completions(generate::CompletionsArgs),
+    /// Write man pages, one per command (amibundle.1, amibundle-bundle-vol.1, ...)
+    Man(generate::ManArgs),
 }
 
 /// Runs the parsed command.
@@ -113,5 +118,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Restore(args) => restore::run(*args, &progress),
         Command::MigrateManifest(args) => migrate_manifest::run(*args),
         Command::Copy(args) => copy::run(*args),
+        Command::Completions(args) => generate::run_completions(&args),
+        Command::Man(args) => generate::run_man(&args),
     }
 }

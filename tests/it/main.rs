@@ -7,6 +7,7 @@ mod bundle_vol;
 mod cli;
 mod cloud;
 mod copy;
+mod docsgen;
 mod golden;
 mod imds;
 mod independent;
