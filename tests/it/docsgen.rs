@@ -345,3 +345,53 @@ fn every_printed_json_key_is_documented() {
     }
     assert!(seen > 100, "only {seen} keys found: the scan is broken");
 }
+
+/// Every `amibundle` command line in docs/usage.md's code blocks parses with the real argument
+/// parser (Packer's template variables filled with sample values), so the doc names only
+/// commands and flags that exist.
+#[test]
+fn usage_doc_command_lines_parse() {
+    use clap::Parser;
+    let doc =
+        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/usage.md")).unwrap();
+    let samples = [
+        ("{{.KeyPath}}", "/tmp/key.pem"),
+        ("{{.CertPath}}", "/tmp/cert.pem"),
+        ("{{.AccountId}}", "123456789012"),
+        ("{{.Architecture}}", "x86_64"),
+        ("{{.PrivatePath}}", "/tmp"),
+        ("{{.Destination}}", "/tmp"),
+        ("{{.Prefix}}", "image-1767225600"),
+        ("{{.BucketName}}", "my-bundles"),
+        ("{{.ManifestPath}}", "/tmp/image-1767225600.manifest.xml"),
+        ("{{.BundleDirectory}}", "/tmp"),
+        ("{{.Region}}", "eu-west-1"),
+    ];
+    let mut in_block = false;
+    let mut parsed = 0;
+    for line in doc.lines() {
+        if line.starts_with("```") {
+            in_block = !in_block;
+            continue;
+        }
+        let Some(start) = line.find("amibundle ").filter(|_| in_block) else {
+            continue;
+        };
+        let mut text = line[start..].to_string();
+        for (var, value) in samples {
+            text = text.replace(var, value);
+        }
+        assert!(!text.contains("{{"), "unfilled template variable: {text}");
+        // No shell syntax is used in these lines but single quotes around one word.
+        let words: Vec<String> = text
+            .split_whitespace()
+            .map(|w| w.trim_matches('\'').to_string())
+            .collect();
+        if let Err(e) = amibundle::cli::Cli::try_parse_from(&words) {
+            panic!("docs/usage.md: `{text}` does not parse:\n{e}");
+        }
+        parsed += 1;
+    }
+    assert!(!in_block, "unbalanced code fences");
+    assert!(parsed >= 15, "only {parsed} command lines found");
+}
