@@ -70,6 +70,8 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Save this server in one pass: image, bundle, upload and register, resumable (needs root)
+    Save(Box<bundle_vol::BundleVolArgs>),
     /// Save a running system or any directory as an image and bundle it (needs root)
     BundleVol(Box<bundle_vol::BundleVolArgs>),
     /// Bundle an image file (or stdin) into encrypted parts and a signed manifest
@@ -101,6 +103,7 @@ pub enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let progress = output::CliProgress::new(cli.quiet);
     match cli.command {
+        Command::Save(args) => bundle_vol::run_save(args, &progress),
         Command::BundleVol(args) => bundle_vol::run(args, &progress),
         Command::BundleImage(args) => bundle_image::run(args, &progress),
         Command::Unbundle(args) => unbundle::run(args, &progress),

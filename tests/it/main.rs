@@ -11,6 +11,7 @@ mod golden;
 mod imds;
 mod independent;
 mod restore;
+mod save;
 mod streaming;
 mod support_selftest;
 mod vectors;
