@@ -6,9 +6,11 @@ mod bundle_vol;
 mod bundling;
 mod certs;
 mod cloud_args;
+pub mod compat;
 mod copy;
 mod delete;
 mod download;
+mod install_compat;
 mod keys;
 mod migrate_manifest;
 pub mod output;
@@ -97,6 +99,9 @@ pub enum Command {
     /// Copy an AMI or bundle to other regions: parts copied in S3, manifest re-wrapped,
     /// registered alike
     Copy(Box<copy::CopyArgs>),
+    /// Create the ec2-* symlinks (ec2-bundle-vol, ec2-upload-bundle ...) that make amibundle a
+    /// drop-in for ec2-ami-tools and Packer
+    InstallCompat(install_compat::InstallCompatArgs),
 }
 
 /// Runs the parsed command.
@@ -116,5 +121,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Restore(args) => restore::run(*args, &progress),
         Command::MigrateManifest(args) => migrate_manifest::run(*args),
         Command::Copy(args) => copy::run(*args),
+        Command::InstallCompat(args) => install_compat::run(args),
     }
 }

@@ -6,6 +6,7 @@ mod support;
 mod bundle_vol;
 mod cli;
 mod cloud;
+mod compat;
 mod copy;
 mod golden;
 mod imds;
