@@ -1,13 +1,16 @@
 //! The `amibundle` binary: parse arguments, set up logging and signals, run, map errors to exit
 //! codes.
 
-use clap::Parser;
-
-use amibundle::cli::{self, Cli};
+use amibundle::cli;
 use amibundle::interrupt;
 
 fn main() {
-    let cli = Cli::parse();
+    // Invoked as ec2-bundle-vol, ec2-upload-bundle ... (install-compat's symlinks): the classic
+    // tool's command line, translated.
+    let cli = match cli::compat::parse_args() {
+        Ok(cli) => cli,
+        Err(code) => std::process::exit(code),
+    };
     cli::output::init_logging(cli.verbose.saturating_add(cli.debug), cli.quiet);
     if let Err(err) = interrupt::install() {
         eprintln!(

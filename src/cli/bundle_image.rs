@@ -106,6 +106,8 @@ pub fn run(args: Box<BundleImageArgs>, progress: &dyn Progress) -> anyhow::Resul
         &args.image.display().to_string(),
         &destination,
         "bundle-image",
+        None,
+        None,
         progress,
     )
 }

@@ -2,6 +2,7 @@
 //! local or streamed to S3. Runs as root; every mount lives in a private mount namespace.
 
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
@@ -9,6 +10,7 @@ use serde_json::json;
 
 use super::bundling::{self, BundleArgs};
 use super::output;
+use crate::bundle::crypto::{AesIv, AesKey};
 use crate::bundle::manifest;
 use crate::bundle::pipeline::ImageInput;
 use crate::cloud::imds::{self, ImdsOptions, InstanceMetadata};
@@ -122,9 +124,31 @@ pub struct BundleVolArgs {
 
 /// Runs `bundle-vol`.
 pub fn run(args: Box<BundleVolArgs>, progress: &dyn Progress) -> anyhow::Result<()> {
+    run_volume(*args, false, progress)
+}
+
+/// Runs `save`: `bundle-vol --upload [--register]` in one pass, resumable. The bucket defaults
+/// to amibundle-ACCOUNT-REGION and the AMI name to the prefix.
+pub fn run_save(args: Box<BundleVolArgs>, progress: &dyn Progress) -> anyhow::Result<()> {
+    let mut args = *args;
+    if args.clone_only {
+        bail!("save bundles, uploads and registers: --clone-only belongs to bundle-vol");
+    }
+    if args.bundle.stream.upload.is_none() {
+        args.bundle.stream.upload = Some(String::new());
+    }
+    if args.bundle.stream.register.is_none() {
+        args.bundle.stream.register = Some(args.prefix.clone());
+    }
+    run_volume(args, true, progress)
+}
+
+fn run_volume(args: BundleVolArgs, save: bool, progress: &dyn Progress) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let command = if save { "save" } else { "bundle-vol" };
     if !nix::unistd::geteuid().is_root() {
         bail!(
-            "bundle-vol must run as root: it reads every file of the volume, attaches a loop device and mounts the image"
+            "{command} must run as root: it reads every file of the volume, attaches a loop device and mounts the image"
         );
     }
     // First, before any thread exists: every mount from here on is private to this process.
@@ -186,7 +210,6 @@ pub fn run(args: Box<BundleVolArgs>, progress: &dyn Progress) -> anyhow::Result<
         crate::cli::keys::load_identity(&args.bundle.keys)?;
     }
 
-    let work = imgfs::create_work_dir(&destination)?;
     let opts = VolumeOptions {
         volume: volume.clone(),
         image_name: args.prefix.clone(),
@@ -216,26 +239,79 @@ pub fn run(args: Box<BundleVolArgs>, progress: &dyn Progress) -> anyhow::Result<
         partition: args.partition,
         bootloader: args.bootloader,
     };
-    tracing::info!(
-        "saving {} into a {} image in {}",
-        volume.display(),
-        opts.fs_type
-            .map_or("matching".to_string(), |t| t.to_string()),
-        work.path().display()
-    );
-    let made = volume::make_image(&ns, &opts, work.path(), progress)
-        .with_context(|| format!("making an image of {}", volume.display()))?;
-    let filter_list = report_image(&made, &destination, &args.prefix)?;
+    // bundle-vol: a fresh private work directory, removed on any exit. save: a fixed one that
+    // survives a failure, so a rerun can take the finished image up again.
+    let (work, save_state) = if save {
+        let state = SaveState::open(&destination, &args.prefix, &opts)?;
+        (None, Some(state))
+    } else {
+        (Some(imgfs::create_work_dir(&destination)?), None)
+    };
+    let work_path = match (&work, &save_state) {
+        (Some(w), _) => w.path().to_path_buf(),
+        (None, Some(state)) => state.dir.clone(),
+        (None, None) => unreachable!("one of the two is set above"),
+    };
+    let reused = save_state.as_ref().and_then(SaveState::reusable_image);
+    let snapshot_started = Instant::now();
+    let (image_built, made) = match reused {
+        Some(resume) => {
+            tracing::info!(
+                "reusing the complete image {} made by an interrupted run",
+                save_state
+                    .as_ref()
+                    .map_or(PathBuf::new(), |s| s.image())
+                    .display()
+            );
+            (Some(resume), None)
+        }
+        None => {
+            if let Some(state) = &save_state {
+                state.clear()?;
+            }
+            tracing::info!(
+                "saving {} into a {} image in {}",
+                volume.display(),
+                opts.fs_type
+                    .map_or("matching".to_string(), |t| t.to_string()),
+                work_path.display()
+            );
+            let made = volume::make_image(&ns, &opts, &work_path, progress)
+                .with_context(|| format!("making an image of {}", volume.display()))?;
+            (None, Some(made))
+        }
+    };
+    let snapshot_seconds = snapshot_started.elapsed().as_secs_f64();
+    let filter_list = match &made {
+        Some(made) => report_image(made, &destination, &args.prefix)?,
+        None => None,
+    };
+    let resume = match (&save_state, image_built, &made) {
+        (Some(_), Some(resume), _) => Some(resume),
+        (Some(state), None, Some(made)) => Some(state.mark_complete(&made.path)?),
+        _ => None,
+    };
+    let image_reused = made.is_none();
+    let image_file = match &made {
+        Some(m) => m.path.clone(),
+        None => save_state
+            .as_ref()
+            .map(SaveState::image)
+            .unwrap_or_default(),
+    };
 
     let keep = args.clone_only || args.keep_image;
-    let image_path = if keep {
-        std::fs::rename(&made.path, &image_out)
+    let image_path = if keep && !save {
+        std::fs::rename(&image_file, &image_out)
             .with_context(|| format!("moving the image to {}", image_out.display()))?;
         image_out.clone()
     } else {
-        made.path.clone()
+        image_file.clone()
     };
     let Some(spec) = spec else {
+        let Some(made) = made else {
+            unreachable!("--clone-only never reuses an image")
+        };
         if args.bundle.json {
             output::print_json(&json!({
                 "version": 1,
@@ -258,16 +334,198 @@ pub fn run(args: Box<BundleVolArgs>, progress: &dyn Progress) -> anyhow::Result<
         }
         return Ok(());
     };
-    bundling::bundle_and_report(
+    let extra = save.then(|| {
+        json!({
+            "image_reused": image_reused,
+            "snapshot_seconds": snapshot_seconds,
+            "total_seconds_before_output": started.elapsed().as_secs_f64(),
+        })
+    });
+    let result = bundling::bundle_and_report(
         &args.bundle,
         &spec,
         ImageInput::File(image_path.clone()),
         &image_path.display().to_string(),
         &destination,
-        "bundle-vol",
+        command,
+        resume,
+        extra,
         progress,
-    )
-    // The work directory (and the image in it, unless kept) is removed when `work` drops.
+    );
+    if let Some(state) = save_state {
+        match &result {
+            Ok(()) if args.keep_image => {
+                std::fs::rename(&image_file, &image_out)
+                    .with_context(|| format!("moving the image to {}", image_out.display()))?;
+                state.remove()?;
+            }
+            Ok(()) => state.remove()?,
+            Err(_) => tracing::warn!(
+                "the image is kept in {} so that rerunning the same `amibundle save` resumes (parts already in S3 are not sent again); remove that directory to start over",
+                state.dir.display()
+            ),
+        }
+    }
+    // bundle-vol's work directory (and the image in it, unless kept) is removed when `work`
+    // drops.
+    drop(work);
+    result
+}
+
+/// The fixed work directory of `save` and its record of a complete image.
+struct SaveState {
+    dir: PathBuf,
+    name: String,
+    fingerprint: String,
+}
+
+/// `save`'s record, written only once the image is complete and synced.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SaveRecord {
+    version: u32,
+    fingerprint: String,
+    size: u64,
+    inode: u64,
+    mtime_ns: i128,
+    tar_mtime: u64,
+    key: String,
+    iv: String,
+}
+
+const SAVE_RECORD: &str = "complete.json";
+
+impl SaveState {
+    /// `<destination>/.amibundle-save-<prefix>`, 0700 (created if missing; an existing one must
+    /// be a directory of ours that others cannot use).
+    fn open(destination: &Path, name: &str, opts: &VolumeOptions) -> anyhow::Result<Self> {
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+        let dir = destination.join(format!(".amibundle-save-{name}"));
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let md = std::fs::symlink_metadata(&dir)?;
+                if !md.is_dir() || md.uid() != 0 || md.mode() & 0o077 != 0 {
+                    bail!(
+                        "{} is not a private (0700, root-owned) directory: remove it",
+                        dir.display()
+                    );
+                }
+            }
+            Err(e) => return Err(e).with_context(|| format!("creating {}", dir.display())),
+        }
+        // What decides the image's contents: a rerun with other options starts over.
+        let fingerprint = hex::encode(<sha1::Sha1 as sha1::Digest>::digest(
+            format!(
+                "{:?} {:?}",
+                (
+                    &opts.volume,
+                    &opts.image_name,
+                    opts.size_mib,
+                    opts.fs_type,
+                    opts.new_uuid,
+                    opts.all,
+                    &opts.exclude,
+                    &opts.include,
+                ),
+                (
+                    opts.filter,
+                    &opts.tool_inputs,
+                    &opts.fstab,
+                    &opts.ephemeral,
+                    opts.generalize,
+                    opts.partition,
+                    opts.bootloader,
+                )
+            )
+            .as_bytes(),
+        ));
+        Ok(Self {
+            dir,
+            name: name.to_string(),
+            fingerprint,
+        })
+    }
+
+    fn image(&self) -> PathBuf {
+        self.dir.join(&self.name)
+    }
+
+    /// The record's resume data when it describes exactly the image file there now.
+    fn reusable_image(&self) -> Option<bundling::Resume> {
+        use std::os::unix::fs::MetadataExt;
+        let text = std::fs::read(self.dir.join(SAVE_RECORD)).ok()?;
+        let rec: SaveRecord = serde_json::from_slice(&text).ok()?;
+        let md = std::fs::symlink_metadata(self.image()).ok()?;
+        let mtime_ns = i128::from(md.mtime()) * 1_000_000_000 + i128::from(md.mtime_nsec());
+        let same = rec.version == 1
+            && rec.fingerprint == self.fingerprint
+            && md.is_file()
+            && md.len() == rec.size
+            && md.ino() == rec.inode
+            && mtime_ns == rec.mtime_ns;
+        if !same {
+            tracing::info!(
+                "the image left by an earlier run does not match this one: starting over"
+            );
+            return None;
+        }
+        Some(bundling::Resume {
+            key: AesKey::from_hex(&rec.key).ok()?,
+            iv: AesIv::from_hex(&rec.iv).ok()?,
+            mtime: rec.tar_mtime,
+        })
+    }
+
+    /// Removes what an earlier run left (an incomplete image, a stale record).
+    fn clear(&self) -> anyhow::Result<()> {
+        for entry in std::fs::read_dir(&self.dir)? {
+            let path = entry?.path();
+            let md = std::fs::symlink_metadata(&path)?;
+            if md.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            }
+            .with_context(|| format!("removing {}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Records the finished image (synced first) with a fresh key, IV and tar mtime: from now
+    /// on a rerun makes the same bundle bytes.
+    fn mark_complete(&self, image: &Path) -> anyhow::Result<bundling::Resume> {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::File::open(image)?.sync_all()?;
+        let md = std::fs::metadata(image)?;
+        let (key, iv) = (AesKey::random()?, AesIv::random()?);
+        let tar_mtime = u64::try_from(md.mtime()).unwrap_or(0);
+        let rec = SaveRecord {
+            version: 1,
+            fingerprint: self.fingerprint.clone(),
+            size: md.len(),
+            inode: md.ino(),
+            mtime_ns: i128::from(md.mtime()) * 1_000_000_000 + i128::from(md.mtime_nsec()),
+            tar_mtime,
+            key: key.to_hex(),
+            iv: iv.to_hex(),
+        };
+        let tmp = self.dir.join(format!("{SAVE_RECORD}.tmp"));
+        let mut f = crate::bundle::parts::create_private_file(&tmp)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        std::io::Write::write_all(&mut f, &serde_json::to_vec(&rec)?)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, self.dir.join(SAVE_RECORD))?;
+        Ok(bundling::Resume {
+            key,
+            iv,
+            mtime: tar_mtime,
+        })
+    }
+
+    fn remove(self) -> anyhow::Result<()> {
+        std::fs::remove_dir_all(&self.dir)
+            .with_context(|| format!("removing {}", self.dir.display()))
+    }
 }
 
 /// Expands `--exclude`/`--include` patterns, warning about those that match nothing.

@@ -11,6 +11,7 @@ use serde_json::json;
 use super::keys::{self, Ec2CertArgs, UserKeyArgs};
 use super::output;
 use super::streaming::{self, StreamArgs, StreamJob};
+use crate::bundle::crypto::{AesIv, AesKey};
 use crate::bundle::manifest::{self, Bundler, Mapping};
 use crate::bundle::pipeline::{self, BundleSpec, Identity, ImageInput, Overrides, PreparedImage};
 use crate::cloud::imds::InheritedFields;
@@ -152,8 +153,21 @@ impl BundleArgs {
     }
 }
 
+/// A `save` picking up where an interrupted one stopped: the same key, IV and tar mtime make
+/// the same bundle bytes, so the parts S3 already holds need not be sent again.
+pub struct Resume {
+    /// The AES key of the first attempt.
+    pub key: AesKey,
+    /// Its IV.
+    pub iv: AesIv,
+    /// The tar member's mtime.
+    pub mtime: u64,
+}
+
 /// Bundles `input` into `destination` (or, with `--upload`/`--register`, straight into S3) and
-/// prints the result. `label` names the input in messages; `command` goes into the JSON.
+/// prints the result. `label` names the input in messages; `command` goes into the JSON, with
+/// `extra_json`'s fields. `resume` applies to streamed bundles only.
+#[allow(clippy::too_many_arguments)]
 pub fn bundle_and_report(
     args: &BundleArgs,
     spec: &BundleSpec,
@@ -161,11 +175,17 @@ pub fn bundle_and_report(
     label: &str,
     destination: &Path,
     command: &'static str,
+    resume: Option<Resume>,
+    extra_json: Option<serde_json::Value>,
     progress: &dyn Progress,
 ) -> anyhow::Result<()> {
     let (user_key, user_cert, _) = keys::load_identity(&args.keys)?;
     if args.stream.enabled() {
-        let image = PreparedImage::open(input, spec, &Overrides::default())
+        let overrides = Overrides {
+            mtime: resume.as_ref().map(|r| r.mtime),
+            ..Overrides::default()
+        };
+        let image = PreparedImage::open(input, spec, &overrides)
             .with_context(|| format!("bundling {label}"))?;
         let job = StreamJob {
             spec,
@@ -175,6 +195,8 @@ pub fn bundle_and_report(
             overwrite: args.overwrite,
             json: args.json,
             command,
+            resume: resume.map(|r| (r.key, r.iv)),
+            extra_json,
         };
         return streaming::run(&args.stream, job, image, progress);
     }

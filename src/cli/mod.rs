@@ -6,10 +6,12 @@ mod bundle_vol;
 mod bundling;
 mod certs;
 mod cloud_args;
+pub mod compat;
 mod copy;
 mod delete;
 mod download;
 mod generate;
+mod install_compat;
 mod keys;
 mod migrate_manifest;
 pub mod output;
@@ -71,6 +73,8 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Save this server in one pass: image, bundle, upload and register, resumable (needs root)
+    Save(Box<bundle_vol::BundleVolArgs>),
     /// Save a running system or any directory as an image and bundle it (needs root)
     BundleVol(Box<bundle_vol::BundleVolArgs>),
     /// Bundle an image file (or stdin) into encrypted parts and a signed manifest
@@ -100,12 +104,16 @@ pub enum Command {
     Completions(generate::CompletionsArgs),
     /// Write man pages, one per command (amibundle.1, amibundle-bundle-vol.1, ...)
     Man(generate::ManArgs),
+    /// Create the ec2-* symlinks (ec2-bundle-vol, ec2-upload-bundle ...) that make amibundle a
+    /// drop-in for ec2-ami-tools and Packer
+    InstallCompat(install_compat::InstallCompatArgs),
 }
 
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let progress = output::CliProgress::new(cli.quiet);
     match cli.command {
+        Command::Save(args) => bundle_vol::run_save(args, &progress),
         Command::BundleVol(args) => bundle_vol::run(args, &progress),
         Command::BundleImage(args) => bundle_image::run(args, &progress),
         Command::Unbundle(args) => unbundle::run(args, &progress),
@@ -120,5 +128,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Copy(args) => copy::run(*args),
         Command::Completions(args) => generate::run_completions(&args),
         Command::Man(args) => generate::run_man(&args),
+        Command::InstallCompat(args) => install_compat::run(args),
     }
 }

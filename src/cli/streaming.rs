@@ -9,7 +9,7 @@ use super::cloud_args::{self, CloudArgs};
 use super::keys::{self, Ec2CertArgs};
 use super::output;
 use super::register::{self, AmiArgs, RegisterTarget};
-use crate::bundle::crypto::{Certificate, UserKey};
+use crate::bundle::crypto::{AesIv, AesKey, Certificate, UserKey};
 use crate::bundle::pipeline::{BundleSpec, Identity, PreparedImage};
 use crate::cloud::s3::{self, BucketPolicy, BundleLocation};
 use crate::cloud::stream::{self, StreamTarget};
@@ -76,6 +76,11 @@ pub struct StreamJob<'a> {
     pub json: bool,
     /// The command, for the JSON output.
     pub command: &'static str,
+    /// A resumed `save`: the key and IV of the interrupted run (parts S3 holds are not sent
+    /// again).
+    pub resume: Option<(AesKey, AesIv)>,
+    /// More fields for the JSON output (an object), e.g. `save`'s phase timings.
+    pub extra_json: Option<serde_json::Value>,
 }
 
 /// Bundles `image` into S3 and, with --register, registers it; prints the image location (and
@@ -130,12 +135,14 @@ pub fn run(
         acl: args.acl.clone(),
         concurrency: args.concurrency,
         overwrite: job.overwrite,
+        resume: job.resume.is_some(),
     };
     let report = stream::bundle_to_s3(
         runtime.handle(),
         image,
         job.spec,
         &identity,
+        job.resume,
         &target,
         progress,
     )
@@ -150,6 +157,7 @@ pub fn run(
         );
     }
 
+    let register_started = std::time::Instant::now();
     let registered = match &args.register {
         Some(name) => {
             let b = &report.bundle.manifest;
@@ -174,9 +182,10 @@ pub fn run(
         None => None,
     };
 
+    let register_seconds = register_started.elapsed().as_secs_f64();
     let b = &report.bundle;
     if job.json {
-        output::print_json(&json!({
+        let mut out = json!({
             "version": 1,
             "command": job.command,
             "name": b.manifest.image.name,
@@ -196,9 +205,17 @@ pub fn run(
             "part_name_width": report.width,
             "bytes_sent": report.bytes_sent,
             "seconds": report.elapsed.as_secs_f64(),
+            "parts_skipped": report.skipped,
             "ami_id": registered.as_ref().map(|r| r.image_id.clone()),
             "ami_created": registered.as_ref().map(|r| r.created),
-        }))?;
+            "register_seconds": registered.as_ref().map(|_| register_seconds),
+        });
+        if let (Some(obj), Some(serde_json::Value::Object(extra))) =
+            (out.as_object_mut(), job.extra_json)
+        {
+            obj.extend(extra);
+        }
+        output::print_json(&out)?;
     } else {
         eprintln!(
             "bundled {} ({} bytes, {} of data) into {} part(s) uploaded to s3://{}/{}, {} bytes, in {:.1} s",

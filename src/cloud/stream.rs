@@ -14,16 +14,19 @@
 //! signal), in-flight uploads are stopped and the parts already stored are deleted again, so no
 //! half bundle is left behind.
 
+use std::collections::HashMap;
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::Client;
 use aws_sdk_s3::types::ObjectCannedAcl;
+use md5::{Digest as _, Md5};
 use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
+use crate::bundle::crypto::{AesIv, AesKey};
 use crate::bundle::parts::{self, PartInfo, PartSink};
 use crate::bundle::pipeline::{self, BundleReport, BundleSpec, Identity, PreparedImage};
 use crate::cloud::s3::{self, BundleLocation, S3Error};
@@ -46,6 +49,11 @@ pub struct StreamTarget {
     pub concurrency: usize,
     /// Replace a bundle of the same name already at the location.
     pub overwrite: bool,
+    /// Resuming an interrupted run that made the same bundle (same image, key, IV and tar
+    /// mtime, so the same bytes): parts S3 already holds with the same size and MD5 are not sent
+    /// again, a manifest already there is simply replaced at the end, and on failure the parts
+    /// stay for the next attempt.
+    pub resume: bool,
 }
 
 /// What a streamed bundle produced.
@@ -57,6 +65,8 @@ pub struct StreamReport {
     pub image_location: String,
     /// Part names as stored.
     pub parts: Vec<String>,
+    /// Parts S3 already held from an interrupted run (resume), not sent again.
+    pub skipped: usize,
     /// Digits of the part indices (§8.3); more than §8.2's when the data compressed well.
     pub width: usize,
     /// Bytes sent, parts and manifest.
@@ -146,6 +156,9 @@ struct S3PartSink<'a> {
     slots: Arc<Semaphore>,
     uploads: Arc<Uploads>,
     progress: &'a dyn Progress,
+    /// What the location already holds (resume): key → (size, lowercase hex ETag).
+    existing: HashMap<String, (u64, String)>,
+    skipped: usize,
 }
 
 /// The sink's error when an upload failed: the pipeline stops; the real cause is in
@@ -169,6 +182,15 @@ impl PartSink for S3PartSink<'_> {
             return Err(upload_failed());
         }
         let file_name = parts::part_name(&self.name, info.index, self.width);
+        if let Some((size, etag)) = self.existing.get(&self.location.key(&file_name)) {
+            // A single-PUT object's ETag is the MD5 of its bytes.
+            if *size == info.size && *etag == hex::encode(Md5::digest(&data)) {
+                tracing::debug!("{file_name} is already in S3 from the interrupted run");
+                self.skipped += 1;
+                drop(permit);
+                return Ok(());
+            }
+        }
         let (client, location, acl) =
             (self.client.clone(), self.location.clone(), self.acl.clone());
         let uploads = Arc::clone(&self.uploads);
@@ -195,11 +217,15 @@ impl PartSink for S3PartSink<'_> {
 /// Bundles `image` straight into S3 at `target.location` (see the module docs). The bucket must
 /// have passed [`s3::ensure_bucket`]. Runs on the caller's thread, which must not be a runtime
 /// thread; `handle` runs the uploads.
+///
+/// `key_iv` injects the AES key and IV (a resumed run reuses its predecessor's); `None` draws
+/// fresh ones.
 pub fn bundle_to_s3(
     handle: &Handle,
     image: PreparedImage,
     spec: &BundleSpec,
     identity: &Identity,
+    key_iv: Option<(AesKey, AesIv)>,
     target: &StreamTarget,
     progress: &dyn Progress,
 ) -> Result<StreamReport, StreamError> {
@@ -208,7 +234,12 @@ pub fn bundle_to_s3(
     let location = &target.location;
     let manifest_name = format!("{}.manifest.xml", spec.name);
     let manifest_key = location.key(&manifest_name);
-    if handle.block_on(s3::object_exists(s3, &location.bucket, &manifest_key))? {
+    let existing = if target.resume {
+        handle.block_on(s3::list_objects(s3, &location.bucket, &location.prefix))?
+    } else {
+        HashMap::new()
+    };
+    if !target.resume && handle.block_on(s3::object_exists(s3, &location.bucket, &manifest_key))? {
         if !target.overwrite {
             return Err(StreamError::Exists {
                 bucket: location.bucket.clone(),
@@ -237,6 +268,8 @@ pub fn bundle_to_s3(
         slots: Arc::new(Semaphore::new(target.concurrency.max(1))),
         uploads: Arc::clone(&uploads),
         progress,
+        existing,
+        skipped: 0,
     };
     let destination = format!("s3://{}/{}", location.bucket, location.prefix);
     let sink_err = |source: io::Error| crate::bundle::Error::WriteBundle {
@@ -244,10 +277,12 @@ pub fn bundle_to_s3(
         source,
     };
     let outcome = pipeline::bundle_to_sink(
-        image, spec, identity, None, sink, width, &sink_err, progress,
+        image, spec, identity, key_iv, sink, width, &sink_err, progress,
     );
+    let mut skipped = 0;
     let result = match outcome {
-        Ok((_sink, streamed)) => {
+        Ok((sink, streamed)) => {
+            skipped = sink.skipped;
             let pending = lock(&uploads.tasks)
                 .len()
                 .saturating_sub(lock(&uploads.stored).len());
@@ -269,7 +304,12 @@ pub fn bundle_to_s3(
         Ok(streamed) => streamed,
         Err(e) => {
             uploads.abort_all();
-            handle.block_on(remove_stored(s3, &location.bucket, &uploads));
+            if target.resume {
+                // The parts stored are the next attempt's head start.
+                handle.block_on(uploads.join_all());
+            } else {
+                handle.block_on(remove_stored(s3, &location.bucket, &uploads));
+            }
             return Err(e);
         }
     };
@@ -286,7 +326,9 @@ pub fn bundle_to_s3(
     match manifest_sent {
         Ok(len) => bytes_sent += len,
         Err(e) => {
-            handle.block_on(remove_stored(s3, &location.bucket, &uploads));
+            if !target.resume {
+                handle.block_on(remove_stored(s3, &location.bucket, &uploads));
+            }
             return Err(e.into());
         }
     }
@@ -301,6 +343,7 @@ pub fn bundle_to_s3(
         bundle: streamed.report,
         image_location: location.image_location(&manifest_name),
         parts,
+        skipped,
         width: streamed.width,
         bytes_sent,
         elapsed: started.elapsed(),

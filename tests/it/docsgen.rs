@@ -306,10 +306,21 @@ fn every_printed_json_key_is_documented() {
                 .to_string()
         })
         .collect();
-    let cli = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/cli");
+    // Every .rs file under src/cli, subdirectories included.
+    let mut files = Vec::new();
+    let mut dirs = vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("src/cli")];
+    while let Some(dir) = dirs.pop() {
+        for entry in fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                files.push(path);
+            }
+        }
+    }
     let mut seen = 0;
-    for entry in fs::read_dir(&cli).unwrap() {
-        let path = entry.unwrap().path();
+    for path in files {
         let text = fs::read_to_string(&path).unwrap();
         for block in text.split("print_json(").skip(1) {
             // The `json!` argument: up to the parenthesis closing `print_json(`.

@@ -14,7 +14,7 @@ use crate::support::*;
 /// Everything the restore must reproduce about one entry, read with std and the xattr crate
 /// (not with amibundle's own copy code).
 #[derive(Debug, PartialEq, Eq)]
-struct Entry {
+pub(crate) struct Entry {
     kind: &'static str,
     mode: u32,
     uid: u32,
@@ -28,7 +28,7 @@ struct Entry {
     same_as: Option<PathBuf>,
 }
 
-fn walk(root: &Path) -> BTreeMap<PathBuf, Entry> {
+pub(crate) fn walk(root: &Path) -> BTreeMap<PathBuf, Entry> {
     let mut out = BTreeMap::new();
     let mut inodes: BTreeMap<u64, PathBuf> = BTreeMap::new();
     let mut stack = vec![root.to_path_buf()];
@@ -96,7 +96,7 @@ fn walk(root: &Path) -> BTreeMap<PathBuf, Entry> {
     out
 }
 
-fn make_tree(root: &Path) {
+pub(crate) fn make_tree(root: &Path) {
     fs::create_dir_all(root.join("www/static")).unwrap();
     fs::create_dir_all(root.join("db")).unwrap();
     fs::write(root.join("www/index.html"), b"<h1>hello</h1>\n").unwrap();
