@@ -144,7 +144,6 @@ pub fn run_save(args: Box<BundleVolArgs>, progress: &dyn Progress) -> anyhow::Re
 }
 
 fn run_volume(args: BundleVolArgs, save: bool, progress: &dyn Progress) -> anyhow::Result<()> {
-    let started = Instant::now();
     let command = if save { "save" } else { "bundle-vol" };
     if !nix::unistd::geteuid().is_root() {
         bail!(
@@ -338,7 +337,6 @@ fn run_volume(args: BundleVolArgs, save: bool, progress: &dyn Progress) -> anyho
         json!({
             "image_reused": image_reused,
             "snapshot_seconds": snapshot_seconds,
-            "total_seconds_before_output": started.elapsed().as_secs_f64(),
         })
     });
     let result = bundling::bundle_and_report(

@@ -230,6 +230,17 @@ impl Progress for CliProgress {
     }
 }
 
+/// `base` (an object) with the fields of `extra` (an object, if any) added.
+pub fn with_fields(
+    mut base: serde_json::Value,
+    extra: Option<serde_json::Value>,
+) -> serde_json::Value {
+    if let (Some(obj), Some(serde_json::Value::Object(extra))) = (base.as_object_mut(), extra) {
+        obj.extend(extra);
+    }
+    base
+}
+
 /// Prints a JSON value on stdout as one line.
 pub fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
     let mut out = io::stdout().lock();

@@ -185,7 +185,8 @@ pub fn run(
     let register_seconds = register_started.elapsed().as_secs_f64();
     let b = &report.bundle;
     if job.json {
-        let mut out = json!({
+        output::print_json(&output::with_fields(
+            json!({
             "version": 1,
             "command": job.command,
             "name": b.manifest.image.name,
@@ -209,13 +210,9 @@ pub fn run(
             "ami_id": registered.as_ref().map(|r| r.image_id.clone()),
             "ami_created": registered.as_ref().map(|r| r.created),
             "register_seconds": registered.as_ref().map(|_| register_seconds),
-        });
-        if let (Some(obj), Some(serde_json::Value::Object(extra))) =
-            (out.as_object_mut(), job.extra_json)
-        {
-            obj.extend(extra);
-        }
-        output::print_json(&out)?;
+            }),
+            job.extra_json,
+        ))?;
     } else {
         eprintln!(
             "bundled {} ({} bytes, {} of data) into {} part(s) uploaded to s3://{}/{}, {} bytes, in {:.1} s",
