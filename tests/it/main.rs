@@ -9,6 +9,7 @@ mod cloud;
 mod compat;
 mod copy;
 mod docsgen;
+mod faults;
 mod golden;
 mod imds;
 mod independent;
