@@ -3,6 +3,7 @@
 
 mod support;
 
+mod bad_input;
 mod bundle_vol;
 mod cli;
 mod cloud;
