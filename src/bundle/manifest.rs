@@ -35,7 +35,9 @@ pub enum ManifestError {
     #[error("manifest is empty")]
     Empty,
     /// A pre-version-3 encrypted manifest (§10.3).
-    #[error("legacy encrypted manifest, not supported")]
+    #[error(
+        "manifest does not start with '<': not an XML manifest (legacy encrypted manifests are not supported)"
+    )]
     LegacyEncrypted,
     /// The input is not UTF-8 text.
     #[error("manifest is not UTF-8 text (byte offset {offset})")]
@@ -1676,7 +1678,10 @@ mod tests {
     fn legacy_empty_oversized_and_lenient_inputs() {
         let err = Manifest::parse(b"\x01\x80\x12\x34binary").unwrap_err();
         assert!(matches!(err, ManifestError::LegacyEncrypted));
-        assert_eq!(err.to_string(), "legacy encrypted manifest, not supported");
+        assert_eq!(
+            err.to_string(),
+            "manifest does not start with '<': not an XML manifest (legacy encrypted manifests are not supported)"
+        );
         assert!(matches!(
             Manifest::parse(b"\x02\x01\x00garbage").unwrap_err(),
             ManifestError::LegacyEncrypted

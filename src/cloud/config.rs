@@ -16,6 +16,28 @@ pub const MAX_ATTEMPTS: u32 = 6;
 pub const CONNECT_TIMEOUT_SECS: u64 = 10;
 /// One attempt of one request, including sending a 10 MiB part at a slow 200 KB/s.
 pub const ATTEMPT_TIMEOUT_SECS: u64 = 120;
+/// Test-only: an environment variable giving the SDK's initial retry backoff in milliseconds
+/// (default one second). The fault-injection tests set it so that hundreds of injected
+/// failures do not add minutes of sleeping; users have no reason to set it, and it is not
+/// documented as an option.
+pub const RETRY_BASE_ENV: &str = "AMIBUNDLE_RETRY_BASE_MS";
+
+/// The first backoff between retries: one second (the SDK's default), or [`RETRY_BASE_ENV`]
+/// milliseconds when set.
+pub fn retry_base() -> Duration {
+    std::env::var(RETRY_BASE_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(Duration::from_secs(1), Duration::from_millis)
+}
+
+/// The retry policy: [`MAX_ATTEMPTS`] with the SDK's standard backoff, its base shortened only
+/// when [`RETRY_BASE_ENV`] holds a number of milliseconds.
+pub fn retry_config() -> RetryConfig {
+    RetryConfig::standard()
+        .with_max_attempts(MAX_ATTEMPTS)
+        .with_initial_backoff(retry_base())
+}
 
 /// Where and as whom to talk to AWS.
 #[derive(Debug, Clone, Default)]
@@ -77,7 +99,7 @@ impl CloudConfig {
     /// region must come from it.
     pub async fn load(options: CloudOptions) -> Result<Self, ConfigError> {
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS))
+            .retry_config(retry_config())
             .timeout_config(
                 TimeoutConfig::builder()
                     .connect_timeout(Duration::from_secs(CONNECT_TIMEOUT_SECS))

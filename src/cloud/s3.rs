@@ -903,21 +903,59 @@ pub async fn upload_bundle(
     })
 }
 
+/// How one GET went: a failure while its body streamed in (a reset or truncated response)
+/// is worth a new request, which the SDK's own retries do not cover — they end when the
+/// response head has arrived.
+enum GetFailure {
+    /// The body broke off; a new GET may succeed.
+    Body(S3Error),
+    /// Anything else (the SDK has already retried what it could).
+    Final(S3Error),
+}
+
+/// Runs `get` up to [`crate::cloud::config::MAX_ATTEMPTS`] times while its body breaks off,
+/// backing off exponentially from the configured base in between.
+async fn retry_body<F, Fut>(mut get: F) -> Result<Vec<u8>, S3Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<u8>, GetFailure>>,
+{
+    let base = crate::cloud::config::retry_base();
+    let mut attempt = 1;
+    loop {
+        match get().await {
+            Ok(data) => return Ok(data),
+            Err(GetFailure::Final(e)) => return Err(e),
+            Err(GetFailure::Body(e)) if attempt >= crate::cloud::config::MAX_ATTEMPTS => {
+                return Err(e);
+            }
+            Err(GetFailure::Body(e)) => {
+                tracing::debug!("{e}; retrying (attempt {attempt})");
+                tokio::time::sleep(base * 2u32.saturating_pow(attempt - 1)).await;
+                attempt += 1;
+            }
+        }
+    }
+}
+
 /// Reads an object fully into memory.
 async fn get_bytes(s3: &Client, bucket: &str, key: &str) -> Result<Vec<u8>, S3Error> {
-    let out = s3
-        .get_object()
-        .bucket(bucket)
-        .key(key)
-        .send()
-        .await
-        .map_err(|err| request_error("downloading", bucket, key, err))?;
-    let body = out
-        .body
-        .collect()
-        .await
-        .map_err(|e| local_failure("downloading", bucket, key, e))?;
-    Ok(body.into_bytes().to_vec())
+    retry_body(|| async {
+        let out = s3
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|err| GetFailure::Final(request_error("downloading", bucket, key, err)))?;
+        let body = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| GetFailure::Body(local_failure("downloading", bucket, key, e)))?;
+        Ok(body.into_bytes().to_vec())
+    })
+    .await
 }
 
 /// Downloads and parses a manifest.
@@ -1035,6 +1073,15 @@ async fn fetch_part(
     location: &BundleLocation,
     part: &PartEntry,
 ) -> Result<Vec<u8>, S3Error> {
+    retry_body(|| fetch_part_once(s3, location, part)).await
+}
+
+/// One GET of [`fetch_part`].
+async fn fetch_part_once(
+    s3: &Client,
+    location: &BundleLocation,
+    part: &PartEntry,
+) -> Result<Vec<u8>, GetFailure> {
     let key = location.key(&part.filename);
     let bucket = &location.bucket;
     let out = s3
@@ -1043,7 +1090,7 @@ async fn fetch_part(
         .key(&key)
         .send()
         .await
-        .map_err(|err| request_error("downloading", bucket, &key, err))?;
+        .map_err(|err| GetFailure::Final(request_error("downloading", bucket, &key, err)))?;
     let limit = parts::PART_SIZE_BYTES as u64;
     let too_large = |size| S3Error::PartTooLarge {
         bucket: bucket.clone(),
@@ -1052,7 +1099,7 @@ async fn fetch_part(
     };
     let announced = out.content_length().and_then(|l| u64::try_from(l).ok());
     if let Some(len) = announced.filter(|&len| len > limit) {
-        return Err(too_large(len));
+        return Err(GetFailure::Final(too_large(len)));
     }
     // Bounded by the check above: at most one part's worth is reserved.
     let mut data = Vec::with_capacity(
@@ -1064,22 +1111,22 @@ async fn fetch_part(
     while let Some(chunk) = body
         .try_next()
         .await
-        .map_err(|e| local_failure("downloading", bucket, &key, e))?
+        .map_err(|e| GetFailure::Body(local_failure("downloading", bucket, &key, e)))?
     {
         let size = (data.len() + chunk.len()) as u64;
         if size > limit {
-            return Err(too_large(announced.unwrap_or(size)));
+            return Err(GetFailure::Final(too_large(announced.unwrap_or(size))));
         }
         data.extend_from_slice(&chunk);
     }
     let actual = sha1_hex(&data);
     if !actual.eq_ignore_ascii_case(&part.digest) {
-        return Err(S3Error::Corrupt {
+        return Err(GetFailure::Final(S3Error::Corrupt {
             bucket: bucket.clone(),
             key,
             expected: part.digest.clone(),
             actual,
-        });
+        }));
     }
     Ok(data)
 }

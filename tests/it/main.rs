@@ -3,12 +3,14 @@
 
 mod support;
 
+mod bad_input;
 mod bundle_vol;
 mod cli;
 mod cloud;
 mod compat;
 mod copy;
 mod docsgen;
+mod faults;
 mod golden;
 mod imds;
 mod independent;

@@ -1,0 +1,353 @@
+//! Bad input at the binary level: crafted manifests (from a copy of the reference vector
+//! v4-prefix) given to `unbundle` and `verify`, a non-bundle file as the manifest, and bucket
+//! and AMI names AWS would reject. Each is refused with its own message and a non-zero exit,
+//! quickly, and nothing is written anywhere: the whole directory tree the run happens in (the
+//! bundle, the destination and what surrounds them) is the same afterwards.
+//!
+//! The parser's rules are unit-tested in src/bundle/manifest.rs, and tampered digests,
+//! signatures, missing and truncated parts and wrong keys in tests/it/vectors.rs; these tests
+//! prove the binary turns the same inputs into a clear failure without side effects.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+const VECTOR: &str = "v4-prefix";
+const MANIFEST: &str = "my-server-2026.manifest.xml";
+const PART: &str = "my-server-2026.part.0";
+
+/// Every path under `root` with its size and content (files) — enough to see any write.
+fn snapshot(root: &Path) -> BTreeMap<String, Option<Vec<u8>>> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Option<Vec<u8>>>) {
+        for e in fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            let meta = fs::symlink_metadata(&p).unwrap();
+            if meta.is_dir() {
+                out.insert(rel + "/", None);
+                walk(root, &p, out);
+            } else {
+                out.insert(rel, Some(fs::read(&p).unwrap()));
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+/// A scratch tree: `bundle/` (a copy of the vector, its manifest replaced by `manifest`),
+/// an empty `out/` destination, and the tree around them.
+struct Scene {
+    root: tempfile::TempDir,
+    keys: Keys,
+}
+
+impl Scene {
+    fn new(manifest: &[u8]) -> Self {
+        let root = tempfile::tempdir().unwrap();
+        let bundle = root.path().join("bundle");
+        copy_dir(&vector_dir(VECTOR), &bundle);
+        fs::remove_file(bundle.join("expected.json")).unwrap();
+        fs::write(bundle.join(MANIFEST), manifest).unwrap();
+        fs::create_dir(root.path().join("out")).unwrap();
+        fs::create_dir(root.path().join("home")).unwrap();
+        Scene {
+            root,
+            keys: Keys::new(),
+        }
+    }
+
+    fn path(&self, rel: &str) -> std::path::PathBuf {
+        self.root.path().join(rel)
+    }
+
+    /// Runs `unbundle` and `verify` on the crafted manifest; both must fail, quickly, saying
+    /// `expected`, and leave the tree as it was. Returns unbundle's message.
+    fn refuse(&self, expected: &str) -> String {
+        let before = snapshot(self.root.path());
+        let manifest = self.path("bundle").join(MANIFEST);
+        let (k, c) = (self.keys.user_key(), self.keys.user_cert());
+        let mut unbundle = amibundle(&self.path("home"));
+        unbundle
+            .current_dir(self.path("out"))
+            .args(["unbundle", "-m"])
+            .arg(&manifest)
+            .arg("-k")
+            .arg(&k)
+            .arg("-d")
+            .arg(self.path("out"));
+        let mut verify = amibundle(&self.path("home"));
+        verify
+            .current_dir(self.path("out"))
+            .args(["verify", "-m"])
+            .arg(&manifest)
+            .arg("-k")
+            .arg(&k)
+            .arg("-c")
+            .arg(&c);
+        let mut first = String::new();
+        for cmd in [&mut unbundle, &mut verify] {
+            let started = Instant::now();
+            let err = run_err(cmd);
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "{cmd:?} took {:?}",
+                started.elapsed()
+            );
+            assert!(
+                err.contains(expected),
+                "{cmd:?}: wanted {expected:?} in: {err}"
+            );
+            if first.is_empty() {
+                first = err;
+            }
+        }
+        // `home` may gain nothing either: no state is written for a refused input.
+        assert!(
+            snapshot(self.root.path()) == before,
+            "the tree around the run is unchanged ({expected})"
+        );
+        first
+    }
+}
+
+fn reference() -> String {
+    fs::read_to_string(vector_dir(VECTOR).join(MANIFEST)).unwrap()
+}
+
+/// The reference manifest with one edit, which must change it.
+fn edited(f: impl FnOnce(&str) -> String) -> Vec<u8> {
+    let xml = reference();
+    let new = f(&xml);
+    assert_ne!(xml, new, "the edit changes the manifest");
+    new.into_bytes()
+}
+
+fn with_filename(name: &str) -> Vec<u8> {
+    edited(|x| {
+        x.replace(
+            &format!("<filename>{PART}</filename>"),
+            &format!("<filename>{name}</filename>"),
+        )
+    })
+}
+
+#[test]
+fn malformed_xml_is_refused() {
+    let xml = reference();
+    Scene::new(&xml.as_bytes()[..xml.len() / 2]).refuse("parsing manifest XML");
+    Scene::new(&edited(|x| x.replace("</image>", ""))).refuse("parsing manifest XML");
+}
+
+#[test]
+fn doctype_external_entity_and_entity_expansion_are_refused_fast() {
+    let body = reference();
+    let body = body.strip_prefix("<?xml version='1.0'?>").unwrap();
+    // Billion laughs: ten levels of tenfold expansion.
+    let mut dtd = String::from("<!ENTITY l0 \"lol\">");
+    for i in 1..10 {
+        let prev = format!("&l{};", i - 1).repeat(10);
+        dtd.push_str(&format!("<!ENTITY l{i} \"{prev}\">"));
+    }
+    let laughs = format!(
+        "<?xml version='1.0'?><!DOCTYPE manifest [{dtd}]>{}",
+        body.replace("my-server-2026</name>", "&l9;</name>")
+    );
+    Scene::new(laughs.as_bytes()).refuse("manifest has a DOCTYPE; refusing");
+    let external = format!(
+        "<?xml version='1.0'?><!DOCTYPE manifest [<!ENTITY x SYSTEM \"file:///etc/passwd\">]>{}",
+        body.replace("my-server-2026</name>", "&x;</name>")
+    );
+    Scene::new(external.as_bytes()).refuse("manifest has a DOCTYPE; refusing");
+}
+
+#[test]
+fn absurd_negative_and_overflowing_numbers_are_refused() {
+    Scene::new(&edited(|x| {
+        x.replace("<size>3000</size>", "<size>-1</size>")
+    }))
+    .refuse("manifest field image/size is not a plain decimal number");
+    Scene::new(&edited(|x| {
+        x.replace(
+            "<bundled_size>3200</bundled_size>",
+            "<bundled_size>18446744073709551616</bundled_size>",
+        )
+    }))
+    .refuse("bundled_size is not a plain decimal number");
+    Scene::new(&edited(|x| {
+        x.replace("<part index='0'>", "<part index='-1'>")
+    }))
+    .refuse("is not a plain decimal number");
+    Scene::new(&edited(|x| {
+        x.replace("<parts count='1'>", "<parts count='4294967295'>")
+    }))
+    .refuse("parts count attribute says 4294967295 but 1 part elements are listed");
+}
+
+#[test]
+fn part_filenames_that_are_not_plain_names_are_refused() {
+    // An absolute path into a directory of its own, checked to stay empty.
+    let probe = tempfile::tempdir().unwrap();
+    let absolute = probe.path().join("escaped.part.0");
+    for name in [
+        "../escaped.part.0",
+        "sub/escaped.part.0",
+        absolute.to_str().unwrap(),
+        "..",
+    ] {
+        Scene::new(&with_filename(name)).refuse("which is not a plain file name");
+    }
+    assert_eq!(fs::read_dir(probe.path()).unwrap().count(), 0);
+    // NUL as a character reference is not XML 1.0; raw NUL is not XML either.
+    Scene::new(&with_filename("a&#0;b")).refuse("parsing manifest XML");
+    Scene::new(&with_filename("a\0b")).refuse("parsing manifest XML");
+}
+
+#[test]
+fn duplicate_and_missing_part_indices_are_refused() {
+    let part = |i: u32| {
+        format!(
+            "<part index='{i}'><filename>{PART}</filename><digest algorithm='SHA1'>0000000000000000000000000000000000000000</digest></part>"
+        )
+    };
+    let parts = |count: u32, list: &[u32]| {
+        edited(|x| {
+            let start = x.find("<parts").unwrap();
+            let end = x.find("</parts>").unwrap() + "</parts>".len();
+            let inner: String = list.iter().map(|&i| part(i)).collect();
+            format!(
+                "{}<parts count='{count}'>{inner}</parts>{}",
+                &x[..start],
+                &x[end..]
+            )
+        })
+    };
+    Scene::new(&parts(2, &[0, 0])).refuse("lists part index 0 more than once");
+    Scene::new(&parts(2, &[0, 2])).refuse("none with index 1");
+}
+
+#[test]
+fn extra_bytes_in_a_part_are_refused() {
+    let scene = Scene::new(reference().as_bytes());
+    let part = scene.path("bundle").join(PART);
+    let mut bytes = fs::read(&part).unwrap();
+    bytes.extend_from_slice(&[0u8; 16]);
+    fs::write(&part, bytes).unwrap();
+    scene.refuse("bundled_size is 3200");
+}
+
+/// bundle-format.md §10.2: an unknown version MAY be unbundled from the common fields with a
+/// warning, and migration MUST refuse it.
+#[test]
+fn unknown_manifest_version_warns_on_unbundle_and_is_refused_by_migration() {
+    let scene = Scene::new(&edited(|x| {
+        x.replacen(
+            "<version>2007-10-10</version>",
+            "<version>2099-01-01</version>",
+            1,
+        )
+    }));
+    let manifest = scene.path("bundle").join(MANIFEST);
+    let out = run_ok(
+        amibundle(&scene.path("home"))
+            .args(["unbundle", "-m"])
+            .arg(&manifest)
+            .arg("-k")
+            .arg(scene.keys.user_key())
+            .arg("-d")
+            .arg(scene.path("out")),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unknown manifest version \"2099-01-01\""),
+        "a warning names the version: {err}"
+    );
+    let before = snapshot(scene.root.path());
+    let err = run_err(
+        amibundle(&scene.path("home"))
+            .args(["migrate-manifest", "-m"])
+            .arg(&manifest)
+            .arg("-k")
+            .arg(scene.keys.user_key())
+            .arg("-c")
+            .arg(scene.keys.user_cert())
+            .arg("--ec2cert")
+            .arg(scene.keys.ec2_cert())
+            .args(["--unpinned-ec2cert", "--region", "eu-west-1"]),
+    );
+    assert!(
+        err.contains("manifest version \"2099-01-01\" is unknown"),
+        "{err}"
+    );
+    assert!(
+        snapshot(scene.root.path()) == before,
+        "a refused migration changes nothing (no backup, no rewrite)"
+    );
+}
+
+#[test]
+fn a_file_that_is_not_a_manifest_is_refused() {
+    // The start of a PNG: binary, not text.
+    let png = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01\0\0\0\x01\x08\x02\0\0\0\x90wS\xde";
+    Scene::new(png).refuse("manifest does not start with '<': not an XML manifest");
+    let passwd =
+        b"root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n";
+    Scene::new(passwd).refuse("manifest does not start with '<': not an XML manifest");
+    Scene::new(b"<html><body>hello</body></html>")
+        .refuse("manifest root element is <html>, expected <manifest>");
+    Scene::new(b"").refuse("manifest is empty");
+}
+
+#[test]
+fn bucket_and_ami_names_aws_would_reject_are_refused_before_any_request() {
+    let home = tempfile::tempdir().unwrap();
+    let manifest = vector_dir(VECTOR).join(MANIFEST);
+    // Port 9 on loopback (discard) is closed here: any request would fail differently.
+    let no_cloud = [
+        "--region",
+        "us-east-1",
+        "--endpoint-url",
+        "http://127.0.0.1:9",
+        "--access-key",
+        "AKIDTESTING",
+        "--secret-key",
+        "testing",
+    ];
+    for (bucket, why) in [
+        ("Bad_Bucket", "only lowercase letters"),
+        ("ab", "3 to 63 characters"),
+        ("192.168.0.1", "IP address"),
+        ("xn--bucket", "prefix is reserved"),
+        ("a..b", "'..'"),
+    ] {
+        let err = run_err(
+            amibundle(home.path())
+                .args(["upload", "-m"])
+                .arg(&manifest)
+                .args(["-b", bucket])
+                .args(no_cloud),
+        );
+        assert!(err.contains(bucket) && err.contains(why), "{bucket}: {err}");
+    }
+    for name in ["ab", "bad*name", &"x".repeat(129)] {
+        let err = run_err(
+            amibundle(home.path())
+                .args([
+                    "register",
+                    "-m",
+                    "bkt/my-server-2026.manifest.xml",
+                    "-n",
+                    name,
+                ])
+                .args(no_cloud),
+        );
+        assert!(
+            err.contains("is not valid") && err.contains("--name"),
+            "{name}: {err}"
+        );
+    }
+}
