@@ -78,6 +78,42 @@ impl Cloud {
         http::request(&self.moto.endpoint, method, target, &h, Body::Bytes(body)).unwrap()
     }
 
+    /// Creates a bucket owned by another account (moto maps AssumeRole credentials to the role's account).
+    pub(crate) fn foreign_bucket(&self, bucket: &str) {
+        let form = "Action=AssumeRole&Version=2011-06-15&RoleSessionName=other&RoleArn=arn%3Aaws%3Aiam%3A%3A111122223333%3Arole%2Fother";
+        let sts_auth = "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/sts/aws4_request, SignedHeaders=host, Signature=00";
+        let r = http::request(
+            &self.moto.endpoint,
+            "POST",
+            "/",
+            &[
+                ("Authorization", sts_auth),
+                ("Content-Type", "application/x-www-form-urlencoded"),
+            ],
+            Body::Bytes(form.as_bytes()),
+        )
+        .unwrap();
+        let text = r.text();
+        let key = text
+            .split("<AccessKeyId>")
+            .nth(1)
+            .and_then(|s| s.split('<').next())
+            .expect("AssumeRole key")
+            .to_string();
+        let auth = format!(
+            "AWS4-HMAC-SHA256 Credential={key}/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=00"
+        );
+        let r = http::request(
+            &self.moto.endpoint,
+            "PUT",
+            &format!("/{bucket}"),
+            &[("Authorization", &auth)],
+            Body::None,
+        )
+        .unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+
     pub(crate) fn object(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {
         let r = self.raw("GET", &format!("/{bucket}/{key}"), &[], b"");
         (r.status == 200).then_some(r.body)
@@ -324,39 +360,7 @@ fn bucket_with_acls_disabled_is_refused_with_exit_3_unless_fixed() {
 #[test]
 fn bucket_of_another_account_exits_3() {
     let cloud = Cloud::start();
-    // moto maps credentials from STS AssumeRole to the role's account.
-    let form = "Action=AssumeRole&Version=2011-06-15&RoleSessionName=other&RoleArn=arn%3Aaws%3Aiam%3A%3A111122223333%3Arole%2Fother";
-    let sts_auth = "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/sts/aws4_request, SignedHeaders=host, Signature=00";
-    let r = http::request(
-        &cloud.moto.endpoint,
-        "POST",
-        "/",
-        &[
-            ("Authorization", sts_auth),
-            ("Content-Type", "application/x-www-form-urlencoded"),
-        ],
-        Body::Bytes(form.as_bytes()),
-    )
-    .unwrap();
-    let text = r.text();
-    let key = text
-        .split("<AccessKeyId>")
-        .nth(1)
-        .and_then(|s| s.split('<').next())
-        .expect("AssumeRole key")
-        .to_string();
-    let auth = format!(
-        "AWS4-HMAC-SHA256 Credential={key}/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=00"
-    );
-    let r = http::request(
-        &cloud.moto.endpoint,
-        "PUT",
-        "/taken-bucket",
-        &[("Authorization", &auth)],
-        Body::None,
-    )
-    .unwrap();
-    assert_eq!(r.status, 200, "{}", r.text());
+    cloud.foreign_bucket("taken-bucket");
 
     let (_dir, manifest) = three_parts();
     let out = cloud

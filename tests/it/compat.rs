@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use crate::cloud::Cloud;
-use crate::support::http::{self, Body};
 use crate::support::*;
 
 /// Packer's `bundle_vol_command` default (users-and-peers.md §2.2), verbatim.
@@ -243,47 +242,11 @@ fn packer_default_templates_bundle_and_upload_and_the_x509_files_stay_out_of_the
     }
 }
 
-/// A bucket owned by another account (moto maps AssumeRole credentials to the role's account).
-fn foreign_bucket(cloud: &Cloud, bucket: &str) {
-    let form = "Action=AssumeRole&Version=2011-06-15&RoleSessionName=other&RoleArn=arn%3Aaws%3Aiam%3A%3A111122223333%3Arole%2Fother";
-    let sts_auth = "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/sts/aws4_request, SignedHeaders=host, Signature=00";
-    let r = http::request(
-        &cloud.moto.endpoint,
-        "POST",
-        "/",
-        &[
-            ("Authorization", sts_auth),
-            ("Content-Type", "application/x-www-form-urlencoded"),
-        ],
-        Body::Bytes(form.as_bytes()),
-    )
-    .unwrap();
-    let text = r.text();
-    let key = text
-        .split("<AccessKeyId>")
-        .nth(1)
-        .and_then(|s| s.split('<').next())
-        .expect("AssumeRole key")
-        .to_string();
-    let auth = format!(
-        "AWS4-HMAC-SHA256 Credential={key}/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=00"
-    );
-    let r = http::request(
-        &cloud.moto.endpoint,
-        "PUT",
-        &format!("/{bucket}"),
-        &[("Authorization", &auth)],
-        Body::None,
-    )
-    .unwrap();
-    assert_eq!(r.status, 200, "{}", r.text());
-}
-
 #[test]
 fn packer_upload_to_a_bucket_of_another_account_exits_3_and_uploads_nothing() {
     let cloud = Cloud::start();
     let bin = compat_bin();
-    foreign_bucket(&cloud, "someone-elses");
+    cloud.foreign_bucket("someone-elses");
     let dir = tempfile::tempdir().unwrap();
     copy_dir(&vector_dir("v2-three-parts"), dir.path());
     let manifest = dir.path().join("random.img.manifest.xml");
