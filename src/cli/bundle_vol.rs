@@ -240,32 +240,27 @@ fn run_volume(args: BundleVolArgs, save: bool, progress: &dyn Progress) -> anyho
     };
     // bundle-vol: a fresh private work directory, removed on any exit. save: a fixed one that
     // survives a failure, so a rerun can take the finished image up again.
-    let (work, save_state) = if save {
-        let state = SaveState::open(&destination, &args.prefix, &opts)?;
-        (None, Some(state))
+    let work = if save {
+        Work::Save(SaveState::open(&destination, &args.prefix, &opts)?)
     } else {
-        (Some(imgfs::create_work_dir(&destination)?), None)
+        Work::Temp(imgfs::create_work_dir(&destination)?)
     };
-    let work_path = match (&work, &save_state) {
-        (Some(w), _) => w.path().to_path_buf(),
-        (None, Some(state)) => state.dir.clone(),
-        (None, None) => unreachable!("one of the two is set above"),
-    };
-    let reused = save_state.as_ref().and_then(SaveState::reusable_image);
+    let image_file = work.path().join(&args.prefix);
     let snapshot_started = Instant::now();
-    let (image_built, made) = match reused {
+    let reused = match &work {
+        Work::Save(state) => state.reusable_image(),
+        Work::Temp(_) => None,
+    };
+    let (made, resume) = match reused {
         Some(resume) => {
             tracing::info!(
                 "reusing the complete image {} made by an interrupted run",
-                save_state
-                    .as_ref()
-                    .map_or(PathBuf::new(), |s| s.image())
-                    .display()
+                image_file.display()
             );
-            (Some(resume), None)
+            (None, Some(resume))
         }
         None => {
-            if let Some(state) = &save_state {
+            if let Work::Save(state) = &work {
                 state.clear()?;
             }
             tracing::info!(
@@ -273,11 +268,15 @@ fn run_volume(args: BundleVolArgs, save: bool, progress: &dyn Progress) -> anyho
                 volume.display(),
                 opts.fs_type
                     .map_or("matching".to_string(), |t| t.to_string()),
-                work_path.display()
+                work.path().display()
             );
-            let made = volume::make_image(&ns, &opts, &work_path, progress)
+            let made = volume::make_image(&ns, &opts, work.path(), progress)
                 .with_context(|| format!("making an image of {}", volume.display()))?;
-            (None, Some(made))
+            let resume = match &work {
+                Work::Save(state) => Some(state.mark_complete(&made.path)?),
+                Work::Temp(_) => None,
+            };
+            (Some(made), resume)
         }
     };
     let snapshot_seconds = snapshot_started.elapsed().as_secs_f64();
@@ -285,19 +284,7 @@ fn run_volume(args: BundleVolArgs, save: bool, progress: &dyn Progress) -> anyho
         Some(made) => report_image(made, &destination, &args.prefix)?,
         None => None,
     };
-    let resume = match (&save_state, image_built, &made) {
-        (Some(_), Some(resume), _) => Some(resume),
-        (Some(state), None, Some(made)) => Some(state.mark_complete(&made.path)?),
-        _ => None,
-    };
     let image_reused = made.is_none();
-    let image_file = match &made {
-        Some(m) => m.path.clone(),
-        None => save_state
-            .as_ref()
-            .map(SaveState::image)
-            .unwrap_or_default(),
-    };
 
     let keep = args.clone_only || args.keep_image;
     let image_path = if keep && !save {
@@ -350,7 +337,7 @@ fn run_volume(args: BundleVolArgs, save: bool, progress: &dyn Progress) -> anyho
         extra,
         progress,
     );
-    if let Some(state) = save_state {
+    if let Work::Save(state) = work {
         match &result {
             Ok(()) if args.keep_image => {
                 std::fs::rename(&image_file, &image_out)
@@ -365,9 +352,25 @@ fn run_volume(args: BundleVolArgs, save: bool, progress: &dyn Progress) -> anyho
         }
     }
     // bundle-vol's work directory (and the image in it, unless kept) is removed when `work`
-    // drops.
-    drop(work);
+    // drops here.
     result
+}
+
+/// Where the image is made.
+enum Work {
+    /// bundle-vol: private, removed with everything in it when dropped.
+    Temp(tempfile::TempDir),
+    /// save: fixed, kept after a failure for the rerun.
+    Save(SaveState),
+}
+
+impl Work {
+    fn path(&self) -> &Path {
+        match self {
+            Work::Temp(dir) => dir.path(),
+            Work::Save(state) => &state.dir,
+        }
+    }
 }
 
 /// The fixed work directory of `save` and its record of a complete image.
