@@ -246,6 +246,10 @@ fn run_volume(args: BundleVolArgs, save: bool, progress: &dyn Progress) -> anyho
         Work::Temp(imgfs::create_work_dir(&destination)?)
     };
     let image_file = work.path().join(&args.prefix);
+    if !args.clone_only {
+        progress.plan(command, &bundling::plan_steps(&args.bundle, true));
+    }
+    progress.step(bundling::STEP_SNAPSHOT);
     let snapshot_started = Instant::now();
     let reused = match &work {
         Work::Save(state) => state.reusable_image(),
@@ -350,6 +354,9 @@ fn run_volume(args: BundleVolArgs, save: bool, progress: &dyn Progress) -> anyho
                 state.dir.display()
             ),
         }
+    }
+    if result.is_ok() {
+        progress.plan_done();
     }
     // bundle-vol's work directory (and the image in it, unless kept) is removed when `work`
     // drops here.

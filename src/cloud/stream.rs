@@ -214,6 +214,31 @@ impl PartSink for S3PartSink<'_> {
     }
 }
 
+/// Shows the uploads still under way once the bundle is complete (the last `concurrency`
+/// parts), until they are all stored or one failed.
+async fn show_last_uploads(uploads: &Uploads, progress: &dyn Progress) {
+    let total = lock(&uploads.tasks).len() as u64;
+    progress.start("uploading the last parts", None);
+    let mut shown: u64 = lock(&uploads.stored).iter().map(|(_, len)| len).sum();
+    loop {
+        let (stored, bytes) = {
+            let stored = lock(&uploads.stored);
+            (
+                stored.len() as u64,
+                stored.iter().map(|(_, len)| len).sum::<u64>(),
+            )
+        };
+        progress.inc(bytes.saturating_sub(shown));
+        shown = bytes;
+        progress.items("parts uploaded", stored, Some(total));
+        if stored >= total || lock(&uploads.failure).is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    progress.finish();
+}
+
 /// Bundles `image` straight into S3 at `target.location` (see the module docs). The bucket must
 /// have passed [`s3::ensure_bucket`]. Runs on the caller's thread, which must not be a runtime
 /// thread; `handle` runs the uploads.
@@ -287,7 +312,7 @@ pub fn bundle_to_s3(
                 .len()
                 .saturating_sub(lock(&uploads.stored).len());
             if pending > 0 {
-                tracing::info!("waiting for the last {pending} part upload(s)");
+                handle.block_on(show_last_uploads(&uploads, progress));
             }
             handle.block_on(uploads.join_all());
             match uploads.take_failure() {

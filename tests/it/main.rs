@@ -16,6 +16,7 @@ mod imds;
 mod independent;
 mod restore;
 mod save;
+mod secrets;
 mod streaming;
 mod support_selftest;
 mod vectors;
