@@ -374,7 +374,12 @@ fn with_tar_of(files: &[&str]) -> Scene {
             .arg(&d)
             .args(files),
     );
-    let gz = run_ok(std::process::Command::new("gzip").args(["-c", "-n"]).arg(&tar)).stdout;
+    let gz = run_ok(
+        std::process::Command::new("gzip")
+            .args(["-c", "-n"])
+            .arg(&tar),
+    )
+    .stdout;
     let gz_path = scratch.path().join("t.tar.gz");
     fs::write(&gz_path, gz).unwrap();
     let expected = expected(VECTOR);
@@ -401,10 +406,7 @@ fn with_tar_of(files: &[&str]) -> Scene {
             "<bundled_size>3200</bundled_size>",
             &format!("<bundled_size>{}</bundled_size>", part.len()),
         )
-        .replace(
-            "fc1a2f7fc40bd041262a75e8e3f2b887f95326d9",
-            &part_sha1,
-        );
+        .replace("fc1a2f7fc40bd041262a75e8e3f2b887f95326d9", &part_sha1);
     // Sign machine_configuration ‖ image as they stand in the file (bundle-format.md §9).
     let signed = &xml[xml.find("<machine_configuration>").unwrap()
         ..xml.find("</image>").unwrap() + "</image>".len()];

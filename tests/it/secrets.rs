@@ -180,6 +180,14 @@ fn local(cloud: &Cloud, args: &[&str]) -> Command {
     cmd
 }
 
+/// The key and IV of the bundle whose manifest is `s3://bucket/key`.
+fn s3_secrets(cloud: &Cloud, bucket: &str, key: &str, keys: &Keys, work: &Path) -> BundleSecrets {
+    let xml = cloud
+        .object(bucket, key)
+        .unwrap_or_else(|| panic!("s3://{bucket}/{key} is stored"));
+    secrets_of(&String::from_utf8(xml).unwrap(), &keys.user_key(), work)
+}
+
 /// `cloud.cmd` with the credentials on the command line instead of the environment.
 fn with_cli_credentials(cloud: &Cloud, args: &[&str]) -> Command {
     let mut cmd = cloud.cmd(args);
@@ -230,16 +238,8 @@ fn key_iv_and_secret_key_never_appear_in_output_argv_or_environment_at_maximum_v
         work.path(),
     );
     let user_key = keys.user_key();
-    sweep.run(
-        "verify -k",
-        &mut cloud.cmd(&["-vv", "verify", "-m", s(&manifest), "-k", s(&user_key)]),
-        true,
-    );
-    let restored = work.path().join("restored");
-    fs::create_dir(&restored).unwrap();
-    sweep.run(
-        "unbundle",
-        &mut local(
+    let unbundle = |key: &Path, dest: &Path| {
+        local(
             &cloud,
             &[
                 "-vv",
@@ -247,13 +247,20 @@ fn key_iv_and_secret_key_never_appear_in_output_argv_or_environment_at_maximum_v
                 "-m",
                 s(&manifest),
                 "-k",
-                s(&user_key),
+                s(key),
                 "-d",
-                s(&restored),
+                s(dest),
             ],
-        ),
+        )
+    };
+    sweep.run(
+        "verify -k",
+        &mut cloud.cmd(&["-vv", "verify", "-m", s(&manifest), "-k", s(&user_key)]),
         true,
     );
+    let restored = work.path().join("restored");
+    fs::create_dir(&restored).unwrap();
+    sweep.run("unbundle", &mut unbundle(&user_key, &restored), true);
     assert_eq!(
         fs::read(restored.join("sec.img")).unwrap(),
         fs::read(&image).unwrap()
@@ -360,19 +367,7 @@ fn key_iv_and_secret_key_never_appear_in_output_argv_or_environment_at_maximum_v
     fs::create_dir(&wrong).unwrap();
     sweep.run(
         "unbundle with a wrong key",
-        &mut local(
-            &cloud,
-            &[
-                "-vv",
-                "unbundle",
-                "-m",
-                s(&manifest),
-                "-k",
-                s(&other_key),
-                "-d",
-                s(&wrong),
-            ],
-        ),
+        &mut unbundle(&other_key, &wrong),
         false,
     );
     let part = out.join("sec.img.part.0");
@@ -407,12 +402,11 @@ fn key_iv_and_secret_key_never_appear_in_output_argv_or_environment_at_maximum_v
     );
     c.args(keys.bundle_args());
     sweep.run("bundle-image --upload --register", &mut c, true);
-    let streamed_xml = cloud
-        .object("secrets-streamed", "streamed.manifest.xml")
-        .expect("the streamed manifest is in S3");
-    let streamed = secrets_of(
-        &String::from_utf8(streamed_xml).unwrap(),
-        &keys.user_key(),
+    let streamed = s3_secrets(
+        &cloud,
+        "secrets-streamed",
+        "streamed.manifest.xml",
+        &keys,
         work.path(),
     );
 
@@ -656,15 +650,11 @@ fn save_keeps_its_key_and_iv_out_of_output_and_out_of_every_child_process() {
     ]);
     c.args(keys.bundle_args());
     sweep.run("save", &mut c, true);
-    let xml = cloud
-        .object(
-            "amibundle-123456789012-us-east-1",
-            "secret-save.manifest.xml",
-        )
-        .expect("save uploaded its manifest");
-    let secrets = secrets_of(
-        &String::from_utf8(xml).unwrap(),
-        &keys.user_key(),
+    let secrets = s3_secrets(
+        &cloud,
+        "amibundle-123456789012-us-east-1",
+        "secret-save.manifest.xml",
+        &keys,
         scratch.path(),
     );
     sweep.assert_key_never_seen(&secrets);
