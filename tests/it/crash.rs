@@ -63,9 +63,14 @@ fn points(var: &str, default: usize) -> usize {
     }
 }
 
-/// `n` kill delays spread over `span`: one in each of `n` equal slots, at a place in it drawn
-/// from the seed and `salt` (one salt per test, so the tests do not share their points).
+/// The share of an uninterrupted run's time the kill points are spread over: a rerun on a
+/// quieter machine may be quicker than the measured one, and a kill after the end tests little.
+const SPREAD: f64 = 0.8;
+
+/// `n` kill delays spread over [`SPREAD`] of `span`: one in each of `n` equal slots, at a place
+/// in it drawn from the seed and `salt` (one salt per test, so the tests do not share points).
 fn kill_delays(salt: u64, n: usize, span: Duration) -> Vec<Duration> {
+    let span = span.mul_f64(SPREAD);
     (0..n)
         .map(|i| {
             let r = splitmix(seed() ^ splitmix(salt) ^ splitmix(i as u64 + 1));
