@@ -274,8 +274,20 @@ fn run_volume(args: BundleVolArgs, save: bool, progress: &dyn Progress) -> anyho
                     .map_or("matching".to_string(), |t| t.to_string()),
                 work.path().display()
             );
-            let made = volume::make_image(&ns, &opts, work.path(), progress)
-                .with_context(|| format!("making an image of {}", volume.display()))?;
+            let made = match volume::make_image(&ns, &opts, work.path(), progress) {
+                Ok(made) => made,
+                Err(e) => {
+                    // save: an image cut short (an error, SIGINT/SIGTERM) is of no use to a
+                    // rerun, which would start over anyway: nothing is kept.
+                    if let Work::Save(state) = work {
+                        if let Err(e) = state.remove() {
+                            tracing::warn!("{e:#}");
+                        }
+                    }
+                    return Err(e)
+                        .with_context(|| format!("making an image of {}", volume.display()));
+                }
+            };
             let resume = match &work {
                 Work::Save(state) => Some(state.mark_complete(&made.path)?),
                 Work::Temp(_) => None,

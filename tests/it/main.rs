@@ -9,6 +9,7 @@ mod cli;
 mod cloud;
 mod compat;
 mod copy;
+mod crash;
 mod docsgen;
 mod faults;
 mod golden;

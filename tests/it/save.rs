@@ -18,7 +18,7 @@ use crate::support::*;
 
 /// A source tree whose bundle takes three parts: the restore test's tree plus 25 MiB that does
 /// not compress.
-fn source(root: &Path) {
+pub(crate) fn source(root: &Path) {
     make_tree(root);
     let mut f = fs::File::create(root.join("db/random.bin")).unwrap();
     let mut x: u64 = 0x2545_F491_4F6C_DD1D;
@@ -65,7 +65,12 @@ fn watch(dir: PathBuf, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(u64, B
     })
 }
 
-fn save_cmd(cloud: &Cloud, keys: &Keys, src: &Path, dest: &Path) -> std::process::Command {
+pub(crate) fn save_cmd(
+    cloud: &Cloud,
+    keys: &Keys,
+    src: &Path,
+    dest: &Path,
+) -> std::process::Command {
     let mut cmd = cloud.cmd(&[
         "save",
         "-v",
