@@ -8,7 +8,8 @@
 # crashes, hangs (-timeout) or runs out of memory (-rss_limit_mb). Crashing inputs are left in
 # fuzz/artifacts/TARGET/; keep each one as a regression test (docs/reliability.md, "Fuzzing").
 # The corpus grows in fuzz/corpus/TARGET and is kept between runs; the seeds are made afresh in
-# fuzz/seeds/TARGET from ../shared/testdata (the reference tools' test vectors).
+# fuzz/seeds/TARGET from ../shared/testdata (the reference tools' test vectors). libFuzzer's
+# output is in fuzz/logs/TARGET.log.
 #
 # Environment: FUZZ_RSS_MB (default 2048), FUZZ_TIMEOUT (seconds per input, default 10),
 # FUZZ_MAX_LEN (bytes, default 65536), FUZZ_JOBS (parallel fuzzing processes per target,
@@ -127,6 +128,7 @@ make_seeds
 # Runs ---------------------------------------------------------------------------------------
 
 failed=()
+mkdir -p fuzz/logs
 for target in "${targets[@]}"; do
     mkdir -p "fuzz/corpus/$target" "fuzz/artifacts/$target"
     echo "fuzz: $target for ${seconds}s" >&2
@@ -137,8 +139,14 @@ for target in "${targets[@]}"; do
     if [[ $jobs -gt 1 ]]; then
         args+=(-fork="$jobs")
     fi
-    if ! (cd fuzz && cargo fuzz run "${build_flags[@]}" "$target" \
-        "corpus/$target" "seeds/$target" -- "${args[@]}"); then
+    # libFuzzer's progress goes to fuzz/logs/TARGET.log; its summary (or, on failure, the end
+    # of the log with the crash report) to stderr.
+    log=fuzz/logs/$target.log
+    if (cd fuzz && cargo fuzz run "${build_flags[@]}" "$target" \
+        "corpus/$target" "seeds/$target" -- "${args[@]}") >"$log" 2>&1; then
+        grep -E '^(Done|stat::)' "$log" >&2 || true
+    else
+        tail -n 60 "$log" >&2
         failed+=("$target")
     fi
 done
