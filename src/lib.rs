@@ -5,7 +5,9 @@
 //! The normative format is described in `docs/format.md`.
 
 pub mod bundle;
+#[cfg(feature = "cli")]
 pub mod cli;
+#[cfg(feature = "cli")]
 pub mod cloud;
 pub mod image;
 pub mod interrupt;

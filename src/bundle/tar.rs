@@ -56,6 +56,10 @@ const POSIX_MAGIC: &[u8; 8] = b"ustar\x0000";
 const MAX_MEMBER_BYTES: u64 = 1 << 50;
 /// Largest GNU long-name or PAX record the reader buffers; real ones are a few hundred bytes.
 const MAX_EXTENDED_HEADER_BYTES: u64 = 1 << 20;
+/// Most entries an old-GNU sparse map may have (16 Mi: 256 MiB of regions in memory, from at
+/// least 400 MiB of headers). A 10 GiB image alternating 4 KiB of data and 4 KiB of hole has
+/// 1.3 Mi regions.
+const MAX_SPARSE_ENTRIES: u64 = 1 << 24;
 
 /// Errors of the tar writer and reader.
 #[derive(Debug, thiserror::Error)]
@@ -883,14 +887,8 @@ impl<R: Read> TarReader<R> {
         }
         let realsize = field(REALSIZE, "realsize")?;
         check_size(realsize, at)?;
-        let mut entries = Vec::new();
-        let mut ended = false;
-        collect_entries(
-            &block[SPARSE_SLOTS..IS_EXTENDED],
-            at,
-            &mut entries,
-            &mut ended,
-        )?;
+        let mut map = MapBuilder::new(realsize, size, at);
+        map.collect(&block[SPARSE_SLOTS..IS_EXTENDED], at)?;
         let mut extended = block[IS_EXTENDED] != 0;
         while extended {
             let ext_at = self.offset;
@@ -900,10 +898,10 @@ impl<R: Read> TarReader<R> {
                     what: "sparse extension block",
                 });
             };
-            collect_entries(&ext[..EXT_IS_EXTENDED], ext_at, &mut entries, &mut ended)?;
+            map.collect(&ext[..EXT_IS_EXTENDED], ext_at)?;
             extended = ext[EXT_IS_EXTENDED] != 0;
         }
-        let map = check_map(realsize, size, &entries, at)?;
+        let map = map.finish()?;
         Ok(MemberInfo {
             name,
             mode,
@@ -1124,81 +1122,117 @@ fn check_size(size: u64, at: u64) -> Result<(), TarError> {
     Ok(())
 }
 
-/// Appends the used 24-byte entries of `slots` to `entries`. An entry whose numbytes field
-/// starts with NUL ends the map (as in GNU tar); a used entry after that is malformed.
-fn collect_entries(
-    slots: &[u8],
-    at: u64,
-    entries: &mut Vec<(u64, u64)>,
-    ended: &mut bool,
-) -> Result<(), TarError> {
-    for slot in slots.chunks_exact(24) {
-        if slot[12] == 0 {
-            *ended = true;
-            continue;
-        }
-        if *ended {
-            return Err(TarError::Malformed {
-                offset: at,
-                detail: "sparse map entry after the end of the map".to_owned(),
-            });
-        }
-        let parse = |field: &[u8]| {
-            parse_numeric(field).map_err(|e| TarError::Malformed {
-                offset: at,
-                detail: format!("sparse map entry: {e}"),
-            })
-        };
-        entries.push((parse(&slot[..12])?, parse(&slot[12..])?));
-    }
-    Ok(())
-}
-
-/// Checks a decoded old-GNU map against §3.7 and §3.5 and turns it into a [`SparseMap`].
-fn check_map(
+/// Builds an old-GNU sparse map entry by entry, checking each one against §3.7 and §3.5 as it
+/// is decoded. The extension blocks come from an untrusted (and possibly highly compressed)
+/// stream, so a bad map is rejected at its first bad entry instead of after all its blocks were
+/// read, and the map held in memory is bounded: only data regions are stored, each one advances
+/// through the image, and there are at most [`MAX_SPARSE_ENTRIES`] entries.
+struct MapBuilder {
     realsize: u64,
     size: u64,
-    entries: &[(u64, u64)],
+    /// Stream offset of the member header, for error messages about the whole map.
     at: u64,
-) -> Result<SparseMap, TarError> {
-    let bad = |detail: String| TarError::Malformed { offset: at, detail };
-    let mut regions = Vec::new();
-    let mut prev_end = 0u64;
-    let mut sum = 0u64;
-    for (i, &(offset, len)) in entries.iter().enumerate() {
+    regions: Vec<DataRegion>,
+    /// Entries decoded so far (used ones, zero-length ones included).
+    entries: u64,
+    /// End of the previous entry.
+    prev_end: u64,
+    /// Σ numbytes so far (at most `size`).
+    sum: u64,
+    /// An unused entry was seen: the map has ended.
+    ended: bool,
+}
+
+impl MapBuilder {
+    fn new(realsize: u64, size: u64, at: u64) -> Self {
+        Self {
+            realsize,
+            size,
+            at,
+            regions: Vec::new(),
+            entries: 0,
+            prev_end: 0,
+            sum: 0,
+            ended: false,
+        }
+    }
+
+    /// Adds the 24-byte entries of `slots` (a header's or extension block's, at stream offset
+    /// `at`). An entry whose numbytes field starts with NUL ends the map (as in GNU tar); a used
+    /// entry after that is malformed.
+    fn collect(&mut self, slots: &[u8], at: u64) -> Result<(), TarError> {
+        let bad = |detail: String| TarError::Malformed { offset: at, detail };
+        for slot in slots.chunks_exact(24) {
+            if slot[12] == 0 {
+                self.ended = true;
+                continue;
+            }
+            if self.ended {
+                return Err(bad("sparse map entry after the end of the map".to_owned()));
+            }
+            let parse = |field: &[u8]| {
+                parse_numeric(field).map_err(|e| bad(format!("sparse map entry: {e}")))
+            };
+            let (offset, len) = (parse(&slot[..12])?, parse(&slot[12..])?);
+            self.add(offset, len).map_err(bad)?;
+        }
+        Ok(())
+    }
+
+    fn add(&mut self, offset: u64, len: u64) -> Result<(), String> {
+        let i = self.entries;
+        if i >= MAX_SPARSE_ENTRIES {
+            return Err(format!(
+                "sparse map has more than {MAX_SPARSE_ENTRIES} entries"
+            ));
+        }
+        self.entries += 1;
+        let (prev_end, realsize, size) = (self.prev_end, self.realsize, self.size);
         if offset < prev_end {
-            return Err(bad(format!(
+            return Err(format!(
                 "sparse map entry {i} at offset {offset} is not after the previous one ending at {prev_end}"
-            )));
+            ));
         }
-        let end = offset.checked_add(len).filter(|&e| e <= realsize);
-        let Some(end) = end else {
-            return Err(bad(format!(
+        let Some(end) = offset.checked_add(len).filter(|&e| e <= realsize) else {
+            return Err(format!(
                 "sparse map entry {i} ({offset}+{len}) extends past the real size {realsize}"
-            )));
+            ));
         };
-        prev_end = end;
-        // Cannot overflow: the regions are disjoint within realsize.
-        sum += len;
-        if len > 0 {
-            regions.push(DataRegion { offset, len });
+        self.prev_end = end;
+        // Cannot overflow: the entries are disjoint within realsize.
+        self.sum += len;
+        if self.sum > size {
+            return Err(format!(
+                "sparse map holds more than the {size} bytes of data the size field says"
+            ));
         }
+        if len == 0 {
+            return Ok(());
+        }
+        // §3.5: data is stored region by region in whole blocks; only the last region may end
+        // inside a block, or the block count would disagree with `size`.
+        if let Some(r) = self.regions.last().filter(|r| r.len % BLOCK_BYTES != 0) {
+            return Err(format!(
+                "sparse map region at offset {} has unaligned length {} and is not the last",
+                r.offset, r.len
+            ));
+        }
+        self.regions.push(DataRegion { offset, len });
+        Ok(())
     }
-    if sum != size {
-        return Err(bad(format!(
-            "sparse map holds {sum} bytes of data but the size field says {size}"
-        )));
+
+    fn finish(self) -> Result<SparseMap, TarError> {
+        if self.sum != self.size {
+            return Err(TarError::Malformed {
+                offset: self.at,
+                detail: format!(
+                    "sparse map holds {} bytes of data but the size field says {}",
+                    self.sum, self.size
+                ),
+            });
+        }
+        Ok(SparseMap::from_checked(self.realsize, self.regions))
     }
-    // §3.5: data is stored region by region in whole blocks; only the last region may end
-    // inside a block, or the block count would disagree with `size`.
-    let all_but_last = regions.split_last().map_or(&[][..], |(_, rest)| rest);
-    if let Some(r) = all_but_last.iter().find(|r| r.len % BLOCK_BYTES != 0) {
-        return Err(bad(format!(
-            "sparse map region at offset {} has unaligned length {} and is not the last",
-            r.offset, r.len
-        )));
-    }
-    Ok(SparseMap::from_checked(realsize, regions))
 }
 
 /// Applies the records of a PAX extended header (`"<len> <key>=<value>\n"`) to `over`.
@@ -2063,6 +2097,86 @@ mod tests {
         assert_eq!((info.size, data.len()), (3000, 3000));
         stream[CHKSUM].copy_from_slice(format!("{:06o}\0 ", signed + 1).as_bytes());
         assert!(matches!(expect_err(&stream), TarError::BadChecksum { .. }));
+    }
+
+    /// A sparse header announcing extension blocks, then the same extension block forever.
+    struct EndlessExtensions {
+        header: Vec<u8>,
+        block: Vec<u8>,
+        pos: u64,
+    }
+
+    impl Read for EndlessExtensions {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let (src, at) = match usize::try_from(self.pos).unwrap() {
+                p if p < BLOCK => (&self.header, p),
+                p => (&self.block, (p - BLOCK) % BLOCK),
+            };
+            let n = buf.len().min(BLOCK - at);
+            buf[..n].copy_from_slice(&src[at..at + n]);
+            self.pos += n as u64;
+            Ok(n)
+        }
+    }
+
+    fn endless_extensions(in_header: &[(u64, u64)], in_block: &[(u64, u64)]) -> EndlessExtensions {
+        let mut header = raw_header(b"image.img", b'S', 1 << 40, OLDGNU_MAGIC);
+        for (slot, &(offset, len)) in in_header.iter().enumerate() {
+            put_entry(&mut header[SPARSE_SLOTS + 24 * slot..], offset, len);
+        }
+        put_numeric(&mut header[REALSIZE], 1 << 45);
+        header[IS_EXTENDED] = 1;
+        fix_checksum(&mut header);
+        let mut block = vec![0u8; BLOCK];
+        for (slot, &(offset, len)) in in_block.iter().enumerate() {
+            put_entry(&mut block[24 * slot..], offset, len);
+        }
+        block[EXT_IS_EXTENDED] = 1;
+        EndlessExtensions {
+            header,
+            block,
+            pos: 0,
+        }
+    }
+
+    #[test]
+    fn reader_rejects_a_bad_sparse_map_at_its_first_bad_entry() {
+        // A repeated extension block (cheap to produce by gzip from a tiny ciphertext): the
+        // second copy goes backwards. The map used to be collected in full before any check, so
+        // this read forever and held every entry in memory.
+        let in_header: Vec<(u64, u64)> = (0..4).map(|i| (i * 1024, 512)).collect();
+        let in_block: Vec<(u64, u64)> = (0..21).map(|i| (4096 + i * 1024, 512)).collect();
+        let mut reader = TarReader::new(endless_extensions(&in_header, &in_block));
+        let err = reader.read_member_header().unwrap_err();
+        assert!(
+            matches!(&err, TarError::Malformed { offset: 1024, detail }
+                if detail.contains("entry 25 at offset 4096 is not after")),
+            "{err:?}"
+        );
+        // More data than the size field says is caught as soon as the sum passes it.
+        let ext = endless_extensions(&[(0, 1 << 40), (1 << 41, 512)], &[]);
+        let err = TarReader::new(ext).read_member_header().unwrap_err();
+        assert!(
+            matches!(&err, TarError::Malformed { offset: 0, detail } if detail.contains("size field")),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn sparse_map_entries_are_bounded() {
+        // Zero-length entries store nothing, but there cannot be endlessly many of them either.
+        let mut map = MapBuilder::new(1 << 20, 0, 0);
+        map.add(0, 0).unwrap();
+        map.entries = MAX_SPARSE_ENTRIES;
+        let err = map.add(0, 0).unwrap_err();
+        assert!(err.contains("more than 16777216 entries"), "{err}");
+        let mut map = MapBuilder::new(1 << 20, 0, 0);
+        for _ in 0..1000 {
+            map.add(0, 0).unwrap();
+        }
+        assert!(map.regions.is_empty());
+        let map = map.finish().unwrap();
+        assert_eq!((map.size(), map.regions().len()), (1 << 20, 0));
     }
 
     #[test]
