@@ -13,8 +13,9 @@ cargo fmt --check
 (cd fuzz && cargo fmt --check)
 cargo clippy --all-targets --locked -- -D warnings
 # A fuzzing smoke: each cargo-fuzz target for FUZZ_SMOKE_SECONDS (default 20; 0 skips it), so
-# the targets (and the library without its `cli` feature) keep building and the seeds pass (docs/reliability.md, "Fuzzing"). Before
-# the tests, so that cargo test's summary closes the output.
+# the targets (and the library without its `cli` feature) keep building and the seeds pass
+# (docs/reliability.md, "Fuzzing"). Before the tests, so that cargo test's summary closes the
+# output.
 smoke=${FUZZ_SMOKE_SECONDS:-20}
 if [[ $smoke -gt 0 ]]; then
     scripts/fuzz.sh "$smoke"
