@@ -5,6 +5,7 @@ pub mod certs;
 pub mod crypto;
 pub mod digest;
 pub mod gzip;
+pub mod lock;
 pub mod manifest;
 pub mod migrate;
 pub mod parts;
@@ -44,6 +45,9 @@ pub enum Error {
     /// A part failed its checks.
     #[error(transparent)]
     Part(#[from] parts::PartError),
+    /// Another run is writing the same bundle.
+    #[error(transparent)]
+    Lock(#[from] lock::LockError),
     /// The image could not be opened.
     #[error("opening image {}", path.display())]
     OpenImage {

@@ -30,6 +30,7 @@ use crate::bundle::crypto::{
 };
 use crate::bundle::digest::{CountingWriter, HashingReader, HashingWriter};
 use crate::bundle::gzip::{self, GzipReader, ParallelGzEncoder};
+use crate::bundle::lock;
 use crate::bundle::manifest::{
     self, Bundler, ImageInfo, MachineConfiguration, Manifest, ManifestVersion, Mapping, PartEntry,
     SignatureForm,
@@ -486,6 +487,12 @@ pub fn bundle_to_dir(
             source: io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
         });
     }
+    // One run at a time per bundle name and destination: two would rename their parts over
+    // each other's and could leave one run's manifest with the other's parts.
+    let _lock = lock::RunLock::file(
+        &dest.join(format!(".amibundle-{}.lock", spec.name)),
+        &format!("bundle {} in {}", spec.name, dest.display()),
+    )?;
     let stale = existing_bundle_files(dest, &spec.name, overwrite)?;
     let (key, iv) = key_iv(overrides.key_iv.take())?;
     let image = PreparedImage::open(input, spec, &overrides)?;

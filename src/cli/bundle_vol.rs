@@ -378,6 +378,8 @@ struct SaveState {
     dir: PathBuf,
     name: String,
     fingerprint: String,
+    /// Held for the run: a second `save` of the same prefix and destination fails at once.
+    _lock: crate::bundle::lock::RunLock,
 }
 
 /// `save`'s record, written only once the image is complete and synced.
@@ -414,6 +416,13 @@ impl SaveState {
             }
             Err(e) => return Err(e).with_context(|| format!("creating {}", dir.display())),
         }
+        let lock = crate::bundle::lock::RunLock::dir(
+            &dir,
+            &format!(
+                "the save state of --prefix {name} in {}",
+                destination.display()
+            ),
+        )?;
         // What decides the image's contents: a rerun with other options starts over.
         let fingerprint = hex::encode(<sha1::Sha1 as sha1::Digest>::digest(
             format!(
@@ -444,6 +453,7 @@ impl SaveState {
             dir,
             name: name.to_string(),
             fingerprint,
+            _lock: lock,
         })
     }
 

@@ -8,6 +8,7 @@ mod bundle_vol;
 mod cli;
 mod cloud;
 mod compat;
+mod concurrent;
 mod copy;
 mod docsgen;
 mod faults;
