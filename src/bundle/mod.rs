@@ -10,6 +10,7 @@ pub mod manifest;
 pub mod migrate;
 pub mod parts;
 pub mod pipeline;
+pub mod space;
 pub mod tar;
 
 use std::io;
@@ -48,6 +49,9 @@ pub enum Error {
     /// Another run is writing the same bundle.
     #[error(transparent)]
     Lock(#[from] lock::LockError),
+    /// The destination's filesystem is too small, found up front or midway.
+    #[error(transparent)]
+    NoSpace(#[from] space::NoSpace),
     /// The image could not be opened.
     #[error("opening image {}", path.display())]
     OpenImage {

@@ -271,7 +271,16 @@ fn run_volume(args: BundleVolArgs, save: bool, progress: &dyn Progress) -> anyho
                 work.path().display()
             );
             let made = volume::make_image(&ns, &opts, work.path(), progress)
-                .with_context(|| format!("making an image of {}", volume.display()))?;
+                .with_context(|| format!("making an image of {}", volume.display()))
+                .map_err(|e| {
+                    // An unfinished image is of no use to a rerun: give its space back.
+                    let e = crate::bundle::space::explain_full_dir(e, &destination, "the image");
+                    if let Work::Save(state) = &work {
+                        let _ = state.clear();
+                        let _ = std::fs::remove_dir(&state.dir);
+                    }
+                    e
+                })?;
             let resume = match &work {
                 Work::Save(state) => Some(state.mark_complete(&made.path)?),
                 Work::Temp(_) => None,

@@ -10,6 +10,7 @@ mod cloud;
 mod compat;
 mod concurrent;
 mod copy;
+mod disk_full;
 mod docsgen;
 mod faults;
 mod golden;
