@@ -2,6 +2,11 @@
 //!
 //! Long operations call a [`Progress`] implementation; the CLI supplies one backed by indicatif
 //! (or plain lines when stderr is not a terminal), library users and tests pass [`NoProgress`].
+//!
+//! A job of several steps (`save`: snapshot, bundle and upload, register) announces them with
+//! [`Progress::plan`] and moves through them with [`Progress::step`]; the phases of each step
+//! (`"copying files"`, `"bundling"` …) are shown under it, so the user sees one display for
+//! the whole job: which step of how many, and the time since the job began.
 
 /// Receives progress of long operations. Implementations must be cheap: `inc` is called for
 /// every megabyte or so of data.
@@ -15,6 +20,13 @@ pub trait Progress: Send + Sync {
     fn items(&self, _label: &str, _done: u64, _total: Option<u64>) {}
     /// The current phase is complete.
     fn finish(&self);
+    /// A job of several steps begins: `job` names it (`"save"`), `steps` are the names that
+    /// [`step`](Progress::step) will be called with, in order. Optional.
+    fn plan(&self, _job: &str, _steps: &[&str]) {}
+    /// The step `name` of the plan begins (ignored without a plan or for a name not in it).
+    fn step(&self, _name: &str) {}
+    /// The planned job is complete (every step succeeded).
+    fn plan_done(&self) {}
 }
 
 /// Ignores all progress.

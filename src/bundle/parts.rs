@@ -157,6 +157,59 @@ pub fn create_private_file(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
+/// Removes what runs killed before they could clean up (SIGKILL, power loss) left in `dir`:
+/// entries named `{prefix}{pid}{suffix}`, or `{prefix}{pid}-{n}{suffix}` when `numbered`, whose
+/// process no longer exists. Best effort: what cannot be read or removed is left, with a debug
+/// line. An entry of a live process (another run working there) is left alone, and a pid
+/// reused by an unrelated process only defers the removal to a later run. Without `/proc`
+/// nothing is removed, since no process could be told to be gone.
+pub fn remove_stale(dir: &Path, prefix: &str, suffix: &str, numbered: bool) {
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| stale_pid(n, prefix, suffix, numbered))
+        else {
+            continue;
+        };
+        if pid == std::process::id() || Path::new("/proc").join(pid.to_string()).exists() {
+            continue;
+        }
+        let path = entry.path();
+        let removed = match entry.file_type() {
+            Ok(t) if t.is_dir() => fs::remove_dir_all(&path),
+            _ => fs::remove_file(&path),
+        };
+        match removed {
+            Ok(()) => tracing::info!("removed {}, left by a run that was killed", path.display()),
+            Err(e) => tracing::debug!("could not remove {}: {e}", path.display()),
+        }
+    }
+}
+
+/// The pid in `name` if it is exactly `{prefix}{pid}{suffix}` (`{prefix}{pid}-{n}{suffix}` when
+/// `numbered`).
+fn stale_pid(name: &str, prefix: &str, suffix: &str, numbered: bool) -> Option<u32> {
+    let middle = name.strip_prefix(prefix)?.strip_suffix(suffix)?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let pid = if numbered {
+        let (pid, n) = middle.split_once('-')?;
+        digits(n).then_some(pid)?
+    } else {
+        middle
+    };
+    if !digits(pid) {
+        return None;
+    }
+    pid.parse().ok()
+}
+
 /// A 0700 directory inside the destination that holds parts while they are produced.
 ///
 /// Part names depend on the part count, known only at the end (§8.3 staged mode), so parts are
@@ -171,8 +224,10 @@ pub struct StagingDir {
 }
 
 impl StagingDir {
-    /// Creates `<dest>/.amibundle-<name>-<pid>-<n>` with mode 0700.
+    /// Creates `<dest>/.amibundle-<name>-<pid>-<n>` with mode 0700, first removing those of
+    /// this name that killed runs left (see [`remove_stale`]).
     pub fn create(dest: &Path, name: &str) -> io::Result<Self> {
+        remove_stale(dest, &format!(".amibundle-{name}-"), "", true);
         let pid = std::process::id();
         for n in 0..1000u32 {
             let dir = dest.join(format!(".amibundle-{name}-{pid}-{n}"));
@@ -546,5 +601,63 @@ mod tests {
             .read_to_end(&mut Vec::new())
             .unwrap_err();
         assert!(err.to_string().contains("reading part b"), "{err}");
+    }
+
+    #[test]
+    fn stale_names_are_matched_exactly() {
+        let p = ".amibundle-disk-";
+        assert_eq!(stale_pid(".amibundle-disk-123-0", p, "", true), Some(123));
+        // Another bundle's staging directory ("disk-5"), or other shapes, are not ours.
+        assert_eq!(stale_pid(".amibundle-disk-5-123-0", p, "", true), None);
+        assert_eq!(stale_pid(".amibundle-disk-123", p, "", true), None);
+        assert_eq!(stale_pid(".amibundle-disk--0", p, "", true), None);
+        assert_eq!(stale_pid(".amibundle-disk-12a-0", p, "", true), None);
+        let q = ".x.part.1.amibundle-";
+        assert_eq!(
+            stale_pid(".x.part.1.amibundle-77.partial", q, ".partial", false),
+            Some(77)
+        );
+        assert_eq!(
+            stale_pid(".x.part.1.amibundle-77-0.partial", q, ".partial", false),
+            None
+        );
+        assert_eq!(
+            stale_pid(".x.part.10.amibundle-77.partial", q, ".partial", false),
+            None
+        );
+        assert_eq!(
+            stale_pid(".x.part.1.amibundle-77", q, ".partial", false),
+            None
+        );
+    }
+
+    #[test]
+    fn only_entries_of_processes_that_are_gone_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        // pid_max is at most 2^22: this process cannot exist.
+        let gone = 4_000_000_000u32;
+        let me = std::process::id();
+        let names = [
+            format!(".amibundle-d-{gone}-0"),
+            format!(".amibundle-d-{me}-0"),
+            ".amibundle-d-1-0".to_string(),
+            format!(".amibundle-d-5-{gone}-0"),
+        ];
+        for n in &names {
+            fs::create_dir(dir.path().join(n)).unwrap();
+            fs::write(dir.path().join(n).join("part.0"), b"x").unwrap();
+        }
+        let file = format!(".d.part.0.amibundle-{gone}.partial");
+        fs::write(dir.path().join(&file), b"x").unwrap();
+        remove_stale(dir.path(), ".amibundle-d-", "", true);
+        remove_stale(dir.path(), ".d.part.0.amibundle-", ".partial", false);
+        let mut left: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        let mut want = names[1..].to_vec();
+        want.sort();
+        assert_eq!(left, want);
     }
 }

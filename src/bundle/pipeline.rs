@@ -984,6 +984,7 @@ struct TempImage {
 impl TempImage {
     fn create(dir: &Path, name: &str) -> Result<Self, Error> {
         let final_path = dir.join(name);
+        parts::remove_stale(dir, &format!(".{name}.amibundle-"), ".partial", true);
         let pid = std::process::id();
         for n in 0..1000u32 {
             let path = dir.join(format!(".{name}.amibundle-{pid}-{n}.partial"));

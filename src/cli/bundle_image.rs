@@ -99,6 +99,10 @@ pub fn run(args: Box<BundleImageArgs>, progress: &dyn Progress) -> anyhow::Resul
         .destination
         .clone()
         .unwrap_or_else(|| PathBuf::from("."));
+    let steps = bundling::plan_steps(&args.bundle, false);
+    if steps.len() > 1 {
+        progress.plan("bundle-image", &steps);
+    }
     bundling::bundle_and_report(
         &args.bundle,
         &spec,
@@ -109,5 +113,7 @@ pub fn run(args: Box<BundleImageArgs>, progress: &dyn Progress) -> anyhow::Resul
         None,
         None,
         progress,
-    )
+    )?;
+    progress.plan_done();
+    Ok(())
 }

@@ -246,6 +246,10 @@ fn run_volume(args: BundleVolArgs, save: bool, progress: &dyn Progress) -> anyho
         Work::Temp(imgfs::create_work_dir(&destination)?)
     };
     let image_file = work.path().join(&args.prefix);
+    if !args.clone_only {
+        progress.plan(command, &bundling::plan_steps(&args.bundle, true));
+    }
+    progress.step(bundling::STEP_SNAPSHOT);
     let snapshot_started = Instant::now();
     let reused = match &work {
         Work::Save(state) => state.reusable_image(),
@@ -270,17 +274,23 @@ fn run_volume(args: BundleVolArgs, save: bool, progress: &dyn Progress) -> anyho
                     .map_or("matching".to_string(), |t| t.to_string()),
                 work.path().display()
             );
-            let made = volume::make_image(&ns, &opts, work.path(), progress)
-                .with_context(|| format!("making an image of {}", volume.display()))
-                .map_err(|e| {
-                    // An unfinished image is of no use to a rerun: give its space back.
+            let made = match volume::make_image(&ns, &opts, work.path(), progress) {
+                Ok(made) => made,
+                Err(e) => {
+                    let e = anyhow::Error::new(e)
+                        .context(format!("making an image of {}", volume.display()));
+                    // A full filesystem is said as such, measured before the image goes.
                     let e = crate::bundle::space::explain_full_dir(e, &destination, "the image");
-                    if let Work::Save(state) = &work {
-                        let _ = state.clear();
-                        let _ = std::fs::remove_dir(&state.dir);
+                    // save: an image cut short (an error, SIGINT/SIGTERM) is of no use to a
+                    // rerun, which would start over anyway: nothing is kept.
+                    if let Work::Save(state) = work {
+                        if let Err(e) = state.remove() {
+                            tracing::warn!("{e:#}");
+                        }
                     }
-                    e
-                })?;
+                    return Err(e);
+                }
+            };
             let resume = match &work {
                 Work::Save(state) => Some(state.mark_complete(&made.path)?),
                 Work::Temp(_) => None,
@@ -359,6 +369,9 @@ fn run_volume(args: BundleVolArgs, save: bool, progress: &dyn Progress) -> anyho
                 state.dir.display()
             ),
         }
+    }
+    if result.is_ok() {
+        progress.plan_done();
     }
     // bundle-vol's work directory (and the image in it, unless kept) is removed when `work`
     // drops here.

@@ -164,6 +164,34 @@ pub struct Resume {
     pub mtime: u64,
 }
 
+/// The steps of a bundling job for one progress display ([`Progress::plan`]): the snapshot
+/// of a volume (`snapshot`), then the bundle (made locally, or streamed to S3), then the
+/// registration if asked for. Step names are the ones the code passes to [`Progress::step`].
+pub fn plan_steps(args: &BundleArgs, snapshot: bool) -> Vec<&'static str> {
+    let mut steps = Vec::new();
+    if snapshot {
+        steps.push(STEP_SNAPSHOT);
+    }
+    steps.push(if args.stream.enabled() {
+        STEP_BUNDLE_UPLOAD
+    } else {
+        STEP_BUNDLE
+    });
+    if args.stream.register.is_some() {
+        steps.push(STEP_REGISTER);
+    }
+    steps
+}
+
+/// Step names of [`plan_steps`].
+pub const STEP_SNAPSHOT: &str = "snapshot";
+/// Bundling into a local directory.
+pub const STEP_BUNDLE: &str = "bundle";
+/// Bundling straight into S3.
+pub const STEP_BUNDLE_UPLOAD: &str = "bundle and upload";
+/// Registering the AMI.
+pub const STEP_REGISTER: &str = "register";
+
 /// Bundles `input` into `destination` (or, with `--upload`/`--register`, straight into S3) and
 /// prints the result. `label` names the input in messages; `command` goes into the JSON, with
 /// `extra_json`'s fields. `resume` applies to streamed bundles only.
@@ -181,6 +209,7 @@ pub fn bundle_and_report(
 ) -> anyhow::Result<()> {
     let (user_key, user_cert, _) = keys::load_identity(&args.keys)?;
     if args.stream.enabled() {
+        progress.step(STEP_BUNDLE_UPLOAD);
         let overrides = Overrides {
             mtime: resume.as_ref().map(|r| r.mtime),
             ..Overrides::default()
@@ -201,6 +230,7 @@ pub fn bundle_and_report(
         return streaming::run(&args.stream, job, image, progress);
     }
     let ec2_cert = keys::load_ec2_cert(&args.ec2, &args.stream.local_region())?;
+    progress.step(STEP_BUNDLE);
     let identity = Identity {
         user_key,
         user_cert,

@@ -5,14 +5,15 @@ use std::io::{self, IsTerminal, Write};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
 
 use crate::progress::Progress;
 
-/// The bar currently drawn, so log lines can be printed above it without tearing it.
-static ACTIVE_BAR: Mutex<Option<ProgressBar>> = Mutex::new(None);
+/// The bars currently drawn (on a terminal), so log lines can be printed above them without
+/// tearing them.
+static ACTIVE_BARS: Mutex<Option<MultiProgress>> = Mutex::new(None);
 
 /// Minimum interval between plain progress lines.
 const PLAIN_LINE_INTERVAL: Duration = Duration::from_secs(5);
@@ -62,22 +63,28 @@ impl Write for LogLine {
 
 impl Drop for LogLine {
     fn drop(&mut self) {
-        let bar = ACTIVE_BAR.lock().ok().and_then(|g| g.clone());
+        let bars = ACTIVE_BARS.lock().ok().and_then(|g| g.clone());
         let write = || {
             let _ = io::stderr().write_all(&self.0);
         };
-        match bar {
-            Some(bar) => bar.suspend(write),
+        match bars {
+            Some(bars) => bars.suspend(write),
             None => write(),
         }
     }
 }
 
 /// Progress on stderr: a bar on a terminal, otherwise one line when a phase starts, a line at
-/// most every few seconds, and one when it ends (friendly to Packer and CI logs).
+/// most every few seconds, and one when it ends (friendly to Packer and CI logs). A planned job
+/// of several steps ([`Progress::plan`]) gets a header: on a terminal a line above the bars
+/// with the step and the job's elapsed time, otherwise a line per step, and every phase line
+/// is marked with its step (`[2/3] bundling ...`).
 pub struct CliProgress {
     mode: Mode,
+    /// On a terminal: where the header and the phase bars are drawn.
+    bars: Option<MultiProgress>,
     state: Mutex<PlainState>,
+    plan: Mutex<Option<Plan>>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -98,6 +105,26 @@ struct PlainState {
     bar: Option<ProgressBar>,
 }
 
+/// A job of several steps and where it is.
+struct Plan {
+    job: String,
+    steps: Vec<String>,
+    /// Index of the step under way.
+    current: Option<usize>,
+    started: Instant,
+    /// On a terminal: the header line.
+    header: Option<ProgressBar>,
+}
+
+impl Plan {
+    /// `"[2/3] "` while a step is under way, else empty.
+    fn tag(&self) -> String {
+        self.current
+            .map(|i| format!("[{}/{}] ", i + 1, self.steps.len()))
+            .unwrap_or_default()
+    }
+}
+
 impl CliProgress {
     /// Chooses bars when stderr is a terminal and not `quiet`.
     pub fn new(quiet: bool) -> Self {
@@ -108,8 +135,16 @@ impl CliProgress {
         } else {
             Mode::Plain
         };
+        let bars = (mode == Mode::Bar).then(|| {
+            let bars = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+            if let Ok(mut active) = ACTIVE_BARS.lock() {
+                *active = Some(bars.clone());
+            }
+            bars
+        });
         Self {
             mode,
+            bars,
             state: Mutex::new(PlainState {
                 phase: String::new(),
                 items: String::new(),
@@ -119,7 +154,28 @@ impl CliProgress {
                 last_line: Instant::now(),
                 bar: None,
             }),
+            plan: Mutex::new(None),
         }
+    }
+
+    /// A line for the user: above the bars on a terminal, else on stderr.
+    fn line(&self, text: String) {
+        match (&self.bars, self.mode) {
+            (_, Mode::Quiet) => {}
+            (Some(bars), _) => {
+                let _ = bars.println(text);
+            }
+            (None, _) => eprintln!("{text}"),
+        }
+    }
+
+    /// The step tag of the planned job (`"[2/3] "`), or empty.
+    fn tag(&self) -> String {
+        self.plan
+            .lock()
+            .ok()
+            .and_then(|p| p.as_ref().map(Plan::tag))
+            .unwrap_or_default()
     }
 }
 
@@ -134,36 +190,40 @@ fn rate(bytes: u64, elapsed: Duration) -> String {
 
 impl Progress for CliProgress {
     fn start(&self, phase: &str, total_bytes: Option<u64>) {
+        let tag = self.tag();
         let Ok(mut st) = self.state.lock() else {
             return;
         };
-        st.phase = phase.to_string();
+        st.phase = format!("{tag}{phase}");
         st.items.clear();
         st.total = total_bytes;
         st.done = 0;
         st.started = Instant::now();
         st.last_line = Instant::now();
-        match self.mode {
-            Mode::Quiet => {}
-            Mode::Plain => {
+        match (self.mode, &self.bars) {
+            (Mode::Bar, Some(bars)) => {
+                let bar = bars.add(ProgressBar::new(total_bytes.unwrap_or(0)));
+                if total_bytes.is_none() {
+                    bar.unset_length();
+                }
+                let template = if total_bytes.is_some() {
+                    "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}"
+                } else {
+                    "{msg} {bytes} {bytes_per_sec} {elapsed}"
+                };
+                let style = ProgressStyle::with_template(template)
+                    .map(|s| s.progress_chars("=> "))
+                    .unwrap_or_else(|_| ProgressStyle::default_bar());
+                bar.set_style(style);
+                bar.set_message(st.phase.clone());
+                st.bar = Some(bar);
+            }
+            (Mode::Quiet, _) => {}
+            _ => {
                 let total = total_bytes
                     .map(|t| format!(" ({})", human(t)))
                     .unwrap_or_default();
-                eprintln!("{phase}{total}...");
-            }
-            Mode::Bar => {
-                let bar = ProgressBar::with_draw_target(total_bytes, ProgressDrawTarget::stderr());
-                let style = ProgressStyle::with_template(
-                    "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-                )
-                .map(|s| s.progress_chars("=> "))
-                .unwrap_or_else(|_| ProgressStyle::default_bar());
-                bar.set_style(style);
-                bar.set_message(phase.to_string());
-                if let Ok(mut active) = ACTIVE_BAR.lock() {
-                    *active = Some(bar.clone());
-                }
-                st.bar = Some(bar);
+                eprintln!("{}{total}...", st.phase);
             }
         }
     }
@@ -213,20 +273,91 @@ impl Progress for CliProgress {
         let elapsed = st.started.elapsed();
         if let Some(bar) = st.bar.take() {
             bar.finish_and_clear();
-            if let Ok(mut active) = ACTIVE_BAR.lock() {
-                *active = None;
+            if let Some(bars) = &self.bars {
+                bars.remove(&bar);
             }
         }
-        if self.mode != Mode::Quiet {
-            eprintln!(
-                "{}: {}{} in {:.1} s ({})",
-                st.phase,
-                human(st.done),
-                st.items,
-                elapsed.as_secs_f64(),
-                rate(st.done, elapsed)
-            );
+        let text = format!(
+            "{}: {}{} in {:.1} s ({})",
+            st.phase,
+            human(st.done),
+            st.items,
+            elapsed.as_secs_f64(),
+            rate(st.done, elapsed)
+        );
+        drop(st);
+        self.line(text);
+    }
+
+    fn plan(&self, job: &str, steps: &[&str]) {
+        let header = match (self.mode, &self.bars) {
+            (Mode::Bar, Some(bars)) => {
+                let header = bars.insert(0, ProgressBar::new_spinner());
+                let style = ProgressStyle::with_template("{spinner} {prefix}: {msg}, {elapsed}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner());
+                header.set_style(style);
+                header.set_prefix(job.to_string());
+                header.set_message(format!("{} steps", steps.len()));
+                header.enable_steady_tick(Duration::from_millis(200));
+                Some(header)
+            }
+            _ => None,
+        };
+        if let Ok(mut plan) = self.plan.lock() {
+            *plan = Some(Plan {
+                job: job.to_string(),
+                steps: steps.iter().map(|s| s.to_string()).collect(),
+                current: None,
+                started: Instant::now(),
+                header,
+            });
         }
+        if self.mode == Mode::Plain {
+            eprintln!("{job}: {} steps: {}", steps.len(), steps.join(", "));
+        }
+    }
+
+    fn step(&self, name: &str) {
+        let Ok(mut guard) = self.plan.lock() else {
+            return;
+        };
+        let Some(plan) = guard.as_mut() else {
+            return;
+        };
+        let Some(index) = plan.steps.iter().position(|s| s == name) else {
+            return;
+        };
+        plan.current = Some(index);
+        match &plan.header {
+            Some(header) => {
+                header.set_message(format!("step {}/{}: {name}", index + 1, plan.steps.len()));
+            }
+            None if self.mode == Mode::Plain => eprintln!(
+                "{}{name} ({:.1} s into {})",
+                plan.tag(),
+                plan.started.elapsed().as_secs_f64(),
+                plan.job
+            ),
+            None => {}
+        }
+    }
+
+    fn plan_done(&self) {
+        let Some(plan) = self.plan.lock().ok().and_then(|mut p| p.take()) else {
+            return;
+        };
+        if let Some(header) = &plan.header {
+            header.finish_and_clear();
+            if let Some(bars) = &self.bars {
+                bars.remove(header);
+            }
+        }
+        self.line(format!(
+            "{}: {} steps done in {:.1} s",
+            plan.job,
+            plan.steps.len(),
+            plan.started.elapsed().as_secs_f64()
+        ));
     }
 }
 

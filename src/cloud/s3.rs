@@ -1029,6 +1029,16 @@ pub async fn download_bundle(
     let (manifest, raw) = fetch_manifest(s3, location, manifest_name).await?;
     let mut todo = Vec::new();
     let mut skipped = Vec::new();
+    // The temporary files of a killed download (see `write_atomically`).
+    for name in manifest.image.parts.iter().map(|p| p.filename.as_str()) {
+        parts::remove_stale(dir, &format!(".{name}.amibundle-"), ".partial", false);
+    }
+    parts::remove_stale(
+        dir,
+        &format!(".{manifest_name}.amibundle-"),
+        ".partial",
+        false,
+    );
     let mut present = 0u64;
     for part in &manifest.image.parts {
         let local = dir.join(&part.filename);

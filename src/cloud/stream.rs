@@ -35,6 +35,26 @@ use crate::progress::Progress;
 /// How long the clean-up after a failure may take before it gives up (the user is waiting, maybe
 /// after pressing Ctrl-C).
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a wait on S3 looks for SIGINT/SIGTERM.
+const INTERRUPT_POLL: Duration = Duration::from_millis(100);
+
+/// Runs `fut` to its end unless SIGINT/SIGTERM arrives first: then fails with the
+/// interruption ([`crate::interrupt::check`]'s error). Waiting on S3 (a slow or stalled PUT)
+/// must not keep an interrupted run going, nor let it finish as if nothing happened.
+async fn interruptible<F: std::future::Future>(fut: F) -> io::Result<F::Output> {
+    let signal = async {
+        loop {
+            if let Err(e) = crate::interrupt::check() {
+                return e;
+            }
+            tokio::time::sleep(INTERRUPT_POLL).await;
+        }
+    };
+    tokio::select! {
+        out = fut => Ok(out),
+        e = signal => Err(e),
+    }
+}
 
 /// Where and how a streamed bundle is stored.
 #[derive(Debug, Clone)]
@@ -137,6 +157,24 @@ impl Uploads {
         }
     }
 
+    /// [`Uploads::join_all`], unless SIGINT/SIGTERM comes first: then the uploads still running
+    /// are stopped and the interruption is returned.
+    async fn join_all_interruptible(&self) -> io::Result<()> {
+        let mut tasks = std::mem::take(&mut *lock(&self.tasks));
+        let joined = async {
+            for task in tasks.iter_mut() {
+                let _ = task.await;
+            }
+        };
+        let result = interruptible(joined).await;
+        if result.is_err() {
+            for task in &tasks {
+                task.abort();
+            }
+        }
+        result
+    }
+
     /// Stops every upload still running.
     fn abort_all(&self) {
         for task in lock(&self.tasks).iter() {
@@ -176,7 +214,7 @@ impl PartSink for S3PartSink<'_> {
         // called on a runtime thread (the pipeline runs on the caller's thread).
         let permit = self
             .handle
-            .block_on(Arc::clone(&self.slots).acquire_owned())
+            .block_on(interruptible(Arc::clone(&self.slots).acquire_owned()))?
             .map_err(|_| upload_failed())?;
         if self.uploads.failed() {
             return Err(upload_failed());
@@ -212,6 +250,31 @@ impl PartSink for S3PartSink<'_> {
         self.progress.items("parts uploaded", stored, None);
         Ok(())
     }
+}
+
+/// Shows the uploads still under way once the bundle is complete (the last `concurrency`
+/// parts), until they are all stored or one failed.
+async fn show_last_uploads(uploads: &Uploads, progress: &dyn Progress) {
+    let total = lock(&uploads.tasks).len() as u64;
+    progress.start("uploading the last parts", None);
+    let mut shown: u64 = lock(&uploads.stored).iter().map(|(_, len)| len).sum();
+    loop {
+        let (stored, bytes) = {
+            let stored = lock(&uploads.stored);
+            (
+                stored.len() as u64,
+                stored.iter().map(|(_, len)| len).sum::<u64>(),
+            )
+        };
+        progress.inc(bytes.saturating_sub(shown));
+        shown = bytes;
+        progress.items("parts uploaded", stored, Some(total));
+        if stored >= total || lock(&uploads.failure).is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    progress.finish();
 }
 
 /// Bundles `image` straight into S3 at `target.location` (see the module docs). The bucket must
@@ -287,12 +350,14 @@ pub fn bundle_to_s3(
                 .len()
                 .saturating_sub(lock(&uploads.stored).len());
             if pending > 0 {
-                tracing::info!("waiting for the last {pending} part upload(s)");
+                handle.block_on(show_last_uploads(&uploads, progress));
             }
-            handle.block_on(uploads.join_all());
-            match uploads.take_failure() {
-                Some(e) => Err(StreamError::S3(e)),
-                None => Ok(streamed),
+            match handle.block_on(uploads.join_all_interruptible()) {
+                Err(source) => Err(StreamError::Bundle(sink_err(source))),
+                Ok(()) => match uploads.take_failure() {
+                    Some(e) => Err(StreamError::S3(e)),
+                    None => Ok(streamed),
+                },
             }
         }
         // An upload failure stops the pipeline with a stand-in error: report the real one.

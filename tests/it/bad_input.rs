@@ -351,3 +351,96 @@ fn bucket_and_ami_names_aws_would_reject_are_refused_before_any_request() {
         );
     }
 }
+
+/// The reference bundle with its tar stream replaced by the archive GNU tar makes of `files`
+/// (paths relative to a scratch directory holding `my-server-2026`, the 3000-byte image, and
+/// `sub/my-server-2026`, `extra`): gzip'd and encrypted by gzip and openssl with the vector's
+/// own key and IV, the part digest, tar digest and bundled size updated, and the manifest
+/// signed again with the test user key, so every check but the tar's own passes.
+fn with_tar_of(files: &[&str]) -> Scene {
+    let scratch = tempfile::tempdir().unwrap();
+    let d = scratch.path().join("d");
+    fs::create_dir_all(d.join("sub")).unwrap();
+    let image: Vec<u8> = (0..3000u32).map(|i| (i * 7 % 251) as u8).collect();
+    fs::write(d.join("my-server-2026"), &image).unwrap();
+    fs::write(d.join("sub/my-server-2026"), &image).unwrap();
+    fs::write(d.join("extra"), b"a second member").unwrap();
+    let tar = scratch.path().join("t.tar");
+    run_ok(
+        std::process::Command::new("tar")
+            .args(["--format=gnu", "--owner=0", "--group=0", "-cf"])
+            .arg(&tar)
+            .arg("-C")
+            .arg(&d)
+            .args(files),
+    );
+    let gz = run_ok(
+        std::process::Command::new("gzip")
+            .args(["-c", "-n"])
+            .arg(&tar),
+    )
+    .stdout;
+    let gz_path = scratch.path().join("t.tar.gz");
+    fs::write(&gz_path, gz).unwrap();
+    let expected = expected(VECTOR);
+    let part = run_ok(
+        std::process::Command::new("openssl")
+            .args(["enc", "-aes-128-cbc", "-K"])
+            .arg(expected["aes_key_hex"].as_str().unwrap())
+            .arg("-iv")
+            .arg(expected["aes_iv_hex"].as_str().unwrap())
+            .arg("-in")
+            .arg(&gz_path),
+    )
+    .stdout;
+    let tar_sha1 = sha1sum(&tar);
+    let part_path = scratch.path().join("part");
+    fs::write(&part_path, &part).unwrap();
+    let part_sha1 = sha1sum(&part_path);
+    let xml = reference()
+        .replace(
+            "<digest algorithm='SHA1'>8a73bdac06c1c3bdaa26096a7b16ffb02e26ddac</digest>",
+            &format!("<digest algorithm='SHA1'>{tar_sha1}</digest>"),
+        )
+        .replace(
+            "<bundled_size>3200</bundled_size>",
+            &format!("<bundled_size>{}</bundled_size>", part.len()),
+        )
+        .replace("fc1a2f7fc40bd041262a75e8e3f2b887f95326d9", &part_sha1);
+    // Sign machine_configuration ‖ image as they stand in the file (bundle-format.md §9).
+    let signed = &xml[xml.find("<machine_configuration>").unwrap()
+        ..xml.find("</image>").unwrap() + "</image>".len()];
+    let keys = Keys::new();
+    let data = scratch.path().join("signed");
+    fs::write(&data, signed).unwrap();
+    let signature = run_ok(
+        std::process::Command::new("openssl")
+            .args(["dgst", "-sha1", "-sign"])
+            .arg(keys.user_key())
+            .arg(&data),
+    )
+    .stdout;
+    let old_signature = element(&xml, "signature");
+    let xml = xml.replace(&old_signature, &hex::encode(signature));
+    let scene = Scene::new(xml.as_bytes());
+    fs::write(scene.path("bundle").join(PART), &part).unwrap();
+    scene
+}
+
+#[test]
+fn a_tar_stream_with_two_members_or_a_member_name_with_a_path_is_refused() {
+    // Control: the same construction with the one plain member unbundles (so the failures
+    // below are the tar's, not the crafting's).
+    let good = with_tar_of(&["my-server-2026"]);
+    run_ok(
+        amibundle(&good.path("home"))
+            .args(["verify", "-m"])
+            .arg(good.path("bundle").join(MANIFEST))
+            .arg("-k")
+            .arg(good.keys.user_key())
+            .arg("-c")
+            .arg(good.keys.user_cert()),
+    );
+    with_tar_of(&["my-server-2026", "extra"]).refuse("tar stream has more than one member");
+    with_tar_of(&["sub/my-server-2026"]).refuse("invalid tar member name");
+}

@@ -31,7 +31,7 @@ const SLOW_DOWN: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Cod
 const INTERNAL: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>InternalError</Code><Message>We encountered an internal error. Please try again.</Message><RequestId>FAULT</RequestId></Error>";
 
 /// SplitMix64: a small, well-mixed PRNG step (Steele, Lea and Flood 2014).
-fn splitmix(mut z: u64) -> u64 {
+pub(crate) fn splitmix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -129,7 +129,7 @@ struct BigBundle {
 
 /// Incompressible image bytes: one pseudo-random MiB, varied per MiB (deflate's 32 KiB window
 /// cannot see the repetition).
-fn write_image(path: &Path, mib: u64) {
+pub(crate) fn write_image(path: &Path, mib: u64) {
     let mut f = fs::File::create(path).unwrap();
     let mut block = vec![0u8; 1 << 20];
     let mut x: u64 = 0x2545_F491_4F6C_DD1D;

@@ -18,7 +18,7 @@ use crate::support::*;
 
 /// A source tree whose bundle takes three parts: the restore test's tree plus 25 MiB that does
 /// not compress.
-fn source(root: &Path) {
+pub(crate) fn source(root: &Path) {
     make_tree(root);
     let mut f = fs::File::create(root.join("db/random.bin")).unwrap();
     let mut x: u64 = 0x2545_F491_4F6C_DD1D;
@@ -65,7 +65,12 @@ fn watch(dir: PathBuf, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(u64, B
     })
 }
 
-fn save_cmd(cloud: &Cloud, keys: &Keys, src: &Path, dest: &Path) -> std::process::Command {
+pub(crate) fn save_cmd(
+    cloud: &Cloud,
+    keys: &Keys,
+    src: &Path,
+    dest: &Path,
+) -> std::process::Command {
     let mut cmd = cloud.cmd(&[
         "save",
         "-v",
@@ -131,6 +136,14 @@ fn save_registers_in_one_pass_keeping_only_the_image_on_disk_and_resumes() {
     );
     let kept = dest.join(".amibundle-save-web-save");
     assert!(kept.join("web-save").is_file() && kept.join("complete.json").is_file());
+    // The kept image and the record of its bundle's key and IV are private.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&kept), 0o700);
+        assert_eq!(mode(&kept.join("web-save")), 0o600);
+        assert_eq!(mode(&kept.join("complete.json")), 0o600);
+    }
     assert!(
         cloud
             .object("amibundle-123456789012-us-east-1", "web-save.manifest.xml")
@@ -158,6 +171,24 @@ fn save_registers_in_one_pass_keeping_only_the_image_on_disk_and_resumes() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["command"], "save");
     assert_eq!(v["image_reused"], true, "{v}");
+    // One display over the whole job: its steps announced, each phase marked with its step,
+    // in order, and the end of the job.
+    let err = String::from_utf8_lossy(&out.stderr);
+    let marks = [
+        "save: 3 steps: snapshot, bundle and upload, register",
+        "[1/3] snapshot (",
+        "[2/3] bundle and upload (",
+        "[2/3] bundling",
+        "[3/3] register (",
+        "save: 3 steps done in ",
+    ];
+    let mut at = 0;
+    for mark in marks {
+        let found = err[at..]
+            .find(mark)
+            .unwrap_or_else(|| panic!("{mark:?} after byte {at} of:\n{err}"));
+        at += found + mark.len();
+    }
     assert_eq!(v["part_count"], 3, "{v}");
     let skipped = v["parts_skipped"].as_u64().unwrap();
     assert!(skipped >= 1, "{v}");
