@@ -5,10 +5,12 @@ pub mod certs;
 pub mod crypto;
 pub mod digest;
 pub mod gzip;
+pub mod lock;
 pub mod manifest;
 pub mod migrate;
 pub mod parts;
 pub mod pipeline;
+pub mod space;
 pub mod tar;
 
 use std::io;
@@ -44,6 +46,12 @@ pub enum Error {
     /// A part failed its checks.
     #[error(transparent)]
     Part(#[from] parts::PartError),
+    /// Another run is writing the same bundle.
+    #[error(transparent)]
+    Lock(#[from] lock::LockError),
+    /// The destination's filesystem is too small, found up front or midway.
+    #[error(transparent)]
+    NoSpace(#[from] space::NoSpace),
     /// The image could not be opened.
     #[error("opening image {}", path.display())]
     OpenImage {

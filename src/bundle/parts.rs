@@ -263,7 +263,10 @@ impl StagingDir {
 
     /// Renames every part to its final name `<dest>/<name>.part.<i>`, then writes the manifest
     /// through a temporary file, fsyncs it and renames it to `<dest>/<name>.manifest.xml` — the
-    /// commit point — and removes the staging directory. Returns the manifest path.
+    /// commit point — and removes the staging directory. Returns the manifest path. A failure
+    /// before the commit point (a full filesystem: a directory may need a new block for the
+    /// names) removes the parts already renamed, so no final-named part set is left without
+    /// its manifest.
     pub fn commit(
         mut self,
         name: &str,
@@ -271,19 +274,27 @@ impl StagingDir {
         manifest_xml: &[u8],
     ) -> io::Result<PathBuf> {
         let width = part_width(parts.len() as u64);
-        for p in parts {
-            fs::rename(
-                self.dir.join(format!("part.{}", p.index)),
-                self.dest.join(part_name(name, p.index, width)),
-            )?;
-        }
-        let tmp = self.dir.join("manifest.xml");
-        let mut f = create_private_file(&tmp)?;
-        f.write_all(manifest_xml)?;
-        f.sync_all()?;
-        drop(f);
+        let mut renamed = Vec::with_capacity(parts.len());
         let manifest_path = self.dest.join(format!("{name}.manifest.xml"));
-        fs::rename(&tmp, &manifest_path)?;
+        let staged = (|| {
+            for p in parts {
+                let to = self.dest.join(part_name(name, p.index, width));
+                fs::rename(self.dir.join(format!("part.{}", p.index)), &to)?;
+                renamed.push(to);
+            }
+            let tmp = self.dir.join("manifest.xml");
+            let mut f = create_private_file(&tmp)?;
+            f.write_all(manifest_xml)?;
+            f.sync_all()?;
+            drop(f);
+            fs::rename(&tmp, &manifest_path)
+        })();
+        if let Err(e) = staged {
+            for path in &renamed {
+                let _ = fs::remove_file(path);
+            }
+            return Err(e);
+        }
         // Make the renames themselves durable.
         File::open(&self.dest)?.sync_all()?;
         fs::remove_dir(&self.dir)?;

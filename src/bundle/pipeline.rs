@@ -30,6 +30,7 @@ use crate::bundle::crypto::{
 };
 use crate::bundle::digest::{CountingWriter, HashingReader, HashingWriter};
 use crate::bundle::gzip::{self, GzipReader, ParallelGzEncoder};
+use crate::bundle::lock;
 use crate::bundle::manifest::{
     self, Bundler, ImageInfo, MachineConfiguration, Manifest, ManifestVersion, Mapping, PartEntry,
     SignatureForm,
@@ -37,6 +38,7 @@ use crate::bundle::manifest::{
 use crate::bundle::parts::{
     self, ExpectedPart, PartInfo, PartReader, PartSink, PartWriter, StagingDir,
 };
+use crate::bundle::space::{self, NoSpace};
 use crate::bundle::tar::{self, MemberMeta, SparseMap, TarReader};
 use crate::interrupt::Interruptible;
 use crate::progress::Progress;
@@ -486,19 +488,57 @@ pub fn bundle_to_dir(
             source: io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
         });
     }
+    // One run at a time per bundle name and destination: two would rename their parts over
+    // each other's and could leave one run's manifest with the other's parts.
+    let _lock = lock::RunLock::file(
+        &dest.join(format!(".amibundle-{}.lock", spec.name)),
+        &format!("bundle {} in {}", spec.name, dest.display()),
+    )?;
     let stale = existing_bundle_files(dest, &spec.name, overwrite)?;
     let (key, iv) = key_iv(overrides.key_iv.take())?;
     let image = PreparedImage::open(input, spec, &overrides)?;
 
+    // The bundle is at most the encoder's bound (incompressible data) plus the padding. That is
+    // only a worst case: data that compresses needs far less, so a shortfall is a warning, and
+    // a filesystem that really fills up is reported as such below.
+    let bound = gzip::compressed_bound(image.tar_len(), gzip::DEFAULT_CHUNK_BYTES) + 16;
+    if let Some(free) = space::free_bytes(dest).filter(|&free| free < bound) {
+        tracing::warn!(
+            "{} has {} free; the bundle may need up to {} (as much if the data does not compress)",
+            dest.display(),
+            indicatif::HumanBytes(free),
+            indicatif::HumanBytes(bound)
+        );
+    }
     let staging = StagingDir::create(dest, &spec.name).map_err(|source| Error::Destination {
         dir: dest.to_path_buf(),
         source,
     })?;
-    let write_err = |source: io::Error| Error::WriteBundle {
-        dir: dest.to_path_buf(),
-        source,
+    let write_err = |source: io::Error| {
+        if space::is_full(&source) {
+            return Error::NoSpace(NoSpace {
+                dir: dest.to_path_buf(),
+                what: format!("bundle {}", spec.name),
+                needed: None,
+                free: space::free_bytes(dest),
+                source: Some(source),
+            });
+        }
+        Error::WriteBundle {
+            dir: dest.to_path_buf(),
+            source,
+        }
     };
-    let (_sink, encoded) = encode(image, spec, &key, &iv, staging.sink(), &write_err, progress)?;
+    // A full filesystem anywhere in the stack (the tar writer reports it too) is said as such,
+    // measured while the staged parts still hold their space.
+    let full = |e: Error| match space::full_in_chain(&e) {
+        Some(io) if !matches!(e, Error::NoSpace(_)) => write_err(io::Error::from_raw_os_error(
+            io.raw_os_error().unwrap_or(libc::ENOSPC),
+        )),
+        _ => e,
+    };
+    let (_sink, encoded) =
+        encode(image, spec, &key, &iv, staging.sink(), &write_err, progress).map_err(full)?;
     let width = parts::part_width(encoded.parts.len() as u64);
     let (manifest, xml) = signed_manifest(spec, identity, &key, &iv, &encoded, width)?;
 
@@ -861,11 +901,30 @@ pub fn decode_ciphertext(
             if !overwrite && fs::symlink_metadata(&final_path).is_ok() {
                 return Err(Error::Exists(final_path));
             }
+            // The image is written sparse: its data regions are what it takes.
+            space::ensure(
+                dir,
+                info.map.data_bytes(),
+                &format!("the image {}", info.name),
+            )?;
             Some(TempImage::create(dir, &info.name)?)
         }
         None => None,
     };
-    let hashing = reader.extract_to(temp.as_mut().map(|t| &mut t.file), &mut |_| {})?;
+    let hashing = reader
+        .extract_to(temp.as_mut().map(|t| &mut t.file), &mut |_| {})
+        .map_err(|e| match (out_dir, space::full_in_chain(&e)) {
+            (Some(dir), Some(full)) => Error::NoSpace(NoSpace {
+                dir: dir.to_path_buf(),
+                what: format!("the image {}", info.name),
+                needed: Some(info.map.data_bytes()),
+                free: space::free_bytes(dir),
+                source: Some(io::Error::from_raw_os_error(
+                    full.raw_os_error().unwrap_or(libc::ENOSPC),
+                )),
+            }),
+            _ => Error::from(e),
+        })?;
     let (tar_digest, tar_bytes, _gunzip) = hashing.finish();
     progress.finish();
     // The tar reader reads to EOF (§3.7), so the whole ciphertext has been counted. A source

@@ -277,6 +277,10 @@ fn run_volume(args: BundleVolArgs, save: bool, progress: &dyn Progress) -> anyho
             let made = match volume::make_image(&ns, &opts, work.path(), progress) {
                 Ok(made) => made,
                 Err(e) => {
+                    let e = anyhow::Error::new(e)
+                        .context(format!("making an image of {}", volume.display()));
+                    // A full filesystem is said as such, measured before the image goes.
+                    let e = crate::bundle::space::explain_full_dir(e, &destination, "the image");
                     // save: an image cut short (an error, SIGINT/SIGTERM) is of no use to a
                     // rerun, which would start over anyway: nothing is kept.
                     if let Work::Save(state) = work {
@@ -284,8 +288,7 @@ fn run_volume(args: BundleVolArgs, save: bool, progress: &dyn Progress) -> anyho
                             tracing::warn!("{e:#}");
                         }
                     }
-                    return Err(e)
-                        .with_context(|| format!("making an image of {}", volume.display()));
+                    return Err(e);
                 }
             };
             let resume = match &work {
@@ -397,6 +400,8 @@ struct SaveState {
     dir: PathBuf,
     name: String,
     fingerprint: String,
+    /// Held for the run: a second `save` of the same prefix and destination fails at once.
+    _lock: crate::bundle::lock::RunLock,
 }
 
 /// `save`'s record, written only once the image is complete and synced.
@@ -433,6 +438,13 @@ impl SaveState {
             }
             Err(e) => return Err(e).with_context(|| format!("creating {}", dir.display())),
         }
+        let lock = crate::bundle::lock::RunLock::dir(
+            &dir,
+            &format!(
+                "the save state of --prefix {name} in {}",
+                destination.display()
+            ),
+        )?;
         // What decides the image's contents: a rerun with other options starts over.
         let fingerprint = hex::encode(<sha1::Sha1 as sha1::Digest>::digest(
             format!(
@@ -463,6 +475,7 @@ impl SaveState {
             dir,
             name: name.to_string(),
             fingerprint,
+            _lock: lock,
         })
     }
 

@@ -245,7 +245,8 @@ pub fn bundle_and_report(
         Overrides::default(),
         progress,
     )
-    .with_context(|| format!("bundling {label}"))?;
+    .with_context(|| format!("bundling {label}"))
+    .map_err(|e| crate::bundle::space::explain(e, destination, "the bundle", None))?;
 
     let secs = report.elapsed.as_secs_f64();
     if args.json {

@@ -35,6 +35,11 @@ pub struct CloudArgs {
     /// Session token for temporary credentials
     #[arg(long, value_name = "TOKEN")]
     pub session_token: Option<String>,
+    /// Seconds one attempt of one request may take before it is abandoned and retried (raise it
+    /// on a slow link); a transfer that moves no bytes for this long (at most 20 s) is abandoned
+    /// too [default: 120]
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub attempt_timeout: Option<u64>,
 }
 
 impl CloudArgs {
@@ -56,6 +61,7 @@ impl CloudArgs {
             access_key: self.access_key.clone(),
             secret_key: self.secret_key.clone(),
             session_token: self.session_token.clone(),
+            attempt_timeout: self.attempt_timeout.map(std::time::Duration::from_secs),
         }
     }
 

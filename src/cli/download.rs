@@ -11,7 +11,7 @@ use serde_json::json;
 use super::cloud_args::{self, CloudArgs};
 use super::{keys, output};
 use crate::bundle::crypto::Certificate;
-use crate::bundle::manifest;
+use crate::bundle::{manifest, space};
 use crate::cloud::s3::{self, BundleLocation};
 use crate::progress::Progress;
 
@@ -89,7 +89,8 @@ pub fn run(args: DownloadArgs, progress: &dyn Progress) -> anyhow::Result<()> {
             progress,
         )
         .await
-        .with_context(|| format!("downloading {}{}", location, args.manifest))?;
+        .with_context(|| format!("downloading {}{}", location, args.manifest))
+        .map_err(|e| space::explain(e, &args.directory, "the bundle", None))?;
         if args.json {
             output::print_json(&json!({
                 "version": 1,
@@ -170,7 +171,8 @@ fn run_unbundle(
         args.concurrency,
         progress,
     )
-    .with_context(|| format!("unbundling {url}"))?;
+    .with_context(|| format!("unbundling {url}"))
+    .map_err(|e| space::explain(e, &args.directory, "the image", None))?;
     let image = report.decode.image_path.clone().unwrap_or_default();
     if args.json {
         output::print_json(&json!({

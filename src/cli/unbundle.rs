@@ -9,6 +9,7 @@ use serde_json::json;
 use super::{keys, output};
 use crate::bundle::crypto::Certificate;
 use crate::bundle::pipeline::LocalBundle;
+use crate::bundle::space;
 use crate::progress::Progress;
 
 /// Arguments of `unbundle`.
@@ -65,7 +66,8 @@ pub fn run(args: UnbundleArgs, progress: &dyn Progress) -> anyhow::Result<()> {
     let key = keys::load_private_key(args.private_key.as_deref(), args.allow_insecure_key)?;
     let report = bundle
         .decode(&key, Some(&args.destination), args.overwrite, progress)
-        .with_context(|| format!("unbundling {}", args.manifest.display()))?;
+        .with_context(|| format!("unbundling {}", args.manifest.display()))
+        .map_err(|e| space::explain(e, &args.destination, "the image", None))?;
     let image = report.image_path.clone().unwrap_or_default();
     if args.json {
         output::print_json(&json!({

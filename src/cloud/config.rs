@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use aws_config::meta::region::RegionProviderChain;
 use aws_config::retry::RetryConfig;
+use aws_config::stalled_stream_protection::StalledStreamProtectionConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_credential_types::Credentials;
@@ -14,8 +15,15 @@ use aws_credential_types::Credentials;
 pub const MAX_ATTEMPTS: u32 = 6;
 /// Time to establish a TCP/TLS connection.
 pub const CONNECT_TIMEOUT_SECS: u64 = 10;
-/// One attempt of one request, including sending a 10 MiB part at a slow 200 KB/s.
+/// One attempt of one request, including sending a 10 MiB part at a slow 200 KB/s, unless
+/// `--attempt-timeout` says otherwise. For a GET the SDK's attempt ends with the response head;
+/// a body that then stalls is caught by the stalled-stream protection ([`STALL_GRACE_SECS`]).
 pub const ATTEMPT_TIMEOUT_SECS: u64 = 120;
+/// A transfer (request body sent, response body received) that moves no bytes for this long is
+/// abandoned, or for the attempt timeout when that is shorter: the SDK's stalled-stream
+/// protection, set explicitly so that it does not depend on the behaviour version's defaults.
+/// An abandoned GET body is retried by amibundle (`cloud::s3::retry_body`).
+pub const STALL_GRACE_SECS: u64 = 20;
 /// Test-only: an environment variable giving the SDK's initial retry backoff in milliseconds
 /// (default one second). The fault-injection tests set it so that hundreds of injected
 /// failures do not add minutes of sleeping; users have no reason to set it, and it is not
@@ -37,6 +45,12 @@ pub fn retry_config() -> RetryConfig {
     RetryConfig::standard()
         .with_max_attempts(MAX_ATTEMPTS)
         .with_initial_backoff(retry_base())
+}
+
+/// The attempt timeout and the stalled-stream grace period for `attempt_timeout`.
+pub fn timeouts(attempt_timeout: Option<Duration>) -> (Duration, Duration) {
+    let attempt = attempt_timeout.unwrap_or(Duration::from_secs(ATTEMPT_TIMEOUT_SECS));
+    (attempt, attempt.min(Duration::from_secs(STALL_GRACE_SECS)))
 }
 
 /// Where and as whom to talk to AWS.
@@ -62,6 +76,9 @@ pub struct CloudOptions {
     pub secret_key: Option<String>,
     /// Session token for temporary credentials.
     pub session_token: Option<String>,
+    /// One attempt of one request (default [`ATTEMPT_TIMEOUT_SECS`]); also caps the
+    /// stalled-stream grace period ([`timeouts`]).
+    pub attempt_timeout: Option<Duration>,
 }
 
 /// Why the configuration could not be built.
@@ -98,12 +115,18 @@ impl CloudConfig {
     /// Resolves region and credentials. Network access (instance metadata) happens only when the
     /// region must come from it.
     pub async fn load(options: CloudOptions) -> Result<Self, ConfigError> {
+        let (attempt, grace) = timeouts(options.attempt_timeout);
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .retry_config(retry_config())
             .timeout_config(
                 TimeoutConfig::builder()
                     .connect_timeout(Duration::from_secs(CONNECT_TIMEOUT_SECS))
-                    .operation_attempt_timeout(Duration::from_secs(ATTEMPT_TIMEOUT_SECS))
+                    .operation_attempt_timeout(attempt)
+                    .build(),
+            )
+            .stalled_stream_protection(
+                StalledStreamProtectionConfig::enabled()
+                    .grace_period(grace)
                     .build(),
             );
         if let Some(profile) = &options.profile {

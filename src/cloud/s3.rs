@@ -1039,16 +1039,26 @@ pub async fn download_bundle(
         ".partial",
         false,
     );
+    let mut present = 0u64;
     for part in &manifest.image.parts {
         let local = dir.join(&part.filename);
         if let Ok(data) = fs::read(&local) {
             if sha1_hex(&data).eq_ignore_ascii_case(&part.digest) {
                 skipped.push(part.filename.clone());
+                present += data.len() as u64;
                 continue;
             }
         }
         todo.push(part.clone());
     }
+    // What is still to come: the parts not here yet, and the manifest.
+    let needed = manifest
+        .image
+        .bundled_size
+        .saturating_sub(present)
+        .saturating_add(raw.len() as u64);
+    crate::bundle::space::ensure(dir, needed, "the bundle (parts and manifest)")
+        .map_err(|e| S3Error::Bundle(Box::new(e.into())))?;
     progress.start("downloading", None);
     let fetch = |part: PartEntry| async move {
         let data = fetch_part(s3, location, &part).await?;

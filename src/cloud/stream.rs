@@ -269,7 +269,9 @@ async fn show_last_uploads(uploads: &Uploads, progress: &dyn Progress) {
         progress.inc(bytes.saturating_sub(shown));
         shown = bytes;
         progress.items("parts uploaded", stored, Some(total));
-        if stored >= total || lock(&uploads.failure).is_some() {
+        // (An interruption is the caller's to report: it waits interruptibly next.)
+        if stored >= total || lock(&uploads.failure).is_some() || crate::interrupt::check().is_err()
+        {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;

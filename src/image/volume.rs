@@ -223,6 +223,9 @@ pub enum VolumeError {
     /// Filesystem inspection, mkfs, the image file.
     #[error(transparent)]
     Fs(#[from] imgfs::FsError),
+    /// The work directory's filesystem cannot hold the image's data.
+    #[error(transparent)]
+    NoSpace(#[from] crate::bundle::space::NoSpace),
     /// Loop device.
     #[error(transparent)]
     Loop(#[from] crate::image::loopdev::LoopError),
@@ -325,6 +328,12 @@ pub fn make_image(
     let usage = volume_usage(volume, &mounts, opts.all, &opts.exclude, &runtime_dirs)?;
     let plan = imgfs::plan_image(opts.size_mib, usage, role)?;
     spec.inodes = plan.inodes;
+    // The image file is sparse: what it takes is about the data copied into it.
+    crate::bundle::space::ensure(
+        opts.destination.as_deref().unwrap_or(work_dir),
+        usage.used_bytes,
+        &format!("the image of {}", volume.display()),
+    )?;
 
     // 3. The image file, its partition table (HVM) and its filesystem.
     let style = partition_style(opts.partition, role, volume);

@@ -2,7 +2,8 @@
 //! recording proxy) while the proxy answers a seeded share of the object PUTs and GETs with 500,
 //! 503 SlowDown, a connection reset before the body is read, or a response cut off halfway.
 //! Transfers complete and the result is byte for byte the bundle; a part that can never be
-//! stored fails the upload with a message naming it, and no manifest reaches S3.
+//! stored fails the upload with a message naming it, and no manifest reaches S3. Stalls far past
+//! the attempt timeout (before the head, or halfway through a GET body) are abandoned and retried.
 //!
 //! Bucket-level calls (the preflight) are never faulted, so the runs differ only in the object
 //! transfers. Faults are chosen by hashing the seed with the request's method, path and how many
@@ -17,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use crate::cloud::Cloud;
 use crate::support::proxy::{Action, FaultPlan, RequestHead};
@@ -180,12 +182,11 @@ fn big_bundle() -> &'static BigBundle {
 
 /// Uploads the big bundle to `bucket/prefix` and checks every object in moto against the local
 /// files, then `verify s3://` with the user key; returns the manifest's S3 URL.
-fn upload_and_check(cloud: &Cloud, bundle: &BigBundle, bucket: &str) -> String {
+fn upload_and_check(cloud: &Cloud, bundle: &BigBundle, bucket: &str, extra: &[&str]) -> String {
     let m = bundle.manifest.to_str().unwrap();
-    run_ok(&mut cmd(
-        cloud,
-        &["upload", "-m", m, "--region", "us-east-1", "-b", bucket],
-    ));
+    let mut args = vec!["upload", "-m", m, "--region", "us-east-1", "-b", bucket];
+    args.extend(extra);
+    run_ok(&mut cmd(cloud, &args));
     let (b, prefix) = bucket.split_once('/').unwrap();
     for name in bundle
         .parts
@@ -228,7 +229,7 @@ fn upload_with_10_percent_faults_completes_and_the_bundle_verifies_byte_for_byte
     let bundle = big_bundle();
     let (cloud, enabled) = faulty_cloud(0x10, 10);
     enabled.store(true, Ordering::SeqCst);
-    let url = upload_and_check(&cloud, bundle, "faults10/img");
+    let url = upload_and_check(&cloud, bundle, "faults10/img", &[]);
     let injected = faults_injected(&cloud);
     assert!(injected > 0, "faults were injected during the upload");
     verify_s3(&cloud, bundle, &url);
@@ -240,7 +241,7 @@ fn upload_and_downloads_with_30_percent_faults_complete_and_match() {
     let (cloud, enabled) = faulty_cloud(0x30, 30);
     enabled.store(true, Ordering::SeqCst);
     // (`verify s3://` is the 10% test's; the streamed download below decodes the same way.)
-    upload_and_check(&cloud, bundle, "faults30/img");
+    upload_and_check(&cloud, bundle, "faults30/img", &[]);
     let upload_faults = faults_injected(&cloud);
     assert!(upload_faults > 0, "faults were injected during the upload");
     cloud.proxy.clear();
@@ -342,5 +343,155 @@ fn a_part_that_always_fails_fails_the_upload_naming_it_and_no_manifest_is_stored
             .iter()
             .all(|p| !p.path.ends_with(".manifest.xml")),
         "the manifest was never sent"
+    );
+}
+
+/// The attempt timeout the stall test gives amibundle (`--attempt-timeout`), in seconds.
+const ATTEMPT_TIMEOUT: &str = "3";
+/// How long a stalled request stalls: far past the attempt timeout, and longer than any of the
+/// test's commands may take, so a command that waited a stall out instead of abandoning it
+/// fails the test by its duration.
+const STALL: Duration = Duration::from_secs(90);
+
+/// Stalls `rate_percent` of the part PUTs and GETs for [`STALL`], chosen by the seed like
+/// [`RandomFaults`]: a PUT stalls before it is forwarded (the SDK's attempt timeout must
+/// abandon it); a GET stalls either before its response head (likewise) or halfway through its
+/// body, after the head (amibundle's own body deadline must abandon it). At most two stalls in a
+/// row per request.
+struct RandomStalls {
+    seed: u64,
+    rate_percent: u64,
+    seen: Mutex<HashMap<String, (u64, u64)>>,
+}
+
+impl FaultPlan for RandomStalls {
+    fn decide(&self, req: &RequestHead) -> Action {
+        if !is_object_transfer(req) || !req.path.contains(".part.") {
+            return Action::Forward;
+        }
+        let id = format!("{} {}", req.method, req.path);
+        let mut seen = self.seen.lock().unwrap();
+        let (n, run) = seen.entry(id.clone()).or_insert((0, 0));
+        *n += 1;
+        let r = splitmix(self.seed ^ fnv(&id) ^ splitmix(*n));
+        if r % 100 >= self.rate_percent || *run == 2 {
+            *run = 0;
+            return Action::Forward;
+        }
+        *run += 1;
+        if req.method == "GET" && (r >> 32) % 2 == 0 {
+            Action::StallBody(STALL)
+        } else {
+            Action::Stall(STALL)
+        }
+    }
+}
+
+/// The stalls since the last clear, by kind (`stall` before the head, `stall body` midway),
+/// each checked to have been followed by a successful retry of the same request.
+fn stalls_retried(cloud: &Cloud) -> (usize, usize) {
+    let ex = cloud.proxy.exchanges();
+    let (mut head, mut body) = (0, 0);
+    for e in ex.iter().filter(|e| e.fault.is_some()) {
+        let fault = e.fault.as_deref().unwrap();
+        assert!(fault.starts_with("stall"), "only stalls: {fault}");
+        if fault.starts_with("stall body") {
+            body += 1;
+        } else {
+            head += 1;
+        }
+        assert!(
+            ex.iter().any(|later| later.seq > e.seq
+                && later.method == e.method
+                && later.path == e.path
+                && later.fault.is_none()
+                && later.status == 200),
+            "the stalled {} {} was retried and succeeded",
+            e.method,
+            e.path
+        );
+    }
+    (head, body)
+}
+
+/// Runs `c`, asserting it succeeds in less than a stall.
+fn run_within_a_stall(c: &mut Command) {
+    let started = Instant::now();
+    run_ok(c);
+    let took = started.elapsed();
+    assert!(
+        took < STALL,
+        "finished in {took:?}, less than one stall: stalled attempts were abandoned, not waited out"
+    );
+}
+
+#[test]
+fn uploads_and_downloads_with_requests_stalled_past_the_attempt_timeout_complete_and_match() {
+    let bundle = big_bundle();
+    let plan = RandomStalls {
+        seed: 0x57A1,
+        rate_percent: 15,
+        seen: Mutex::new(HashMap::new()),
+    };
+    let cloud = Cloud::start_with(Box::new(plan));
+    let timeout = ["--attempt-timeout", ATTEMPT_TIMEOUT];
+
+    let started = Instant::now();
+    upload_and_check(&cloud, bundle, "stalls/img", &timeout);
+    assert!(started.elapsed() < STALL, "the upload waited no stall out");
+    let (head, _) = stalls_retried(&cloud);
+    assert!(head > 0, "part PUTs stalled during the upload");
+    cloud.proxy.clear();
+
+    let dest = tempfile::tempdir().unwrap();
+    let d = dest.path().to_str().unwrap();
+    let mut dl = vec![
+        "download",
+        "-b",
+        "stalls/img",
+        "-m",
+        "disk.img.manifest.xml",
+    ];
+    dl.extend(timeout);
+    let mut args = dl.clone();
+    args.extend(["-d", d]);
+    run_within_a_stall(&mut cmd(&cloud, &args));
+    for name in bundle
+        .parts
+        .iter()
+        .map(String::as_str)
+        .chain(["disk.img.manifest.xml"])
+    {
+        assert!(
+            fs::read(dest.path().join(name)).unwrap() == fs::read(bundle.dir.join(name)).unwrap(),
+            "downloaded {name} is byte for byte the bundle's"
+        );
+    }
+    let (head1, body1) = stalls_retried(&cloud);
+    cloud.proxy.clear();
+
+    let out_dir = tempfile::tempdir().unwrap();
+    let o = out_dir.path().to_str().unwrap();
+    let (k, c) = (bundle.keys.user_key(), bundle.keys.user_cert());
+    let mut args = dl.clone();
+    args.extend([
+        "-d",
+        o,
+        "--unbundle",
+        "-k",
+        k.to_str().unwrap(),
+        "-c",
+        c.to_str().unwrap(),
+    ]);
+    run_within_a_stall(&mut cmd(&cloud, &args));
+    assert_eq!(
+        sha1sum(&out_dir.path().join("disk.img")),
+        bundle.image_sha1,
+        "the unbundled image is the original"
+    );
+    let (head2, body2) = stalls_retried(&cloud);
+    assert!(
+        head1 > 0 && body1 > 0 && head2 + body2 > 0,
+        "GETs stalled before the head and midway through the body in the download ({head1}, {body1}) and some in the streamed download ({head2}, {body2})"
     );
 }

@@ -67,8 +67,13 @@ pub enum Action {
     /// Close the client connection without any response, leaving the request body unread (so
     /// the close is a TCP reset when body bytes have arrived, else an orderly close).
     ResetConnection,
-    /// Wait this long (cut short when the proxy stops), then forward.
+    /// Wait this long (cut short when the proxy stops), then forward. Recorded when the stall
+    /// begins, so a client that gave up on it still finds it in [`RecordingProxy::exchanges`].
     Stall(Duration),
+    /// Forward, relay the response head and half of a `Content-Length` body, then wait this
+    /// long (cut short when the proxy stops) before relaying the rest: a body that stalls
+    /// midway, after the client has its response head.
+    StallBody(Duration),
     /// Forward, then relay the response head and only half of a `Content-Length` body (half of
     /// the head when the body is empty or not length-delimited), then close the connection.
     TruncateResponse,
@@ -157,9 +162,16 @@ struct Shared {
 
 impl Shared {
     /// Records an exchange before its response reaches the client, so that a test that has
-    /// read a response always finds it recorded. Returns its index for later corrections.
-    fn record(&self, ex: &Exchange) -> usize {
+    /// read a response always finds it recorded; replaces the record at `index` (one made
+    /// before a stall) if it is this exchange's. Returns its index for later corrections.
+    fn record(&self, index: Option<usize>, ex: &Exchange) -> usize {
         let mut log = lock(&self.log);
+        if let Some(i) = index {
+            if let Some(r) = log.get_mut(i).filter(|r| r.seq == ex.seq) {
+                *r = ex.clone();
+                return i;
+            }
+        }
         log.push(ex.clone());
         log.len() - 1
     }
@@ -296,21 +308,64 @@ fn serve(client: TcpStream, id: u64, conns: &Arc<Conns>, sh: &Shared) {
         let action = sh.plan.decide(&req);
         let result = match action {
             Action::Forward => forward(
-                &head, &mut cr, &mut cw, &mut up, id, conns, sh, &mut ex, &mut index, false,
+                &head,
+                &mut cr,
+                &mut cw,
+                &mut up,
+                id,
+                conns,
+                sh,
+                &mut ex,
+                &mut index,
+                Cut::None,
             ),
             Action::Stall(d) => {
                 ex.fault = Some(format!("stall {d:?}"));
+                index = Some(sh.record(None, &ex));
                 if !conns.sleep(d) {
                     break;
                 }
                 forward(
-                    &head, &mut cr, &mut cw, &mut up, id, conns, sh, &mut ex, &mut index, false,
+                    &head,
+                    &mut cr,
+                    &mut cw,
+                    &mut up,
+                    id,
+                    conns,
+                    sh,
+                    &mut ex,
+                    &mut index,
+                    Cut::None,
+                )
+            }
+            Action::StallBody(d) => {
+                ex.fault = Some(format!("stall body {d:?}"));
+                forward(
+                    &head,
+                    &mut cr,
+                    &mut cw,
+                    &mut up,
+                    id,
+                    conns,
+                    sh,
+                    &mut ex,
+                    &mut index,
+                    Cut::Stall(d),
                 )
             }
             Action::TruncateResponse => {
                 ex.fault = Some("truncate response".into());
                 forward(
-                    &head, &mut cr, &mut cw, &mut up, id, conns, sh, &mut ex, &mut index, true,
+                    &head,
+                    &mut cr,
+                    &mut cw,
+                    &mut up,
+                    id,
+                    conns,
+                    sh,
+                    &mut ex,
+                    &mut index,
+                    Cut::Truncate,
                 )
             }
             Action::Respond(status, body) => {
@@ -321,7 +376,7 @@ fn serve(client: TcpStream, id: u64, conns: &Arc<Conns>, sh: &Shared) {
             }
             Action::ResetConnection => {
                 ex.fault = Some("reset connection".into());
-                sh.record(&ex);
+                sh.record(None, &ex);
                 Ok(Next::Close)
             }
         };
@@ -345,8 +400,18 @@ fn serve(client: TcpStream, id: u64, conns: &Arc<Conns>, sh: &Shared) {
     }
 }
 
-/// Forwards one request and relays its response. With `truncate`, relays only part of the
-/// response and ends the connection ([`Action::TruncateResponse`]).
+/// What [`forward`] does to the response body.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Cut {
+    /// Relays it whole.
+    None,
+    /// Relays only part of it and ends the connection ([`Action::TruncateResponse`]).
+    Truncate,
+    /// Relays half, waits, then the rest ([`Action::StallBody`]).
+    Stall(Duration),
+}
+
+/// Forwards one request and relays its response, cut as `cut` says.
 #[allow(clippy::too_many_arguments)]
 fn forward(
     head: &Head,
@@ -358,8 +423,9 @@ fn forward(
     sh: &Shared,
     ex: &mut Exchange,
     index: &mut Option<usize>,
-    truncate: bool,
+    cut: Cut,
 ) -> io::Result<Next> {
+    let truncate = cut == Cut::Truncate;
     let framing = request_framing(head)?;
     let u = match up {
         Some(u) => u,
@@ -435,7 +501,7 @@ fn forward(
     let client_close = rframing == Framing::UntilClose || body_unread || truncate;
     ex.status = status;
     ex.response_headers = resp.headers.clone();
-    *index = Some(sh.record(ex));
+    *index = Some(sh.record(*index, ex));
 
     let out_head = resp.raw_without_connection(client_close);
     if truncate {
@@ -453,7 +519,17 @@ fn forward(
         return Ok(Next::Close);
     }
     cw.write_all(&out_head)?;
-    copy_body(&mut u.reader, cw, rframing, &mut |_| {})?;
+    if let (Cut::Stall(d), Framing::Length(n)) = (cut, rframing) {
+        io::copy(&mut (&mut u.reader).take(n / 2), cw)?;
+        cw.flush()?;
+        if !conns.sleep(d) {
+            *up = None;
+            return Ok(Next::Close);
+        }
+        copy_body(&mut u.reader, cw, Framing::Length(n - n / 2), &mut |_| {})?;
+    } else {
+        copy_body(&mut u.reader, cw, rframing, &mut |_| {})?;
+    }
     cw.flush()?;
     if upstream_close {
         if let Some(u) = up.take() {
@@ -507,7 +583,7 @@ fn respond(
         ("content-type".into(), content_type.into()),
         ("content-length".into(), body.len().to_string()),
     ];
-    *index = Some(sh.record(ex));
+    *index = Some(sh.record(*index, ex));
     write_response(cw, status, &headers, body, waiting)?;
     if waiting {
         linger_close(cr, cw);
