@@ -391,8 +391,13 @@ fn sigterm_during_bundling_cleans_up_and_exits_143() {
         stdin.write_all(&chunk).unwrap();
     }
     std::thread::sleep(std::time::Duration::from_millis(300));
-    // The staging directory exists while the run is in flight.
-    assert_eq!(fs::read_dir(s.out()).unwrap().count(), 1);
+    // The staging directory (and the bundle name's lock) exist while the run is in flight.
+    let staging: Vec<_> = fs::read_dir(s.out())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    assert_eq!(staging.len(), 1, "{staging:?}");
     let status = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
