@@ -96,6 +96,7 @@ pub fn full_in_chain<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&
     None
 }
 
+#[cfg(feature = "cli")]
 /// When `err` comes from a full filesystem (and is not already a [`NoSpace`]), the same kind of
 /// message as the up-front check, naming `dir`, `what` and about how much it `needed`; the
 /// original error stays in the chain. Otherwise `err` unchanged.
@@ -124,6 +125,7 @@ pub fn explain(err: anyhow::Error, dir: &Path, what: &str, needed: Option<u64>) 
     }
 }
 
+#[cfg(feature = "cli")]
 /// Like [`explain`], and also when the error does not say why but `dir`'s filesystem has (next
 /// to) nothing left: a loop-mounted image whose backing file cannot grow reports I/O errors,
 /// not `ENOSPC`, to the writes inside it.
@@ -147,6 +149,7 @@ pub fn explain_full_dir(err: anyhow::Error, dir: &Path, what: &str) -> anyhow::E
     }
 }
 
+#[cfg(feature = "cli")]
 /// Whether `err`'s chain holds a [`NoSpace`] already (also one wrapped transparently, as
 /// `bundle::Error::NoSpace` does, which hides the type from the chain but not its message).
 fn already_said(err: &anyhow::Error) -> bool {
@@ -158,6 +161,7 @@ fn already_said(err: &anyhow::Error) -> bool {
 const NO_SPACE: &str = "not enough space in ";
 
 /// Free space below which a failed write is taken to be a full filesystem.
+#[cfg(feature = "cli")]
 const NEARLY_FULL_BYTES: u64 = 1 << 20;
 
 #[cfg(test)]
@@ -189,6 +193,7 @@ mod tests {
         );
     }
 
+    #[cfg(feature = "cli")]
     #[test]
     fn a_full_filesystem_is_explained_and_other_errors_are_not() {
         let dir = tempfile::tempdir().unwrap();
