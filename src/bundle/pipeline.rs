@@ -516,13 +516,12 @@ pub fn bundle_to_dir(
     })?;
     let write_err = |source: io::Error| {
         if space::is_full(&source) {
-            return Error::NoSpace(NoSpace {
-                dir: dest.to_path_buf(),
-                what: format!("bundle {}", spec.name),
-                needed: None,
-                free: space::free_bytes(dest),
-                source: Some(source),
-            });
+            return Error::NoSpace(NoSpace::midway(
+                dest,
+                format!("bundle {}", spec.name),
+                None,
+                &source,
+            ));
         }
         Error::WriteBundle {
             dir: dest.to_path_buf(),
@@ -532,8 +531,11 @@ pub fn bundle_to_dir(
     // A full filesystem anywhere in the stack (the tar writer reports it too) is said as such,
     // measured while the staged parts still hold their space.
     let full = |e: Error| match space::full_in_chain(&e) {
-        Some(io) if !matches!(e, Error::NoSpace(_)) => write_err(io::Error::from_raw_os_error(
-            io.raw_os_error().unwrap_or(libc::ENOSPC),
+        Some(io) if !matches!(e, Error::NoSpace(_)) => Error::NoSpace(NoSpace::midway(
+            dest,
+            format!("bundle {}", spec.name),
+            None,
+            io,
         )),
         _ => e,
     };
@@ -914,15 +916,12 @@ pub fn decode_ciphertext(
     let hashing = reader
         .extract_to(temp.as_mut().map(|t| &mut t.file), &mut |_| {})
         .map_err(|e| match (out_dir, space::full_in_chain(&e)) {
-            (Some(dir), Some(full)) => Error::NoSpace(NoSpace {
-                dir: dir.to_path_buf(),
-                what: format!("the image {}", info.name),
-                needed: Some(info.map.data_bytes()),
-                free: space::free_bytes(dir),
-                source: Some(io::Error::from_raw_os_error(
-                    full.raw_os_error().unwrap_or(libc::ENOSPC),
-                )),
-            }),
+            (Some(dir), Some(full)) => Error::NoSpace(NoSpace::midway(
+                dir,
+                format!("the image {}", info.name),
+                Some(info.map.data_bytes()),
+                full,
+            )),
             _ => Error::from(e),
         })?;
     let (tar_digest, tar_bytes, _gunzip) = hashing.finish();

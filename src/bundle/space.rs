@@ -22,6 +22,22 @@ pub struct NoSpace {
     pub source: Option<io::Error>,
 }
 
+impl NoSpace {
+    /// The filesystem holding `dir` filled up while writing `what`: `full` is the failed
+    /// write's error (ENOSPC or EDQUOT), the free space is measured now.
+    pub fn midway(dir: &Path, what: String, needed: Option<u64>, full: &io::Error) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+            what,
+            needed,
+            free: free_bytes(dir),
+            source: Some(io::Error::from_raw_os_error(
+                full.raw_os_error().unwrap_or(libc::ENOSPC),
+            )),
+        }
+    }
+}
+
 impl fmt::Display for NoSpace {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let bytes = |n: u64| indicatif::HumanBytes(n).to_string();
