@@ -23,19 +23,6 @@ use crate::support::*;
 
 const ACCOUNT: &str = "123456789012";
 
-/// `mib` MiB that do not compress, varied by `seed`.
-fn random_file(path: &Path, mib: usize, seed: u64) {
-    let mut x = seed | 1;
-    let mut data = vec![0u8; mib << 20];
-    for chunk in data.chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        chunk.copy_from_slice(&x.to_le_bytes());
-    }
-    fs::write(path, data).unwrap();
-}
-
 /// Waits up to a minute for `cond`, failing with `what` and the child's stderr if it exits or
 /// time runs out first.
 fn wait_for(child: &mut Child, what: &str, mut cond: impl FnMut() -> bool) {

@@ -81,19 +81,6 @@ impl Drop for SmallFs {
     }
 }
 
-/// `mib` MiB that do not compress.
-fn random_file(path: &Path, mib: usize) {
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut data = vec![0u8; mib << 20];
-    for chunk in data.chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        chunk.copy_from_slice(&x.to_le_bytes());
-    }
-    fs::write(path, data).unwrap();
-}
-
 /// The failure names the directory, says it is about space, and exits non-zero (checked by
 /// `run_err`); with `up_front`, it says what is needed.
 fn assert_no_space(err: &str, dir: &Path, up_front: bool) {
@@ -126,7 +113,7 @@ fn bundled() -> Bundled {
     fs::create_dir_all(&home).unwrap();
     fs::create_dir_all(&dir).unwrap();
     let image = t.path().join("disk.img");
-    random_file(&image, 20);
+    random_file(&image, 20, 0x9E37_79B9_7F4A_7C15);
     let keys = Keys::new();
     Bundled {
         home,
@@ -249,7 +236,7 @@ fn volume(root: &Path, mib: usize) -> PathBuf {
     let src = root.join("src");
     fs::create_dir_all(src.join("data")).unwrap();
     fs::write(src.join("hostname"), b"small\n").unwrap();
-    random_file(&src.join("data/blob"), mib);
+    random_file(&src.join("data/blob"), mib, 0x9E37_79B9_7F4A_7C15);
     src
 }
 

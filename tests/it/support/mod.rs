@@ -259,3 +259,16 @@ pub fn allocated(path: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     fs::metadata(path).unwrap().blocks() * 512
 }
+
+/// `mib` MiB that do not compress (xorshift), varied by `seed`.
+pub fn random_file(path: &Path, mib: usize, seed: u64) {
+    let mut x = seed | 1;
+    let mut data = vec![0u8; mib << 20];
+    for chunk in data.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes());
+    }
+    fs::write(path, data).unwrap();
+}
