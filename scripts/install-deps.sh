@@ -6,7 +6,8 @@
 # Partitioned images: sfdisk (fdisk) and sgdisk (gdisk) read the tables back in the tests,
 # partx adds a loop device's partitions, grub-install (grub2-common) with GRUB 2 for BIOS
 # (grub-pc-bin) installs the bootloader, and GRUB finds loop partitions through udevadm (udev).
-# groff (groff-base) checks the generated man pages.
+# groff (groff-base) checks the generated man pages. The boot check's tests make initramfs
+# images with cpio, zstd and xz (xz-utils) as initramfs-tools and dracut do.
 set -euo pipefail
 missing=()
 for pair in pkg-config:pkg-config openssl:openssl gzip:gzip tar:tar mkfs.ext4:e2fsprogs \
@@ -17,7 +18,8 @@ for pair in pkg-config:pkg-config openssl:openssl gzip:gzip tar:tar mkfs.ext4:e2
 done
 command -v groff >/dev/null 2>&1 || missing+=(groff-base)
 dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
-for pair in sfdisk:fdisk sgdisk:gdisk partx:util-linux grub-install:grub2-common udevadm:udev; do
+for pair in sfdisk:fdisk sgdisk:gdisk partx:util-linux grub-install:grub2-common udevadm:udev \
+            cpio:cpio zstd:zstd xz:xz-utils; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair##*:}")
 done
 [ -f /usr/lib/grub/i386-pc/kernel.img ] || missing+=(grub-pc-bin)

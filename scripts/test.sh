@@ -12,6 +12,17 @@ scripts/setup-emulator.sh >/dev/null
 cargo fmt --check
 (cd fuzz && cargo fmt --check)
 cargo clippy --all-targets --locked -- -D warnings
+# The VM boot test (docs/bootability.md): a real Debian 12 guest saves itself with bundle-vol and
+# the result must boot by its own firmware, MBR/GPT, GRUB, kernel, initramfs and fstab. CI runs
+# the MBR + root=PARTUUID style and the GPT style with --generalize side by side (about 4 minutes
+# under TCG, plus a minute for the root filesystem); BOOT_TEST_STYLES=all runs every style.
+boot_styles=${BOOT_TEST_STYLES:-ci}
+if [[ $(id -u) -ne 0 ]]; then
+    echo "test.sh: skipping the VM boot test (scripts/boot-test.sh needs root)" >&2
+elif [[ $boot_styles != none ]]; then
+    cargo build --locked --bin amibundle
+    scripts/boot-test.sh --styles "$boot_styles" --binary target/debug/amibundle --jobs 2
+fi
 # A fuzzing smoke: each cargo-fuzz target for FUZZ_SMOKE_SECONDS (default 20; 0 skips it), so
 # the targets (and the library without its `cli` feature) keep building and the seeds pass
 # (docs/reliability.md, "Fuzzing"). Before the tests, so that cargo test's summary closes the

@@ -14,6 +14,7 @@ use crate::bundle::crypto::{AesIv, AesKey};
 use crate::bundle::manifest;
 use crate::bundle::pipeline::ImageInput;
 use crate::cloud::imds::{self, ImdsOptions, InstanceMetadata};
+use crate::image::bootcheck::{CheckOptions, Virtualization};
 use crate::image::fs::{self as imgfs, FsType};
 use crate::image::mount;
 use crate::image::partition::{Bootloader, PartitionChoice};
@@ -115,6 +116,10 @@ pub struct BundleVolArgs {
     /// Accept entries that cannot be copied faithfully (listed as warnings)
     #[arg(long)]
     pub allow_lossy: bool,
+    /// Bundle the image even when the boot check finds it will not boot on an instance-store
+    /// (Xen) instance (the problems are shown as warnings)
+    #[arg(long)]
+    pub allow_unbootable: bool,
     /// Accepted for ec2-bundle-vol compatibility: amibundle never prompts
     #[arg(long, hide = true)]
     pub batch: bool,
@@ -237,6 +242,17 @@ fn run_volume(args: BundleVolArgs, save: bool, progress: &dyn Progress) -> anyho
         generator: format!("amibundle {}", env!("CARGO_PKG_VERSION")),
         partition: args.partition,
         bootloader: args.bootloader,
+        // An image only for cloning is checked by check-image on demand.
+        boot_check: (!args.clone_only).then(|| CheckOptions {
+            virtualization: if args.bundle.stream.ami.virtualization_type == "paravirtual" {
+                Virtualization::Paravirtual
+            } else {
+                Virtualization::Hvm
+            },
+            ena: args.bundle.stream.ami.ena_support,
+            sriov: args.bundle.stream.ami.sriov_net_support,
+        }),
+        allow_unbootable: args.allow_unbootable,
     };
     // bundle-vol: a fresh private work directory, removed on any exit. save: a fixed one that
     // survives a failure, so a rerun can take the finished image up again.
@@ -645,6 +661,9 @@ fn report_image(
             c.changed.len()
         );
     }
+    for r in &made.boot_rewrites {
+        tracing::warn!("rewrote a reference to an identifier the image could not keep: {r}");
+    }
     for w in &made.fstab_warnings {
         tracing::warn!("{w}");
     }
@@ -663,6 +682,22 @@ fn report_image(
         );
         for w in &boot.warnings {
             tracing::warn!("{w}");
+        }
+    }
+    if let Some(report) = &made.boot_check {
+        if report.problems.is_empty() {
+            tracing::info!(
+                "boot check: no problems ({}, kernel {}, {})",
+                report
+                    .config
+                    .as_deref()
+                    .map_or("no configuration".into(), |p| p.display().to_string()),
+                report.kernel_version.as_deref().unwrap_or("?"),
+                report.command_line.as_deref().unwrap_or("")
+            );
+        }
+        for p in &report.problems {
+            tracing::warn!("boot check: {}: {} (fix: {})", p.code, p.message, p.fix);
         }
     }
     if let Some(g) = &made.generalize {

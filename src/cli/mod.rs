@@ -5,6 +5,7 @@ mod bundle_image;
 mod bundle_vol;
 mod bundling;
 mod certs;
+mod check_image;
 mod cloud_args;
 pub mod compat;
 mod copy;
@@ -83,6 +84,9 @@ pub enum Command {
     Unbundle(unbundle::UnbundleArgs),
     /// Check a bundle: signature, part digests and, with a key, the whole stream
     Verify(verify::VerifyArgs),
+    /// Check that an image or bundle will boot on an instance-store (Xen) instance: bootloader,
+    /// kernel, root=, drivers, fstab, serial console (read-only; needs root)
+    CheckImage(Box<check_image::CheckImageArgs>),
     /// Show or install the EC2 certificates bundles are encrypted for
     Certs(certs::CertsArgs),
     /// Upload a bundle to S3 (parts concurrently, resumable, manifest last)
@@ -118,6 +122,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::BundleImage(args) => bundle_image::run(args, &progress),
         Command::Unbundle(args) => unbundle::run(args, &progress),
         Command::Verify(args) => verify::run(args, &progress),
+        Command::CheckImage(args) => check_image::run(*args, &progress),
         Command::Certs(args) => certs::run(args),
         Command::Upload(args) => upload::run(*args, &progress),
         Command::Download(args) => download::run(*args, &progress),

@@ -24,16 +24,15 @@
 
 use std::fmt;
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, openat, renameat};
-use nix::sys::stat::{Mode, SFlag, fchmod, fstat};
-use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, linkat, unlinkat};
-use xattr::FileExt as _;
+use nix::sys::stat::{Mode, SFlag, fstat};
+use nix::unistd::{UnlinkatFlags, linkat, unlinkat};
 
-use super::root::{ImageRoot, Lookup, kind, lstat_at};
+use super::root::{ImageRoot, Lookup, kind, lstat_at, write_replacement};
 
 /// Options of a generated instance-store mount: never stop the boot for it, and give up
 /// waiting for the device after ten seconds (systemd waits 90 s by default; util-linux mount
@@ -181,10 +180,12 @@ impl Fstab {
     /// device may be missing and stop the boot).
     pub fn review(&self, root: &RootFs) -> Vec<FstabWarning> {
         let mut warnings = Vec::new();
+        let mut advice = Vec::new();
         let mut warn = |entry: &Entry, message: String| {
             warnings.push(FstabWarning {
                 line: entry.line,
                 message,
+                breaks_boot: true,
             });
         };
         for entry in &self.entries {
@@ -221,23 +222,41 @@ impl Fstab {
                             ),
                         );
                     }
-                } else if spec.starts_with("PARTUUID=") || spec.starts_with("PARTLABEL=") {
-                    warn(
-                        entry,
-                        format!(
-                            "the root entry names the build host's partition ({spec}), which the \
-                             image does not have (use --generate-fstab)"
-                        ),
-                    );
+                } else if let Some(partuuid) = spec.strip_prefix("PARTUUID=") {
+                    if root
+                        .partuuid
+                        .as_deref()
+                        .is_none_or(|p| !p.eq_ignore_ascii_case(partuuid))
+                    {
+                        warn(
+                            entry,
+                            format!(
+                                "the root entry names the partition {spec}, which the image does \
+                                 not have (use --generate-fstab)"
+                            ),
+                        );
+                    }
+                } else if let Some(partlabel) = spec.strip_prefix("PARTLABEL=") {
+                    if root.partlabel.as_deref() != Some(unescape(partlabel).as_str()) {
+                        warn(
+                            entry,
+                            format!(
+                                "the root entry names the partition {spec}, which the image does \
+                                 not have (use --generate-fstab)"
+                            ),
+                        );
+                    }
                 } else if spec.starts_with("/dev/") {
-                    warn(
-                        entry,
-                        format!(
+                    // Advice, not a failure: the name may well exist on the instance.
+                    advice.push(FstabWarning {
+                        line: entry.line,
+                        breaks_boot: false,
+                        message: format!(
                             "the root entry names the device {spec}, which may have another name \
                              on the new instance (an NVMe build host and a Xen clone differ); \
                              UUID= or LABEL= is safer (use --generate-fstab)"
                         ),
-                    );
+                    });
                 }
                 continue;
             }
@@ -259,6 +278,8 @@ impl Fstab {
                 ),
             );
         }
+        warnings.extend(advice);
+        warnings.sort_by_key(|w| w.line);
         warnings
     }
 }
@@ -270,6 +291,9 @@ pub struct FstabWarning {
     pub line: usize,
     /// What is wrong and what to do.
     pub message: String,
+    /// Whether the boot stops on it (an entry that cannot resolve and is not `nofail`), rather
+    /// than being advice.
+    pub breaks_boot: bool,
 }
 
 impl fmt::Display for FstabWarning {
@@ -285,6 +309,10 @@ pub struct RootFs {
     pub uuid: Option<String>,
     /// Its label.
     pub label: Option<String>,
+    /// Its partition's PARTUUID, in a partitioned image.
+    pub partuuid: Option<String>,
+    /// Its partition's GPT name.
+    pub partlabel: Option<String>,
     /// Its type (`ext4`, `xfs` …).
     pub fs_type: String,
 }
@@ -632,58 +660,12 @@ pub fn install(image_root: &Path, text: &str) -> Result<Installed, FstabError> {
             "it is a directory",
         )));
     }
-    // The attributes the new file inherits: a regular old file's owner, mode and SELinux
-    // label (a file created from outside would get the label of nothing, and a confined
-    // mount would be denied reading it).
-    let mut attrs = None;
-    if old.is_some_and(|st| kind(&st) == SFlag::S_IFREG) {
-        let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
-        let file = openat(&etc, "fstab", flags, Mode::empty())
-            .map(File::from)
-            .map_err(|e| err("reading /etc/fstab".into())(e.into()))?;
-        let st = fstat(&file).map_err(|e| err("reading /etc/fstab".into())(e.into()))?;
-        let label = file.get_xattr("security.selinux").ok().flatten();
-        attrs = Some((st, label));
-    }
-
-    // Write the new file under a temporary name first.
-    let tmp_name = format!(".fstab.amibundle-{}", std::process::id());
-    let tmp = openat(
-        &etc,
-        tmp_name.as_str(),
-        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::from_bits_truncate(0o644),
-    )
-    .map(File::from)
-    .map_err(|e| err(format!("creating /etc/{tmp_name}"))(e.into()))?;
-    let written = (|| -> io::Result<()> {
-        let mut tmp = &tmp;
-        tmp.write_all(text.as_bytes())?;
-        match &attrs {
-            Some((st, label)) => {
-                fchown(
-                    tmp,
-                    Some(Uid::from_raw(st.st_uid)),
-                    Some(Gid::from_raw(st.st_gid)),
-                )?;
-                fchmod(tmp, Mode::from_bits_truncate(st.st_mode & 0o7777))?;
-                if let Some(label) = label {
-                    tmp.set_xattr("security.selinux", label)?;
-                }
-            }
-            // The usual owner; creating as root gives it anyway, and the umask may have
-            // narrowed the mode.
-            None => fchmod(tmp, Mode::from_bits_truncate(0o644))?,
-        }
-        tmp.sync_all()
-    })();
+    let tmp_name = write_replacement(&etc, "fstab", text.as_bytes())
+        .map_err(err("writing the new /etc/fstab".into()))?;
     let cleanup = |e: io::Error| {
         let _ = unlinkat(&etc, tmp_name.as_str(), UnlinkatFlags::NoRemoveDir);
         e
     };
-    written
-        .map_err(cleanup)
-        .map_err(err("writing the new /etc/fstab".into()))?;
 
     // Keep the previous file under a free name: a hard link, so /etc/fstab itself is only
     // ever replaced atomically by the rename below.
@@ -746,6 +728,8 @@ mod tests {
         RootFs {
             uuid: Some("0f3e4c1a-1b2c-4d5e-8f90-123456789abc".into()),
             label: Some("cloudimg-rootfs".into()),
+            partuuid: Some("885cbc11-01".into()),
+            partlabel: None,
             fs_type: "ext4".into(),
         }
     }
@@ -890,7 +874,11 @@ tmpfs /tmp tmpfs defaults 0 0
             ),
             (
                 "PARTUUID=6a1b2c3d-01 / ext4 defaults 0 1",
-                "the build host's partition",
+                "the partition PARTUUID=6a1b2c3d-01, which the image does not have",
+            ),
+            (
+                "PARTLABEL=root / ext4 defaults 0 1",
+                "the partition PARTLABEL=root, which the image does not have",
             ),
             (
                 "/dev/nvme0n1p1 / ext4 defaults 0 1",
@@ -904,6 +892,7 @@ tmpfs /tmp tmpfs defaults 0 0
         for fine in [
             "LABEL=cloudimg-rootfs / ext4 defaults 0 1",
             "UUID=0f3e4c1a-1b2c-4d5e-8f90-123456789abc / ext4 defaults 0 1",
+            "PARTUUID=885CBC11-01 / ext4 defaults 0 1",
         ] {
             assert_eq!(Fstab::parse(fine).unwrap().review(&root_fs()), [], "{fine}");
         }

@@ -30,14 +30,15 @@ use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::fmt;
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, Read, Write as _};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, openat};
+use nix::sys::stat::mkdirat;
 use nix::sys::stat::{FileStat, Mode, SFlag, fstat};
-use nix::unistd::{UnlinkatFlags, ftruncate, unlinkat};
+use nix::unistd::{UnlinkatFlags, ftruncate, symlinkat, unlinkat};
 
 use super::filter::HISTORY_FILES;
 use super::root::{ImageRoot, Lookup, image_path, kind, list_names, lstat_at, remove_tree_at};
@@ -48,6 +49,26 @@ const CLOUD_STATE_DIRS: &[&str] = &[
     "var/lib/cloud/data",
     "var/lib/cloud/sem",
 ];
+
+/// The unit `--generalize` installs so that SSH host keys are made at first boot.
+pub const SSH_KEYGEN_UNIT: &str = "amibundle-ssh-keygen.service";
+
+const SSH_KEYGEN_UNIT_TEXT: &str = "\
+# Installed by amibundle --generalize, which removed this system's SSH host keys: makes new
+# ones at first boot, before the SSH server starts. Does nothing once keys exist.
+[Unit]
+Description=Create SSH host keys (installed by amibundle --generalize)
+ConditionPathExistsGlob=!/etc/ssh/ssh_host_*_key
+Before=ssh.service sshd.service
+After=local-fs.target
+
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/ssh-keygen -A
+
+[Install]
+WantedBy=multi-user.target
+";
 
 /// The largest `/etc/passwd` read for home directories; real ones are a few KiB.
 const PASSWD_LIMIT_BYTES: u64 = 4 << 20;
@@ -65,6 +86,8 @@ pub enum Done {
     },
     /// The file was truncated to zero length.
     Emptied,
+    /// The file (or symlink) was created.
+    Created,
     /// Left as it is, with why.
     Skipped(String),
 }
@@ -85,6 +108,7 @@ impl fmt::Display for Action {
             Done::Removed => write!(f, "removed {path}"),
             Done::RemovedTree { entries } => write!(f, "removed {path} ({entries} entries)"),
             Done::Emptied => write!(f, "emptied {path}"),
+            Done::Created => write!(f, "created {path}"),
             Done::Skipped(why) => write!(f, "left {path} as it is: {why}"),
         }
     }
@@ -163,6 +187,7 @@ fn run(root: &ImageRoot) -> Result<GeneralizeReport, GeneralizeError> {
         actions: Vec::new(),
     };
     g.ssh_host_keys()?;
+    g.ssh_keygen_unit()?;
     g.machine_id()?;
     g.cloud_init()?;
     g.remove_file(Path::new("etc/udev/rules.d"), "70-persistent-net.rules")?;
@@ -268,6 +293,86 @@ impl Generalizer<'_> {
             if name.to_bytes().starts_with(b"ssh_host_") {
                 self.remove_file_in(&dir, dir_rel, OsStr::from_bytes(name.to_bytes()))?;
             }
+        }
+        Ok(())
+    }
+
+    /// With the host keys gone, something must make new ones at first boot, or sshd does not
+    /// start and the clone cannot be reached. cloud-init and Fedora's `sshd-keygen` units do;
+    /// Debian's and Ubuntu's openssh-server without cloud-init do not. So a systemd image with
+    /// `ssh-keygen` gets a oneshot unit that runs `ssh-keygen -A` before sshd when no host key
+    /// exists (harmless where something else makes them too: it then finds keys and does
+    /// nothing).
+    fn ssh_keygen_unit(&mut self) -> Result<(), GeneralizeError> {
+        let removed_keys = self.actions.iter().any(|a| {
+            a.done == Done::Removed && a.path.starts_with("/etc/ssh") && {
+                let name = a.path.file_name().unwrap_or_default().as_bytes();
+                name.starts_with(b"ssh_host_") && name.ends_with(b"_key")
+            }
+        });
+        if !removed_keys {
+            return Ok(());
+        }
+        let keygen = Path::new("usr/bin");
+        let has_keygen = match self.dir(keygen)? {
+            Some(dir) => self
+                .lstat(&dir, &keygen.join("ssh-keygen"), OsStr::new("ssh-keygen"))?
+                .is_some(),
+            None => false,
+        };
+        let units = Path::new("etc/systemd/system");
+        let Some(units_dir) = self.dir(units)?.filter(|_| has_keygen) else {
+            self.act(
+                &units.join(SSH_KEYGEN_UNIT),
+                Done::Skipped(
+                    "not a systemd image with /usr/bin/ssh-keygen: make sure the image creates                      SSH host keys at first boot (cloud-init or ssh-keygen -A)"
+                        .into(),
+                ),
+            );
+            return Ok(());
+        };
+        let rel = units.join(SSH_KEYGEN_UNIT);
+        if self
+            .lstat(&units_dir, &rel, OsStr::new(SSH_KEYGEN_UNIT))?
+            .is_some()
+        {
+            return Ok(());
+        }
+        let file = openat(
+            &units_dir,
+            SSH_KEYGEN_UNIT,
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o644),
+        )
+        .map(File::from)
+        .map_err(|e| self.step_err("creating", &rel)(e.into()))?;
+        (&file)
+            .write_all(SSH_KEYGEN_UNIT_TEXT.as_bytes())
+            .and_then(|()| file.sync_all())
+            .map_err(self.step_err("writing", &rel))?;
+        self.act(&rel, Done::Created);
+
+        let wants = units.join("multi-user.target.wants");
+        match mkdirat(
+            &units_dir,
+            "multi-user.target.wants",
+            Mode::from_bits_truncate(0o755),
+        ) {
+            Ok(()) | Err(Errno::EEXIST) => {}
+            Err(e) => return Err(self.step_err("creating", &wants)(e.into())),
+        }
+        let Some(wants_dir) = self.dir(&wants)? else {
+            return Ok(());
+        };
+        let link = wants.join(SSH_KEYGEN_UNIT);
+        match symlinkat(
+            format!("/etc/systemd/system/{SSH_KEYGEN_UNIT}").as_str(),
+            &wants_dir,
+            SSH_KEYGEN_UNIT,
+        ) {
+            Ok(()) => self.act(&link, Done::Created),
+            Err(Errno::EEXIST) => {}
+            Err(e) => return Err(self.step_err("creating", &link)(e.into())),
         }
         Ok(())
     }
@@ -448,6 +553,8 @@ mod tests {
             write(r, &format!("etc/ssh/{key}"), "key");
         }
         write(r, "etc/ssh/sshd_config", "PermitRootLogin no\n");
+        write(r, "usr/bin/ssh-keygen", "#!/bin/sh\n");
+        std::fs::create_dir_all(r.join("etc/systemd/system")).unwrap();
         write(r, "etc/machine-id", "0123456789abcdef0123456789abcdef\n");
         write(
             r,
@@ -502,6 +609,8 @@ mod tests {
                 "removed /etc/ssh/ssh_host_ed25519_key",
                 "removed /etc/ssh/ssh_host_rsa_key",
                 "removed /etc/ssh/ssh_host_rsa_key.pub",
+                "created /etc/systemd/system/amibundle-ssh-keygen.service",
+                "created /etc/systemd/system/multi-user.target.wants/amibundle-ssh-keygen.service",
                 "emptied /etc/machine-id",
                 "removed /var/lib/dbus/machine-id",
                 "removed /var/lib/cloud/instance",
@@ -516,6 +625,19 @@ mod tests {
             ]
         );
         assert_eq!(std::fs::read(r.join("etc/machine-id")).unwrap(), b"");
+        let unit =
+            std::fs::read_to_string(r.join("etc/systemd/system").join(SSH_KEYGEN_UNIT)).unwrap();
+        assert!(unit.contains("ExecStart=/usr/bin/ssh-keygen -A"), "{unit}");
+        assert!(unit.contains("ConditionPathExistsGlob=!/etc/ssh/ssh_host_*_key"));
+        assert!(unit.contains("Before=ssh.service sshd.service"));
+        assert_eq!(
+            std::fs::read_link(
+                r.join("etc/systemd/system/multi-user.target.wants")
+                    .join(SSH_KEYGEN_UNIT)
+            )
+            .unwrap(),
+            Path::new("/etc/systemd/system").join(SSH_KEYGEN_UNIT)
+        );
         for kept in [
             "etc/ssh/sshd_config",
             "etc/udev/rules.d/99-local.rules",
@@ -535,6 +657,22 @@ mod tests {
         }
         // A second run has nothing left to do.
         assert_eq!(generalize(r).unwrap().actions, []);
+    }
+
+    #[test]
+    fn without_systemd_the_missing_key_generation_is_reported() {
+        let tmp = tempfile::tempdir().unwrap();
+        let r = tmp.path();
+        write(r, "etc/ssh/ssh_host_ed25519_key", "key");
+        let report = generalize(r).unwrap();
+        let lines = lines(&report);
+        assert!(
+            lines.iter().any(|l| l.starts_with(
+                "left /etc/systemd/system/amibundle-ssh-keygen.service as it is: not a systemd image"
+            )),
+            "{lines:?}"
+        );
+        assert!(!r.join("etc/systemd").exists());
     }
 
     /// A "host" directory next to the image, reachable only through symlinks planted in the

@@ -201,9 +201,6 @@ pub enum LoopError {
         #[source]
         source: Errno,
     },
-    /// The device is still in use (a filesystem on it is mounted, or another program holds it
-    /// exclusively), so it cannot be detached now. It is marked to detach itself when that user
-    /// goes away.
     /// A partition could not be added to the device.
     #[error("adding partition {index} to the loop device {device}")]
     Partition {
@@ -215,6 +212,41 @@ pub enum LoopError {
         #[source]
         source: io::Error,
     },
+    /// The kernel made a partition from the table that is not where the table we wrote says.
+    #[error(
+        "the kernel's partition {index} of {device} is at sector {start} with {sectors} sectors, \
+         not where the image's table puts it (sector {expected_start}, {expected_sectors} \
+         sectors)"
+    )]
+    PartitionMismatch {
+        /// The device.
+        device: PathBuf,
+        /// The partition number.
+        index: u32,
+        /// Where the kernel's starts (512-byte sectors).
+        start: u64,
+        /// Its length.
+        sectors: u64,
+        /// Where ours starts.
+        expected_start: u64,
+        /// Our length.
+        expected_sectors: u64,
+    },
+    /// Another program holds the device's lock (udev's protocol for programs that write to
+    /// block devices) and did not let go.
+    #[error(
+        "the loop device {device} stayed locked by another program for {seconds} s (udev \
+         holds such locks while it probes a device); try again"
+    )]
+    Locked {
+        /// The device.
+        device: PathBuf,
+        /// How long we waited.
+        seconds: u64,
+    },
+    /// The device is still in use (a filesystem on it is mounted, or another program holds it
+    /// exclusively), so it cannot be detached now. It is marked to detach itself when that user
+    /// goes away.
     #[error(
         "the loop device {device} is still in use (unmount it first); it will detach itself when released"
     )]
@@ -241,7 +273,8 @@ pub struct LoopDevice {
     device: File,
     path: PathBuf,
     number: u32,
-    /// Partitions added with [`LoopDevice::add_partition`], removed again before detaching.
+    /// Partitions added with [`LoopDevice::add_partition`] (not those the kernel made from the
+    /// table), removed again before detaching.
     partitions: Vec<u32>,
     /// Set once detached explicitly, so that drop does nothing.
     detached: bool,
@@ -301,6 +334,15 @@ impl LoopDevice {
             })?;
             let path = PathBuf::from(format!("/dev/loop{number}"));
             let device = open_device_node(&path, opts.read_only)?;
+            // udev's protocol for programs that write to a block device: an exclusive BSD lock
+            // on the whole disk for as long as they write. Taken before the bind, it covers the
+            // partitions the kernel scans and those added later: udevd probes none of them, and
+            // re-reads no table (which would drop and re-create the partitions under us), until
+            // the device is closed. Their `by-uuid`/`by-partuuid` links, which would clash with
+            // the source disk's while the image keeps its identifiers, are never made either.
+            if !opts.read_only {
+                lock_exclusive(&device, &path)?;
+            }
             match bind(&device, &backing, &info) {
                 Ok(()) => {
                     return Ok(Self {
@@ -344,14 +386,17 @@ impl LoopDevice {
         PathBuf::from(format!("/dev/loop{}p{index}", self.number))
     }
 
-    /// Adds partition `index` (1-based) covering `size` bytes from `offset` to the device with
-    /// `BLKPG_ADD_PARTITION` and returns its node `/dev/loopNpK`. Unlike
-    /// [`LoopOptions::partscan`] this does not depend on the kernel's partition-table parsers
-    /// (some kernels are built without them); the offsets come from the table we wrote.
+    /// Makes partition `index` (1-based) covering `size` bytes from `offset` available and
+    /// returns its node `/dev/loopNpK`. A kernel with table parsers has made it already from
+    /// the table when the device was attached with [`LoopOptions::partscan`]: it is used when it
+    /// is exactly where expected. Otherwise it is added with `BLKPG_ADD_PARTITION`, which does
+    /// not depend on the kernel's parsers (some kernels are built without them); the offsets
+    /// come from the table we wrote.
     ///
     /// # Errors
     ///
-    /// [`LoopError::Partition`] if the kernel refuses, or the node never appears.
+    /// [`LoopError::Partition`] if the kernel refuses, or the node never appears;
+    /// [`LoopError::PartitionMismatch`] when the kernel's partition is elsewhere.
     pub fn add_partition(
         &mut self,
         index: u32,
@@ -364,6 +409,39 @@ impl LoopDevice {
             index,
             source,
         };
+        let sysfs = PathBuf::from(format!(
+            "/sys/block/loop{n}/loop{n}p{index}",
+            n = self.number
+        ));
+        if sysfs.exists() {
+            let read = |name: &str| -> Result<u64, LoopError> {
+                let path = sysfs.join(name);
+                let text = std::fs::read_to_string(&path).map_err(fail)?;
+                text.trim().parse().map_err(|_| {
+                    fail(io::Error::other(format!(
+                        "unexpected content {text:?} in {}",
+                        path.display()
+                    )))
+                })
+            };
+            // sysfs counts 512-byte sectors whatever the block size.
+            let (start, sectors) = (read("start")?, read("size")?);
+            if (start, sectors) != (offset / 512, size / 512) {
+                return Err(LoopError::PartitionMismatch {
+                    device: self.path.clone(),
+                    index,
+                    start,
+                    sectors,
+                    expected_start: offset / 512,
+                    expected_sectors: size / 512,
+                });
+            }
+            open_device_node(&node, true).map_err(|e| match e {
+                LoopError::OpenDevice { source, .. } => fail(source),
+                other => other,
+            })?;
+            return Ok(node);
+        }
         let to_i64 = |v: u64| i64::try_from(v).map_err(|_| fail(Errno::EOVERFLOW.into()));
         let mut part = BlkpgPartition {
             start: to_i64(offset)?,
@@ -500,6 +578,41 @@ fn open_device_node(path: &Path, read_only: bool) -> Result<File, LoopError> {
                 return Err(LoopError::OpenDevice {
                     device: path.to_owned(),
                     source,
+                });
+            }
+        }
+    }
+}
+
+/// How long [`lock_exclusive`] waits for another holder (udevd probing the device) to let go.
+const LOCK_WAIT: Duration = Duration::from_secs(30);
+
+/// Takes an exclusive BSD lock (`flock`) on the device, waiting up to [`LOCK_WAIT`] for another
+/// holder; the lock lasts as long as `device` is open.
+fn lock_exclusive(device: &File, path: &Path) -> Result<(), LoopError> {
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        // SAFETY: `device` is an open descriptor we own for the duration of the call; flock
+        // takes no pointer.
+        let rc = unsafe { libc::flock(device.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            return Ok(());
+        }
+        match Errno::last() {
+            Errno::EINTR => {}
+            Errno::EWOULDBLOCK if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Errno::EWOULDBLOCK => {
+                return Err(LoopError::Locked {
+                    device: path.to_owned(),
+                    seconds: LOCK_WAIT.as_secs(),
+                });
+            }
+            errno => {
+                return Err(LoopError::OpenDevice {
+                    device: path.to_owned(),
+                    source: errno.into(),
                 });
             }
         }

@@ -5,6 +5,8 @@
 //! the copy leaves out ([`filter`]), `--generalize` ([`generalize`]), the image's
 //! `/etc/fstab` ([`fstab`]), and the partition table and GRUB of HVM images ([`partition`]).
 
+pub mod bootcheck;
+pub mod bootrefs;
 pub mod copy;
 pub mod filter;
 pub mod fs;

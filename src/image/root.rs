@@ -156,6 +156,48 @@ impl ImageRoot {
     }
 }
 
+impl ImageRoot {
+    /// Opens the regular file at `rel` in the image for reading, following symlinks inside the
+    /// image as the booted system would (never out of it: see [`ImageRoot::open_dir`]); `None`
+    /// when there is no regular file there (missing, a directory, a device, a symlink leaving
+    /// the image, another filesystem).
+    pub(crate) fn open_file(&self, rel: &Path) -> io::Result<Option<File>> {
+        let rel = in_image(rel);
+        let flags = OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+        let opened = match self.resolve {
+            Resolve::InRoot => {
+                let how = OpenHow::new().flags(flags).resolve(
+                    ResolveFlag::RESOLVE_IN_ROOT
+                        | ResolveFlag::RESOLVE_NO_MAGICLINKS
+                        | ResolveFlag::RESOLVE_NO_XDEV,
+                );
+                let mut tries = 0;
+                loop {
+                    match openat2(&self.dir, rel.as_path(), how) {
+                        Err(Errno::EAGAIN) if tries < EAGAIN_RETRIES => tries += 1,
+                        other => break other.map(File::from),
+                    }
+                }
+            }
+            Resolve::NoSymlinks => {
+                let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
+                    return Ok(None);
+                };
+                let Lookup::Dir(dir) = self.open_dir(parent)? else {
+                    return Ok(None);
+                };
+                openat(&dir, name, flags | OFlag::O_NOFOLLOW, Mode::empty()).map(File::from)
+            }
+        };
+        let file = match opened {
+            Ok(file) => file,
+            Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP | Errno::EXDEV) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        Ok((kind(&fstat(&file)?) == SFlag::S_IFREG).then_some(file))
+    }
+}
+
 fn lookup_error(e: Errno, blocked: &str) -> io::Result<Lookup> {
     match e {
         Errno::ENOENT => Ok(Lookup::Missing),
@@ -287,6 +329,67 @@ pub(crate) fn remove_tree_at(dir: &File, name: &OsStr) -> io::Result<u64> {
     }
     unlinkat(dir, name, UnlinkatFlags::RemoveDir)?;
     Ok(removed + 1)
+}
+
+/// Writes `text` to a new file beside `name` in the image directory `dir`, with the owner, mode
+/// and SELinux label of the regular file `name` when there is one (a file created from outside
+/// would get the label of nothing, and a confined service would be denied reading it), else
+/// root's and 0644; synced. Returns the new file's name: the caller renames it over `name`
+/// (or removes it). Nothing is followed: the old file is opened with `O_NOFOLLOW`, the new one
+/// created with `O_EXCL`.
+pub(crate) fn write_replacement(dir: &File, name: &str, text: &[u8]) -> io::Result<String> {
+    use nix::sys::stat::fchmod;
+    use nix::unistd::{Gid, Uid, fchown};
+    use std::io::Write as _;
+    use xattr::FileExt as _;
+
+    let mut attrs = None;
+    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+    match openat(dir, name, flags, Mode::empty()) {
+        Ok(fd) => {
+            let file = File::from(fd);
+            let st = fstat(&file)?;
+            if kind(&st) == SFlag::S_IFREG {
+                let label = file.get_xattr("security.selinux").ok().flatten();
+                attrs = Some((st, label));
+            }
+        }
+        Err(Errno::ENOENT | Errno::ELOOP) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let tmp_name = format!(".{name}.amibundle-{}", std::process::id());
+    let tmp = openat(
+        dir,
+        tmp_name.as_str(),
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o644),
+    )
+    .map(File::from)?;
+    let written = (|| -> io::Result<()> {
+        (&tmp).write_all(text)?;
+        match &attrs {
+            Some((st, label)) => {
+                fchown(
+                    &tmp,
+                    Some(Uid::from_raw(st.st_uid)),
+                    Some(Gid::from_raw(st.st_gid)),
+                )?;
+                fchmod(&tmp, Mode::from_bits_truncate(st.st_mode & 0o7777))?;
+                if let Some(label) = label {
+                    tmp.set_xattr("security.selinux", label)?;
+                }
+            }
+            // The usual owner; creating as root gives it anyway, and the umask may have
+            // narrowed the mode.
+            None => fchmod(&tmp, Mode::from_bits_truncate(0o644))?,
+        }
+        tmp.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = unlinkat(dir, tmp_name.as_str(), UnlinkatFlags::NoRemoveDir);
+        return Err(e);
+    }
+    Ok(tmp_name)
 }
 
 #[cfg(test)]

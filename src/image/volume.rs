@@ -41,6 +41,7 @@ use crate::image::mount::{Mount, PrivateNamespace};
 use crate::image::partition::{
     self, Bootloader, GrubReport, PartitionChoice, PartitionStyle, TableSpec,
 };
+use crate::image::{bootcheck, bootrefs};
 use crate::progress::Progress;
 
 /// Directories of a root volume whose contents are runtime state, never part of an image: they
@@ -51,7 +52,7 @@ const ROOT_RUNTIME_DIRS: [&str; 5] = ["/proc", "/sys", "/dev", "/run", "/tmp"];
 
 /// Filesystem types that are never copied, even with `--all`: kernel and runtime views, not
 /// data. Their mount points become empty directories.
-const PSEUDO_FS_TYPES: [&str; 22] = [
+const PSEUDO_FS_TYPES: [&str; 23] = [
     "proc",
     "sysfs",
     "devtmpfs",
@@ -67,6 +68,7 @@ const PSEUDO_FS_TYPES: [&str; 22] = [
     "mqueue",
     "hugetlbfs",
     "autofs",
+    "ramfs",
     "fusectl",
     "configfs",
     "binfmt_misc",
@@ -81,12 +83,17 @@ const PSEUDO_FS_TYPES: [&str; 22] = [
 /// the end.
 const TABLE_OVERHEAD_BYTES: u64 = 3 << 20;
 
-/// The partition table to give the image. Only a root volume gets one by itself (`auto`: the
-/// table of the disk the root filesystem is on, found through sysfs); a data directory gets
-/// one only when asked. A root disk whose table cannot be told gets none, with a warning.
-fn partition_style(choice: PartitionChoice, role: VolumeRole, volume: &Path) -> PartitionStyle {
-    if role == VolumeRole::Data || choice != PartitionChoice::Auto {
-        return choice.resolve(None).unwrap_or(PartitionStyle::None);
+/// The partition table to give the image, with what was found out about the source disk. Only
+/// a root volume gets one by itself (`auto`: the table of the disk the root filesystem is on,
+/// found through sysfs); a data directory gets one only when asked. A root disk whose table
+/// cannot be told gets none, with a warning.
+fn partition_style(
+    choice: PartitionChoice,
+    role: VolumeRole,
+    volume: &Path,
+) -> (PartitionStyle, Option<partition::Detection>) {
+    if role == VolumeRole::Data {
+        return (choice.resolve(None).unwrap_or(PartitionStyle::None), None);
     }
     let detected = imgfs::find_mount(volume)
         .map_err(|e| e.to_string())
@@ -95,22 +102,56 @@ fn partition_style(choice: PartitionChoice, role: VolumeRole, volume: &Path) -> 
                 .detect_devnum(u64::from(m.major), u64::from(m.minor))
                 .map_err(|e| crate::bundle::error_chain(&e))
         });
-    match detected {
-        Ok(d) => {
+    match (detected, choice) {
+        (Ok(d), PartitionChoice::Auto) => {
             tracing::info!(
                 "the root filesystem is on {} (table: {}): the image gets the same",
                 d.device,
                 d.style
             );
-            d.style
+            (d.style, Some(d))
         }
-        Err(e) => {
+        (Ok(d), _) => (
+            choice.resolve(None).unwrap_or(PartitionStyle::None),
+            Some(d),
+        ),
+        (Err(e), PartitionChoice::Auto) => {
             tracing::warn!(
                 "cannot tell the partition table of the root disk ({e}): making a plain filesystem image; pass --partition mbr or gpt for an HVM image"
             );
-            PartitionStyle::None
+            (PartitionStyle::None, None)
+        }
+        (Err(_), _) => (choice.resolve(None).unwrap_or(PartitionStyle::None), None),
+    }
+}
+
+/// The image's partition table: the source disk's identifiers where the image has the same
+/// kind of table as the disk the volume is on (so `root=PARTUUID=`, `PARTLABEL=` and GRUB's
+/// partition numbers resolve as on the source), fresh ones otherwise; what refers to the old
+/// ones is then rewritten after the copy ([`bootrefs`]).
+fn table_spec(
+    style: PartitionStyle,
+    detection: Option<&partition::Detection>,
+    label: Option<&str>,
+) -> Result<TableSpec, VolumeError> {
+    if let Some(d) = detection.filter(|d| d.style == style) {
+        if let (Some(disk), Some(number)) = (&d.disk, d.partition_number) {
+            match TableSpec::from_disk(disk, d.block_size.unwrap_or(512), number) {
+                Ok(spec) => {
+                    tracing::info!(
+                        "the image's {style} table keeps the identifiers of {} (partition {number})",
+                        disk.display()
+                    );
+                    return Ok(spec);
+                }
+                Err(e) => tracing::warn!(
+                    "{}: the image's partitions get new identifiers, and the references to the old ones in the image are rewritten",
+                    crate::bundle::error_chain(&e)
+                ),
+            }
         }
     }
+    Ok(TableSpec::random(style, label)?)
 }
 
 /// What to do with the image's `/etc/fstab`.
@@ -167,6 +208,11 @@ pub struct VolumeOptions {
     pub partition: PartitionChoice,
     /// `--bootloader` for a partitioned image.
     pub bootloader: Bootloader,
+    /// Check that the image will boot on an instance-store (Xen) instance, for a root volume or
+    /// a partitioned image (`bootcheck`); `None` skips the check.
+    pub boot_check: Option<bootcheck::CheckOptions>,
+    /// Keep going when the check finds errors (they are then in [`VolumeImage::boot_check`]).
+    pub allow_unbootable: bool,
 }
 
 /// The finished image.
@@ -196,6 +242,10 @@ pub struct VolumeImage {
     pub partition: PartitionStyle,
     /// What the GRUB 2 installation found, for a partitioned image.
     pub boot: Option<GrubReport>,
+    /// References to the root filesystem rewritten because an identifier could not be kept.
+    pub boot_rewrites: Vec<bootrefs::Rewrite>,
+    /// What the boot check found, when it ran.
+    pub boot_check: Option<bootcheck::BootReport>,
 }
 
 /// Wall time of the phases of [`make_image`].
@@ -250,6 +300,18 @@ pub enum VolumeError {
     /// GRUB.
     #[error(transparent)]
     Bootloader(#[from] partition::BootloaderError),
+    /// The image's references to its root filesystem could not be fixed.
+    #[error(transparent)]
+    BootRefs(#[from] bootrefs::BootRefsError),
+    /// The boot check could not read the image.
+    #[error(transparent)]
+    BootCheck(#[from] bootcheck::BootCheckError),
+    /// The boot check found what would stop the image's boot.
+    #[error("{}", unbootable(report))]
+    Unbootable {
+        /// What the check found.
+        report: Box<bootcheck::BootReport>,
+    },
     /// Local file trouble in the work directory or the volume.
     #[error("{action} {}", path.display())]
     Io {
@@ -336,7 +398,7 @@ pub fn make_image(
     )?;
 
     // 3. The image file, its partition table (HVM) and its filesystem.
-    let style = partition_style(opts.partition, role, volume);
+    let (style, detection) = partition_style(opts.partition, role, volume);
     let table_bytes = if style == PartitionStyle::None {
         0
     } else {
@@ -351,7 +413,7 @@ pub fn make_image(
             .label
             .as_ref()
             .map(|l| String::from_utf8_lossy(l.as_bytes()).into_owned());
-        let table = TableSpec::random(style, label.as_deref())?;
+        let table = table_spec(style, detection.as_ref(), label.as_deref())?;
         Some(partition::write_table(&image, &table)?)
     };
     // ext is made on the image file itself (with an offset inside a table), where mke2fs
@@ -370,19 +432,27 @@ pub fn make_image(
     for dir in [&target, &source_view] {
         fs::create_dir(dir).map_err(io_err("creating", dir))?;
     }
-    let mut loopdev = LoopDevice::attach(&image, LoopOptions::default())?;
+    // Attached locked (udev's protocol, see `LoopDevice::attach`) and, for a table, with
+    // partscan: a kernel with table parsers makes the partitions itself, and they are used
+    // where they match the table; the others are added from the table we wrote.
+    let mut loopdev = LoopDevice::attach(
+        &image,
+        LoopOptions {
+            read_only: false,
+            partscan: layout.is_some(),
+        },
+    )?;
     let fs_device = match &layout {
         None => loopdev.path().to_path_buf(),
         Some(l) => {
-            // Added from the table we wrote: some kernels have no table parsers for partscan.
             let mut root_node = None;
             for (index, extent) in l.partitions() {
                 let node = loopdev.add_partition(index, extent.offset_bytes, extent.size_bytes)?;
-                if Some(index) == l.root_number() {
+                if index == l.root_number {
                     root_node = Some(node);
                 }
             }
-            let node = root_node.unwrap_or_else(|| loopdev.partition_path(1));
+            let node = root_node.unwrap_or_else(|| loopdev.partition_path(l.root_number));
             if !spec.fs_type.is_ext() {
                 spec.region = None;
                 imgfs::mkfs(&node, &spec)?;
@@ -488,15 +558,19 @@ pub fn make_image(
     timings.copy = phase.elapsed();
     let phase = Instant::now();
 
-    // 6. fstab and generalization, inside the image only.
+    // 6. The image's references to its root, its fstab and generalization, inside the image
+    // only.
     let root_fs = RootFs {
         uuid: spec.uuid.map(|u| u.to_string()),
         label: spec
             .label
             .as_ref()
             .map(|l| String::from_utf8_lossy(l.as_bytes()).into_owned()),
+        partuuid: layout.as_ref().and_then(|l| l.root_partuuid.clone()),
+        partlabel: layout.as_ref().and_then(|l| l.root_partlabel.clone()),
         fs_type: spec.fs_type.as_str().to_string(),
     };
+    let boot_rewrites = bootrefs::fix_references(&target, &root_fs)?;
     let (fstab_warnings, fstab_previous) = match &opts.fstab {
         FstabChoice::Keep => {
             let warnings = match fstab::read_from_image(&target)? {
@@ -505,11 +579,13 @@ pub fn make_image(
                     Err(e) => vec![FstabWarning {
                         line: e.line,
                         message: format!("cannot be parsed ({e}); left as it is"),
+                        breaks_boot: true,
                     }],
                 },
                 None if role == VolumeRole::Root => vec![FstabWarning {
                     line: 0,
                     message: "the image has no /etc/fstab: pass --generate-fstab".into(),
+                    breaks_boot: false,
                 }],
                 None => Vec::new(),
             };
@@ -536,6 +612,21 @@ pub fn make_image(
         }
         _ => None,
     };
+    let boot_check = match &opts.boot_check {
+        Some(check) if role == VolumeRole::Root || layout.is_some() => {
+            let mut boot_sector = [0u8; 440];
+            std::fs::File::open(loopdev.path())
+                .and_then(|f| std::os::unix::fs::FileExt::read_exact_at(&f, &mut boot_sector, 0))
+                .map_err(io_err("reading the boot sector of", loopdev.path()))?;
+            let disk = bootcheck::DiskFacts {
+                style,
+                boot_code: boot_sector.iter().any(|&b| b != 0),
+                root: root_fs.clone(),
+            };
+            Some(bootcheck::check_tree(&target, &disk, check)?)
+        }
+        _ => None,
+    };
 
     // 7. Tear down explicitly: a failure to unmount or detach is an error, not a leak.
     if let Some(bind) = src_mount {
@@ -547,6 +638,13 @@ pub fn make_image(
         fs::remove_dir(dir).map_err(io_err("removing", dir))?;
     }
     timings.finish = phase.elapsed();
+    if let Some(report) = &boot_check {
+        if !report.bootable() && !opts.allow_unbootable {
+            return Err(VolumeError::Unbootable {
+                report: Box::new(report.clone()),
+            });
+        }
+    }
 
     Ok(VolumeImage {
         path: image,
@@ -561,7 +659,26 @@ pub fn make_image(
         timings,
         partition: style,
         boot,
+        boot_rewrites,
+        boot_check,
     })
+}
+
+/// The message of [`VolumeError::Unbootable`]: each error with its fix, and the override.
+fn unbootable(report: &bootcheck::BootReport) -> String {
+    let mut text = String::from(
+        "the image will not boot on an instance-store (Xen) instance, so it is not bundled:",
+    );
+    for p in report.errors() {
+        text.push_str(&format!(
+            "\n  - {}: {}\n    fix: {}",
+            p.code, p.message, p.fix
+        ));
+    }
+    text.push_str(
+        "\n(amibundle check-image explains the check; --allow-unbootable bundles the image anyway)",
+    );
+    text
 }
 
 /// Copies the tree inside an image file (a bundle of a volume, unbundled) into `target`, with
@@ -585,8 +702,10 @@ pub fn restore_image(
             partscan: false,
         },
     )?;
-    let device = match partition::first_partition(image)? {
-        Some(extent) => loopdev.add_partition(1, extent.offset_bytes, extent.size_bytes)?,
+    let device = match partition::root_partition(image)? {
+        Some((number, extent)) => {
+            loopdev.add_partition(number, extent.offset_bytes, extent.size_bytes)?
+        }
         None => loopdev.path().to_path_buf(),
     };
     let probe = imgfs::probe_device(&device)?;

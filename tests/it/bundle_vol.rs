@@ -1417,9 +1417,18 @@ fn partitioned_images_get_the_table_the_filesystem_at_its_offset_and_grub() {
             .arg(grub_modules)
             .arg(src.join("usr/lib/grub/i386-pc")),
     );
+    // The source's identifiers, which a directory's image cannot keep (it gets a filesystem of
+    // its own with a new UUID and no label): the references to them must be rewritten, or the
+    // image stops in GRUB's rescue prompt or the initramfs.
+    const OLD_UUID: &str = "11111111-2222-4333-8444-555555555555";
+    let grub_cfg = format!(
+        "search --no-floppy --fs-uuid --set=root {OLD_UUID}\n\
+         menuentry 'Linux' {{\n  linux /vmlinuz root=LABEL=cloudimg-rootfs ro console=ttyS0\n}}\n"
+    );
+    write(&src.join("boot/grub/grub.cfg"), grub_cfg.as_bytes());
     write(
-        &src.join("boot/grub/grub.cfg"),
-        b"menuentry 'Linux' {\n  linux /vmlinuz root=LABEL=cloudimg-rootfs ro console=ttyS0\n}\n",
+        &src.join("etc/fstab"),
+        format!("UUID={OLD_UUID} / ext4 rw 0 1\n").as_bytes(),
     );
     fs::create_dir(&dest).unwrap();
     let boot_img = fs::read(grub_modules.join("boot.img")).unwrap();
@@ -1438,6 +1447,10 @@ fn partitioned_images_get_the_table_the_filesystem_at_its_offset_and_grub() {
             &["--no-inherit", "-P", style],
         );
         assert!(err.contains("GRUB 2 installed"), "{err}");
+        assert!(
+            err.contains("rewrote a reference") && err.contains(OLD_UUID),
+            "{err}"
+        );
         let image = dest.join(&prefix);
         let (got_label, parts) = partitions(&image);
         assert_eq!(got_label, label);
@@ -1473,6 +1486,32 @@ fn partitioned_images_get_the_table_the_filesystem_at_its_offset_and_grub() {
         let mounted = mount(&image, &mnt, &offset);
         assert!(mnt.join("boot/grub/i386-pc/core.img").is_file());
         assert_eq!(fs::read(mnt.join("var/lib/state")).unwrap(), b"kept");
+        // Every reference names the image's own filesystem now.
+        let uuid = String::from_utf8(
+            run_ok(
+                Command::new("blkid")
+                    .args(["-p", "-s", "UUID", "-o", "value", "-O"])
+                    .arg((root.0 * 512).to_string())
+                    .arg(&image),
+            )
+            .stdout,
+        )
+        .unwrap()
+        .trim()
+        .to_owned();
+        assert_eq!(uuid.len(), 36, "{uuid}");
+        let cfg = fs::read_to_string(mnt.join("boot/grub/grub.cfg")).unwrap();
+        assert_eq!(
+            cfg,
+            format!(
+                "search --no-floppy --fs-uuid --set=root {uuid}\n\
+                 menuentry 'Linux' {{\n  linux /vmlinuz root=UUID={uuid} ro console=ttyS0\n}}\n"
+            )
+        );
+        assert_eq!(
+            fs::read_to_string(mnt.join("etc/fstab")).unwrap(),
+            format!("UUID={uuid} / ext4 rw 0 1\n")
+        );
         drop(mounted);
     }
     assert_nothing_left(&dest);
@@ -1531,4 +1570,163 @@ fn a_destination_inside_the_volume_comes_out_empty() {
     assert_eq!(fs::read(mnt.join("var/lib/state")).unwrap(), b"kept");
     drop(mounted);
     assert_nothing_left(&dest);
+}
+
+/// A small system that boots on Xen as far as the boot check can tell: the host's GRUB 2 for
+/// BIOS, a grub.cfg, a kernel, an initramfs with xen-blkfront (a real cpio archive, gzip), the
+/// module list, an fstab naming the root by a label the image will not have (rewritten).
+/// Without `with_blkfront`, the initramfs is one made on a Nitro machine by a host-only builder.
+fn bootable_system(src: &Path, with_blkfront: bool) {
+    const V: &str = "6.1.0-28-cloud-amd64";
+    small_system(src);
+    fs::create_dir_all(src.join("usr/lib/grub")).unwrap();
+    run_ok(
+        Command::new("cp")
+            .args(["-a", "/usr/lib/grub/i386-pc"])
+            .arg(src.join("usr/lib/grub/i386-pc")),
+    );
+    write(
+        &src.join("boot/grub/grub.cfg"),
+        format!(
+            "search --no-floppy --label --set=root old-root\nmenuentry 'Debian' {{\n  linux /boot/vmlinuz-{V} root=LABEL=old-root ro console=ttyS0,115200\n  initrd /boot/initrd.img-{V}\n}}\n"
+        )
+        .as_bytes(),
+    );
+    write(&src.join(format!("boot/vmlinuz-{V}")), b"kernel");
+    let modules: &[&str] = if with_blkfront {
+        &["block/xen-blkfront.ko", "net/xen-netfront.ko"]
+    } else {
+        &["nvme/host/nvme.ko", "net/xen-netfront.ko"]
+    };
+    let staging = tempfile::tempdir().unwrap();
+    let mut list = String::new();
+    let mut dep = String::new();
+    for m in modules {
+        let rel = format!("usr/lib/modules/{V}/kernel/drivers/{m}");
+        write(&staging.path().join(&rel), b"\x7fELF");
+        list.push_str(&format!("{rel}\n"));
+    }
+    // The kernel has the driver as a module either way: only the initramfs differs.
+    for m in [
+        "block/xen-blkfront.ko",
+        "net/xen-netfront.ko",
+        "nvme/host/nvme.ko",
+    ] {
+        dep.push_str(&format!("kernel/drivers/{m}:\n"));
+    }
+    let archive = run_ok(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "printf '{}' | cpio --quiet -o -H newc | gzip -c",
+                list.replace('\n', "\\n")
+            ))
+            .current_dir(staging.path()),
+    )
+    .stdout;
+    write(&src.join(format!("boot/initrd.img-{V}")), &archive);
+    write(
+        &src.join(format!("lib/modules/{V}/modules.dep")),
+        dep.as_bytes(),
+    );
+    write(&src.join("etc/fstab"), b"LABEL=old-root / ext4 rw 0 1\n");
+}
+
+fn json_of(out: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+#[test]
+fn the_boot_check_passes_a_bootable_image_and_refuses_a_broken_one() {
+    require_root();
+    let keys = Keys::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let home = tempfile::tempdir().unwrap();
+    let bundle_vol = |src: &Path, dest: &Path, extra: &[&str]| {
+        fs::create_dir_all(dest).unwrap();
+        amibundle(home.path())
+            .arg("bundle-vol")
+            .arg("-v")
+            .arg(src)
+            .arg("-d")
+            .arg(dest)
+            .args([
+                "-p",
+                "sys",
+                "-u",
+                "123456789012",
+                "--no-inherit",
+                "-P",
+                "mbr",
+            ])
+            .args(keys.bundle_args())
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let check_image = |target: &Path| {
+        amibundle(home.path())
+            .arg("check-image")
+            .arg(target)
+            .arg("-k")
+            .arg(keys.user_key())
+            .arg("--work-dir")
+            .arg(t)
+            .arg("--json")
+            .output()
+            .unwrap()
+    };
+
+    // Bootable: bundled, the check says so, and check-image agrees on the bundle.
+    let good = t.join("good");
+    bootable_system(&good, true);
+    let out = bundle_vol(&good, &t.join("good-out"), &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("boot check: no problems"), "{err}");
+    let out = check_image(&t.join("good-out/sys.manifest.xml"));
+    let report = json_of(&out);
+    assert!(out.status.success(), "{report}");
+    assert_eq!(report["bootable"], true, "{report}");
+    assert_eq!(report["kernel_version"], "6.1.0-28-cloud-amd64");
+    assert_nothing_left(&t.join("good-out"));
+
+    // An initramfs made on a Nitro machine (no xen-blkfront): refused, with the fix and the
+    // override named, and nothing left behind.
+    let broken = t.join("broken");
+    bootable_system(&broken, false);
+    let dest = t.join("broken-out");
+    let out = bundle_vol(&broken, &dest, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("will not boot")
+            && err.contains("no-xen-blkfront")
+            && err.contains("/etc/initramfs-tools/modules")
+            && err.contains("--allow-unbootable"),
+        "{err}"
+    );
+    assert!(!dest.join("sys.manifest.xml").exists());
+    assert_nothing_left(&dest);
+
+    // Overridden: bundled with the problem as a warning; check-image on the kept image says
+    // what is wrong, in JSON, and fails.
+    let out = bundle_vol(&broken, &dest, &["--allow-unbootable", "--keep-image"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("boot check: no-xen-blkfront"), "{err}");
+    let out = check_image(&dest.join("sys"));
+    let report = json_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert_eq!(report["bootable"], false);
+    let codes: Vec<&str> = report["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["severity"] == "error")
+        .map(|p| p["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(codes, ["no-xen-blkfront"], "{report}");
 }

@@ -40,6 +40,9 @@ use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 
+mod source;
+pub use source::{MAX_GPT_NUMBER, MAX_MBR_NUMBER};
+
 /// Logical sector size of the image. Loop devices present 512-byte sectors by default, and EC2
 /// (Xen) presents instance-store roots with 512-byte sectors, so the table is laid out in them.
 pub const SECTOR_BYTES: u64 = 512;
@@ -79,6 +82,9 @@ const GPT_NAME_UNITS: usize = 36;
 
 /// The GPT partition name of the root filesystem when the source filesystem has no label.
 pub const DEFAULT_ROOT_NAME: &str = "amibundle-root";
+
+/// The GPT partition name of the BIOS boot partition when the source disk has none.
+const BIOS_BOOT_NAME: &str = "BIOS boot partition";
 
 /// MBR partition type of a Linux filesystem.
 const MBR_TYPE_LINUX: u8 = 0x83;
@@ -177,6 +183,27 @@ pub enum PartitionError {
         /// The `stat` failure.
         #[source]
         source: nix::Error,
+    },
+    /// The source disk's table cannot be carried over as it is.
+    #[error("the partition table of {disk} cannot be kept: {reason}")]
+    SourceTable {
+        /// The source disk.
+        disk: PathBuf,
+        /// What is wrong or unkeepable.
+        reason: String,
+    },
+    /// A partition number the image's table cannot hold.
+    #[error(
+        "partition number {number} does not fit an image's {style} table (1 to {max}), or is \
+         used twice"
+    )]
+    BadNumber {
+        /// The table.
+        style: PartitionStyle,
+        /// The number asked for.
+        number: u32,
+        /// The largest number the table holds.
+        max: u32,
     },
     /// The source path is not a block device.
     #[error("{device} is not a block device; pass --partition mbr, gpt or none")]
@@ -303,6 +330,8 @@ pub struct Detection {
     /// The partition's start on that disk, in bytes (for information: the image is laid out
     /// afresh).
     pub start_bytes: Option<u64>,
+    /// The disk's logical sector size in bytes, when there is a disk.
+    pub block_size: Option<u64>,
 }
 
 /// Where sysfs and the device nodes live: `/sys` and `/dev` on a host, a fake tree in tests.
@@ -398,6 +427,7 @@ impl Sysfs {
                     }
                 })?),
                 start_bytes: Some(start_bytes),
+                block_size: Some(block_size),
             });
         }
 
@@ -453,6 +483,7 @@ impl Sysfs {
                 disk: None,
                 partition_number: None,
                 start_bytes: None,
+                block_size: None,
             },
         })
     }
@@ -526,13 +557,21 @@ fn table_style(head: &[u8], block_size: usize) -> Option<PartitionStyle> {
     }
 }
 
-/// Where partition 1 of an image file is, for images amibundle made (or any MBR/GPT disk
-/// image with 512-byte sectors): `None` when the image has no partition table (a bare
-/// filesystem). Read from the table itself, so it works where the kernel has no table parsers.
+/// GPT type of an EFI system partition.
+const EFI_SYSTEM_TYPE: Guid = Guid([
+    0xC1, 0x2A, 0x73, 0x28, 0xF8, 0x1F, 0x11, 0xD2, 0xBA, 0x4B, 0x00, 0xA0, 0xC9, 0x3E, 0xC9, 0x3B,
+]);
+
+/// Where the root filesystem of an image file is, and its partition number, for images
+/// amibundle made (or any MBR/GPT disk image with 512-byte sectors): the first partition that
+/// is neither a BIOS boot nor an EFI system partition (GPT), the first primary partition that is
+/// not an extended one (MBR). `None` when the image has no partition table (a bare filesystem)
+/// or no such partition. Read from the table itself, so it works where the kernel has no table
+/// parsers; the image may come from anywhere, so every offset is checked.
 ///
 /// # Errors
 /// [`PartitionError::ReadDisk`] when the image cannot be read.
-pub fn first_partition(image: &Path) -> Result<Option<Extent>, PartitionError> {
+pub fn root_partition(image: &Path) -> Result<Option<(u32, Extent)>, PartitionError> {
     let read_err = |source| PartitionError::ReadDisk {
         disk: image.to_owned(),
         source,
@@ -545,34 +584,57 @@ pub fn first_partition(image: &Path) -> Result<Option<Extent>, PartitionError> {
     let u32_at = |b: &[u8], at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
     let u64_at =
         |b: &[u8], at: usize| u64::from(u32_at(b, at)) | (u64::from(u32_at(b, at + 4)) << 32);
+    let extent = |first: u64, sectors: u64| {
+        Some(Extent {
+            offset_bytes: first.checked_mul(SECTOR_BYTES)?,
+            size_bytes: sectors.checked_mul(SECTOR_BYTES)?,
+        })
+    };
     match table_style(&head, SECTOR_BYTES as usize) {
         Some(PartitionStyle::Gpt) => {
             let gpt = &head[SECTOR_BYTES as usize..];
             let entries_lba = u64_at(gpt, 72);
-            let mut entry = [0u8; 128];
-            file.read_exact_at(&mut entry, entries_lba * SECTOR_BYTES)
-                .map_err(read_err)?;
-            let (first, last) = (u64_at(&entry, 32), u64_at(&entry, 40));
-            if entry[..16].iter().all(|&b| b == 0) || last < first {
+            let count = u32_at(gpt, 80).min(GPT_ENTRY_COUNT);
+            let entry_size = u64::from(u32_at(gpt, 84));
+            if !(128..=4096).contains(&entry_size) {
                 return Ok(None);
             }
-            Ok(Some(Extent {
-                offset_bytes: first * SECTOR_BYTES,
-                size_bytes: (last - first + 1) * SECTOR_BYTES,
-            }))
+            let Some(offset) = entries_lba.checked_mul(SECTOR_BYTES) else {
+                return Ok(None);
+            };
+            let mut array = vec![0u8; count as usize * entry_size as usize];
+            file.read_exact_at(&mut array, offset).map_err(read_err)?;
+            for (i, entry) in array.chunks_exact(entry_size as usize).enumerate() {
+                let kind = Guid::from_gpt_bytes(&entry[..16]);
+                let (first, last) = (u64_at(entry, 32), u64_at(entry, 40));
+                if kind == Guid([0; 16])
+                    || kind == BIOS_BOOT_TYPE
+                    || kind == EFI_SYSTEM_TYPE
+                    || last < first
+                {
+                    continue;
+                }
+                // i < 128: the count was capped.
+                return Ok(extent(first, last - first + 1).map(|e| (i as u32 + 1, e)));
+            }
+            Ok(None)
         }
         Some(PartitionStyle::Mbr) => {
-            let e = &head[446..462];
-            let (kind, first, sectors) = (e[4], u64::from(u32_at(e, 8)), u64::from(u32_at(e, 12)));
-            // 0x00: unused slot. An ext or XFS boot sector never ends in 0x55AA with a sane
-            // first entry, but a FAT one does: require a non-empty Linux-style entry.
-            if kind == 0 || first == 0 || sectors == 0 {
-                return Ok(None);
+            for number in 1..=MAX_MBR_NUMBER {
+                let e = &head[446 + 16 * (number as usize - 1)..][..16];
+                let (kind, first, sectors) =
+                    (e[4], u64::from(u32_at(e, 8)), u64::from(u32_at(e, 12)));
+                // 0x00: unused slot. An ext or XFS boot sector never ends in 0x55AA with a
+                // sane first entry, but a FAT one does: require a non-empty entry.
+                if kind == 0 || [0x05, 0x0F, 0x85, 0xEE, 0xEF].contains(&kind) {
+                    continue;
+                }
+                if first == 0 || sectors == 0 {
+                    return Ok(None);
+                }
+                return Ok(extent(first, sectors).map(|e| (number, e)));
             }
-            Ok(Some(Extent {
-                offset_bytes: first * SECTOR_BYTES,
-                size_bytes: sectors * SECTOR_BYTES,
-            }))
+            Ok(None)
         }
         _ => Ok(None),
     }
@@ -608,6 +670,17 @@ impl Guid {
         b[6] = (b[6] & 0x0F) | 0x40;
         b[8] = (b[8] & 0x3F) | 0x80;
         Ok(Self(b))
+    }
+
+    /// A GUID from the 16 bytes stored in a GPT ([`Guid::to_gpt_bytes`] reversed).
+    ///
+    /// # Panics
+    /// When `b` is shorter than 16 bytes.
+    pub fn from_gpt_bytes(b: &[u8]) -> Self {
+        Self([
+            b[3], b[2], b[1], b[0], b[5], b[4], b[7], b[6], b[8], b[9], b[10], b[11], b[12], b[13],
+            b[14], b[15],
+        ])
     }
 
     /// The 16 bytes as stored in a GPT: time-low, time-mid and time-high little-endian, the
@@ -646,25 +719,58 @@ impl fmt::Debug for Guid {
 // Writing tables
 // ---------------------------------------------------------------------------------------------
 
-/// Everything a table needs besides the image size: the style and its identifiers.
-/// [`TableSpec::random`] makes one with fresh identifiers; tests fix them.
+/// Everything a table needs besides the image size: the style, the partitions' numbers and the
+/// identifiers. [`TableSpec::from_disk`] keeps the source disk's, [`TableSpec::random`] makes
+/// fresh ones; tests fix them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableSpec {
     /// The table to write; [`PartitionStyle::None`] writes nothing.
     pub style: PartitionStyle,
+    /// Number of the filesystem partition: 1 to 4 for MBR, 1 to 128 for GPT. It is part of an
+    /// MBR partition's PARTUUID (`<signature>-<number>`) and of GRUB's `(hd0,gptN)` names.
+    pub root_number: u32,
     /// GPT name of the filesystem partition (cut at 36 UTF-16 units).
     pub root_name: String,
+    /// GPT type of the filesystem partition.
+    pub root_type: Guid,
+    /// GPT attribute bits of the filesystem partition (bit 2: legacy BIOS bootable).
+    pub root_attributes: u64,
     /// GPT disk GUID.
     pub disk_guid: Guid,
     /// GPT unique GUID of the filesystem partition (its PARTUUID).
     pub root_guid: Guid,
+    /// GPT number of the BIOS boot partition (not the root's).
+    pub bios_boot_number: u32,
     /// GPT unique GUID of the BIOS boot partition.
     pub bios_boot_guid: Guid,
-    /// MBR disk signature (the PARTUUID prefix of MBR partitions), never 0.
+    /// GPT name of the BIOS boot partition.
+    pub bios_boot_name: String,
+    /// MBR disk signature (the PARTUUID prefix of MBR partitions); random ones are never 0.
     pub mbr_signature: u32,
+    /// MBR type byte of the filesystem partition.
+    pub mbr_type: u8,
 }
 
 impl TableSpec {
+    /// A spec with the usual numbers (root 1, BIOS boot 2), types and names, and all-zero
+    /// identifiers, for [`TableSpec::random`] and the readers to fill in.
+    pub(crate) fn fixed(style: PartitionStyle) -> Self {
+        Self {
+            style,
+            root_number: 1,
+            root_name: DEFAULT_ROOT_NAME.to_owned(),
+            root_type: LINUX_FS_TYPE,
+            root_attributes: 0,
+            disk_guid: Guid([0; 16]),
+            root_guid: Guid([0; 16]),
+            bios_boot_number: 2,
+            bios_boot_guid: Guid([0; 16]),
+            bios_boot_name: BIOS_BOOT_NAME.to_owned(),
+            mbr_signature: 0,
+            mbr_type: MBR_TYPE_LINUX,
+        }
+    }
+
     /// A spec with random identifiers; the filesystem partition is named after the source
     /// filesystem's `label`, or [`DEFAULT_ROOT_NAME`].
     ///
@@ -676,7 +782,6 @@ impl TableSpec {
             openssl::rand::rand_bytes(&mut sig).map_err(PartitionError::Random)?;
         }
         Ok(Self {
-            style,
             root_name: label
                 .filter(|l| !l.is_empty())
                 .unwrap_or(DEFAULT_ROOT_NAME)
@@ -685,7 +790,46 @@ impl TableSpec {
             root_guid: Guid::random()?,
             bios_boot_guid: Guid::random()?,
             mbr_signature: u32::from_le_bytes(sig),
+            ..Self::fixed(style)
         })
+    }
+
+    /// What `root=PARTUUID=` names the filesystem partition with: the GPT partition GUID, or
+    /// `<disk signature>-<number>` for MBR (the kernel's `%08x-%02x`).
+    pub fn root_partuuid(&self) -> Option<String> {
+        match self.style {
+            PartitionStyle::None => None,
+            PartitionStyle::Mbr => Some(format!(
+                "{:08x}-{:02x}",
+                self.mbr_signature, self.root_number
+            )),
+            PartitionStyle::Gpt => Some(self.root_guid.to_string()),
+        }
+    }
+
+    /// Checks that the numbers fit the table: MBR 1 to 4, GPT 1 to 128, root and BIOS boot
+    /// apart.
+    fn check_numbers(&self) -> Result<(), PartitionError> {
+        let max = match self.style {
+            PartitionStyle::None => return Ok(()),
+            PartitionStyle::Mbr => source::MAX_MBR_NUMBER,
+            PartitionStyle::Gpt => source::MAX_GPT_NUMBER,
+        };
+        let fits = |n: u32| (1..=max).contains(&n);
+        let bad = |number| PartitionError::BadNumber {
+            style: self.style,
+            number,
+            max,
+        };
+        if !fits(self.root_number) {
+            return Err(bad(self.root_number));
+        }
+        if self.style == PartitionStyle::Gpt
+            && (!fits(self.bios_boot_number) || self.bios_boot_number == self.root_number)
+        {
+            return Err(bad(self.bios_boot_number));
+        }
+        Ok(())
     }
 }
 
@@ -703,30 +847,32 @@ pub struct Extent {
 pub struct PartitionLayout {
     /// The table written.
     pub style: PartitionStyle,
-    /// The filesystem: partition 1, or the whole image for [`PartitionStyle::None`].
+    /// The filesystem: partition [`PartitionLayout::root_number`], or the whole image for
+    /// [`PartitionStyle::None`].
     pub root: Extent,
-    /// GPT only: partition 2, the BIOS boot partition that receives GRUB's core image.
+    /// Number of the filesystem partition, as in `/dev/loopNpK` (0 without a table).
+    pub root_number: u32,
+    /// GPT only: the BIOS boot partition that receives GRUB's core image.
     pub bios_boot: Option<Extent>,
+    /// GPT only: its number.
+    pub bios_boot_number: Option<u32>,
     /// What `root=PARTUUID=` would name the filesystem partition with: the GPT partition GUID,
-    /// or `<disk signature>-01` for MBR.
+    /// or `<disk signature>-<number>` for MBR.
     pub root_partuuid: Option<String>,
+    /// GPT only: the filesystem partition's name (`root=PARTLABEL=`).
+    pub root_partlabel: Option<String>,
 }
 
 impl PartitionLayout {
-    /// Number of the filesystem partition, as in `/dev/loopNpK` (`None` without a table).
-    pub fn root_number(&self) -> Option<u32> {
-        (self.style != PartitionStyle::None).then_some(1)
-    }
-
     /// Every partition with its number, for adding them to a loop device
-    /// (`BLKPG_ADD_PARTITION`) without relying on the kernel's table parsers.
+    /// (`BLKPG_ADD_PARTITION`) where the kernel has no table parsers.
     pub fn partitions(&self) -> Vec<(u32, Extent)> {
         let mut parts = Vec::new();
         if self.style != PartitionStyle::None {
-            parts.push((1, self.root));
+            parts.push((self.root_number, self.root));
         }
-        if let Some(bios_boot) = self.bios_boot {
-            parts.push((2, bios_boot));
+        if let (Some(n), Some(bios_boot)) = (self.bios_boot_number, self.bios_boot) {
+            parts.push((n, bios_boot));
         }
         parts
     }
@@ -832,6 +978,7 @@ pub fn write_table(image: &Path, spec: &TableSpec) -> Result<PartitionLayout, Pa
     if size_bytes < min_bytes(spec.style) {
         return Err(too_small());
     }
+    spec.check_numbers()?;
     let plan = Plan::new(spec.style, size_bytes / SECTOR_BYTES).ok_or_else(too_small)?;
     if spec.style == PartitionStyle::Mbr && plan.root_last > u64::from(u32::MAX) {
         return Err(PartitionError::TooLargeForMbr {
@@ -848,7 +995,7 @@ pub fn write_table(image: &Path, spec: &TableSpec) -> Result<PartitionLayout, Pa
         PartitionStyle::None => {}
         PartitionStyle::Mbr => {
             writes.push((0, head[..MBR_HEAD_BYTES].to_vec()));
-            writes.push((0, mbr_sector(&plan, spec.mbr_signature).to_vec()));
+            writes.push((0, mbr_sector(&plan, spec).to_vec()));
         }
         PartitionStyle::Gpt => {
             let gpt = gpt_structures(&plan, spec);
@@ -877,15 +1024,19 @@ fn layout_of(plan: &Plan, spec: &TableSpec) -> PartitionLayout {
         offset_bytes: first * SECTOR_BYTES,
         size_bytes: (last + 1 - first) * SECTOR_BYTES,
     };
+    let gpt = spec.style == PartitionStyle::Gpt;
     PartitionLayout {
         style: spec.style,
         root: extent(plan.root_first, plan.root_last),
-        bios_boot: plan.bios_boot.map(|(first, last)| extent(first, last)),
-        root_partuuid: match spec.style {
-            PartitionStyle::None => None,
-            PartitionStyle::Mbr => Some(format!("{:08x}-01", spec.mbr_signature)),
-            PartitionStyle::Gpt => Some(spec.root_guid.to_string()),
+        root_number: if spec.style == PartitionStyle::None {
+            0
+        } else {
+            spec.root_number
         },
+        bios_boot: plan.bios_boot.map(|(first, last)| extent(first, last)),
+        bios_boot_number: plan.bios_boot.map(|_| spec.bios_boot_number),
+        root_partuuid: spec.root_partuuid(),
+        root_partlabel: gpt.then(|| spec.root_name.clone()),
     }
 }
 
@@ -922,21 +1073,24 @@ fn mbr_entry(bootable: bool, kind: u8, first: u64, sectors: u64) -> [u8; 16] {
     e
 }
 
-/// An MBR sector: no boot code (GRUB writes its own), the disk signature, one entry, 0x55AA.
-fn mbr_with(signature: u32, entry: [u8; 16]) -> [u8; 512] {
+/// An MBR sector: no boot code (GRUB writes its own), the disk signature, one entry in slot
+/// `number` (1 to 4), 0x55AA.
+fn mbr_with(signature: u32, number: u32, entry: [u8; 16]) -> [u8; 512] {
     let mut s = [0u8; 512];
     s[440..444].copy_from_slice(&signature.to_le_bytes());
-    s[446..462].copy_from_slice(&entry);
+    let at = 446 + 16 * (number as usize - 1);
+    s[at..at + 16].copy_from_slice(&entry);
     s[510] = 0x55;
     s[511] = 0xAA;
     s
 }
 
-fn mbr_sector(plan: &Plan, signature: u32) -> [u8; 512] {
+fn mbr_sector(plan: &Plan, spec: &TableSpec) -> [u8; 512] {
     let sectors = plan.root_last + 1 - plan.root_first;
     mbr_with(
-        signature,
-        mbr_entry(true, MBR_TYPE_LINUX, plan.root_first, sectors),
+        spec.mbr_signature,
+        spec.root_number,
+        mbr_entry(true, spec.mbr_type, plan.root_first, sectors),
     )
 }
 
@@ -947,13 +1101,19 @@ struct GptStructures {
     entries: Vec<u8>,
 }
 
-fn gpt_entry(kind: Guid, unique: Guid, first: u64, last: u64, name: &str) -> [u8; 128] {
+fn gpt_entry(
+    kind: Guid,
+    unique: Guid,
+    (first, last): (u64, u64),
+    attributes: u64,
+    name: &str,
+) -> [u8; 128] {
     let mut e = [0u8; 128];
     e[0..16].copy_from_slice(&kind.to_gpt_bytes());
     e[16..32].copy_from_slice(&unique.to_gpt_bytes());
     e[32..40].copy_from_slice(&first.to_le_bytes());
     e[40..48].copy_from_slice(&last.to_le_bytes());
-    // Attributes (48..56) stay 0.
+    e[48..56].copy_from_slice(&attributes.to_le_bytes());
     for (i, unit) in name.encode_utf16().take(GPT_NAME_UNITS).enumerate() {
         e[56 + 2 * i..58 + 2 * i].copy_from_slice(&unit.to_le_bytes());
     }
@@ -962,20 +1122,24 @@ fn gpt_entry(kind: Guid, unique: Guid, first: u64, last: u64, name: &str) -> [u8
 
 fn gpt_structures(plan: &Plan, spec: &TableSpec) -> GptStructures {
     let mut entries = vec![0u8; GPT_ARRAY_BYTES];
-    entries[0..128].copy_from_slice(&gpt_entry(
-        LINUX_FS_TYPE,
+    // Numbers were checked to be 1 to 128 (`TableSpec::check_numbers`).
+    let slot = |number: u32| (number as usize - 1) * GPT_ENTRY_BYTES as usize;
+    let at = slot(spec.root_number);
+    entries[at..at + 128].copy_from_slice(&gpt_entry(
+        spec.root_type,
         spec.root_guid,
-        plan.root_first,
-        plan.root_last,
+        (plan.root_first, plan.root_last),
+        spec.root_attributes,
         &spec.root_name,
     ));
-    if let Some((first, last)) = plan.bios_boot {
-        entries[128..256].copy_from_slice(&gpt_entry(
+    if let Some(range) = plan.bios_boot {
+        let at = slot(spec.bios_boot_number);
+        entries[at..at + 128].copy_from_slice(&gpt_entry(
             BIOS_BOOT_TYPE,
             spec.bios_boot_guid,
-            first,
-            last,
-            "BIOS boot partition",
+            range,
+            0,
+            &spec.bios_boot_name,
         ));
     }
     let entries_crc = crc32fast::hash(&entries);
@@ -1003,7 +1167,7 @@ fn gpt_structures(plan: &Plan, spec: &TableSpec) -> GptStructures {
     // specification asks), with signature 0 and no boot flag.
     let protective = mbr_entry(false, MBR_TYPE_GPT_PROTECTIVE, 1, last_lba);
     GptStructures {
-        protective_mbr: mbr_with(0, protective),
+        protective_mbr: mbr_with(0, 1, protective),
         primary_header: header(1, last_lba, 2),
         backup_header: header(last_lba, 1, plan.gpt_last_usable() + 1),
         entries,
@@ -1107,13 +1271,6 @@ pub enum BootWarning {
         /// The `root=` value.
         value: String,
     },
-    /// A `root=PARTUUID=`/`PARTLABEL=` argument: the image's partitions are new.
-    RootByPartition {
-        /// The file with the kernel command line.
-        file: PathBuf,
-        /// The `root=` value.
-        value: String,
-    },
     /// The host's installer and the image's modules come from different GRUB packages.
     VersionMismatch {
         /// The host installer's version.
@@ -1145,12 +1302,6 @@ impl fmt::Display for BootWarning {
                 "{} boots with root={value}: device names differ on the instance-store instance \
                  (its root disk is /dev/xvda or /dev/sda under Xen); use root=UUID=… or \
                  root=LABEL=… in the source system",
-                file.display()
-            ),
-            Self::RootByPartition { file, value } => write!(
-                f,
-                "{} boots with root={value}, but the image's partitions have new identifiers; \
-                 use root=UUID=… or root=LABEL=… in the source system",
                 file.display()
             ),
             Self::VersionMismatch { host, image } => write!(
@@ -1396,10 +1547,6 @@ fn command_line_warnings(root: &Path) -> Result<Vec<BootWarning>, BootloaderErro
                     file: file.clone(),
                     value,
                 },
-                RootKind::Partition => BootWarning::RootByPartition {
-                    file: file.clone(),
-                    value,
-                },
             };
             if !warnings.contains(&warning) {
                 warnings.push(warning);
@@ -1432,30 +1579,19 @@ fn root_arguments(text: &str, commands: &[&str]) -> Vec<String> {
 
 #[derive(Debug, PartialEq, Eq)]
 enum RootKind {
-    /// Survives the move to a new disk: filesystem UUID or label, or a GRUB variable.
+    /// Resolves in the image: a filesystem UUID or label, a partition's PARTUUID or PARTLABEL
+    /// (kept from the source or rewritten, see `image::bootrefs`), or a GRUB variable.
     Stable,
-    /// A device node path (`/dev/xvda1`, `/dev/nvme0n1p1`, `/dev/mapper/…`, `/dev/vg/lv`).
+    /// A device node path (`/dev/xvda1`, `/dev/mapper/…`, `/dev/vg/lv`).
     DeviceName,
-    /// Names the partition rather than the filesystem.
-    Partition,
 }
 
 fn classify_root(value: &str) -> RootKind {
-    let upper = value.to_ascii_uppercase();
-    if upper.starts_with("PARTUUID=")
-        || upper.starts_with("PARTLABEL=")
-        || value.starts_with("/dev/disk/by-partuuid/")
-        || value.starts_with("/dev/disk/by-partlabel/")
-    {
-        RootKind::Partition
-    } else if value.starts_with("/dev/")
-        && !value.starts_with("/dev/disk/by-uuid/")
-        && !value.starts_with("/dev/disk/by-label/")
-    {
+    if value.starts_with("/dev/") && !value.starts_with("/dev/disk/") {
         RootKind::DeviceName
     } else {
-        // UUID=, LABEL=, /dev/disk/by-uuid|by-label, and `${…}` expansions that grub-mkconfig
-        // fills in at boot.
+        // UUID=, LABEL=, PARTUUID=, PARTLABEL=, /dev/disk/by-*, and `${…}` expansions that
+        // grub-mkconfig fills in at boot.
         RootKind::Stable
     }
 }
@@ -1556,8 +1692,6 @@ mod tests {
 
     fn spec(style: PartitionStyle) -> TableSpec {
         TableSpec {
-            style,
-            root_name: DEFAULT_ROOT_NAME.to_owned(),
             disk_guid: Guid([
                 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x47, 0x88, 0x99, 0xAA, 0xBB, 0xCC, 0xDD, 0xEE,
                 0xFF, 0x00,
@@ -1571,6 +1705,7 @@ mod tests {
                 0x0F, 0x10,
             ]),
             mbr_signature: 0x1234_5678,
+            ..TableSpec::fixed(style)
         }
     }
 
@@ -1678,8 +1813,11 @@ mod tests {
                     offset_bytes: MIB,
                     size_bytes: 63 * MIB
                 },
+                root_number: 1,
                 bios_boot: None,
+                bios_boot_number: None,
                 root_partuuid: Some("12345678-01".into()),
+                root_partlabel: None,
             }
         );
         assert_eq!(layout.partitions(), vec![(1, layout.root)]);
@@ -1728,7 +1866,10 @@ mod tests {
                     offset_bytes: MIB,
                     size_bytes: MIB
                 }),
+                root_number: 1,
+                bios_boot_number: Some(2),
                 root_partuuid: Some("a1a2a3a4-b1b2-4cc2-91d2-e1e2e3e4e5e6".into()),
+                root_partlabel: Some(DEFAULT_ROOT_NAME.into()),
             }
         );
         assert_eq!(
@@ -1897,14 +2038,14 @@ mod tests {
                 size_bytes: 2 * MIB
             }
         );
-        assert_eq!(layout.root_number(), None);
+        assert_eq!(layout.root_number, 0);
         assert!(layout.partitions().is_empty());
         assert!(std::fs::read(&path).unwrap().iter().all(|&b| b == 0xA5));
     }
 
     #[test]
     fn gpt_names_are_utf16_and_cut_at_36_units() {
-        let e = gpt_entry(LINUX_FS_TYPE, LINUX_FS_TYPE, 1, 2, &"é".repeat(40));
+        let e = gpt_entry(LINUX_FS_TYPE, LINUX_FS_TYPE, (1, 2), 0, &"é".repeat(40));
         let units: Vec<u16> = e[56..128]
             .chunks(2)
             .map(|c| u16::from_le_bytes([c[0], c[1]]))
@@ -2011,6 +2152,7 @@ mod tests {
                 disk: Some(fake.dev_path("nvme0n1")),
                 partition_number: Some(1),
                 start_bytes: Some(2 * MIB),
+                block_size: Some(512),
             }
         );
     }
@@ -2069,6 +2211,7 @@ mod tests {
                 disk: None,
                 partition_number: None,
                 start_bytes: None,
+                block_size: None,
             }
         );
     }
@@ -2504,12 +2647,8 @@ mod tests {
             command_line_warnings(root).unwrap(),
             vec![
                 BootWarning::RootByDeviceName {
-                    file: cfg.clone(),
-                    value: "/dev/xvda1".into()
-                },
-                BootWarning::RootByPartition {
                     file: cfg,
-                    value: "PARTUUID=885cbc11-01".into()
+                    value: "/dev/xvda1".into()
                 },
                 BootWarning::RootByDeviceName {
                     file: "boot/loader/entries/abc-6.1.conf".into(),
