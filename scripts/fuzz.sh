@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Fuzzes the readers with cargo-fuzz (libFuzzer + AddressSanitizer): the manifest parser, the tar
-# reader and the decrypt → gunzip → untar chain of unbundle (fuzz/fuzz_targets/*.rs).
+# reader, the decrypt → gunzip → untar chain of unbundle and the boot check's initramfs lister
+# (fuzz/fuzz_targets/*.rs).
 #
 #   scripts/fuzz.sh [SECONDS] [TARGET...]
 #
@@ -25,7 +26,7 @@ root=$PWD
 seconds=${1:-60}
 shift || true
 targets=("$@")
-[[ ${#targets[@]} -gt 0 ]] || targets=(manifest tar unbundle)
+[[ ${#targets[@]} -gt 0 ]] || targets=(manifest tar unbundle initramfs)
 rss_mb=${FUZZ_RSS_MB:-2048}
 timeout=${FUZZ_TIMEOUT:-10}
 max_len=${FUZZ_MAX_LEN:-65536}
@@ -62,7 +63,7 @@ iv3=$(json_field "$testdata/peer-bundles/v3-sparse-islands/expected.json" aes_iv
 make_seeds() {
     local seeds=$root/fuzz/seeds
     rm -rf "$seeds"
-    mkdir -p "$seeds/manifest" "$seeds/tar" "$seeds/unbundle"
+    mkdir -p "$seeds/manifest" "$seeds/tar" "$seeds/unbundle" "$seeds/initramfs"
     local tmp
     tmp=$(mktemp -d)
     mkdir "$tmp/tars"
@@ -121,6 +122,21 @@ PY
         { printf '\001'; cat "$tmp/$name.gz"; } >"$seeds/unbundle/$name.gz"
         { printf '\002'; cat "$t"; } >"$seeds/unbundle/$name.tar"
     done
+    # initramfs images as initramfs-tools and dracut make them: a microcode archive, then the
+    # main one compressed (or not).
+    if command -v cpio >/dev/null; then
+        mkdir -p "$tmp/ird/kernel/x86/microcode" "$tmp/ird/usr/lib/modules/6.1/kernel/drivers/block"
+        echo microcode >"$tmp/ird/kernel/x86/microcode/GenuineIntel.bin"
+        echo module >"$tmp/ird/usr/lib/modules/6.1/kernel/drivers/block/xen-blkfront.ko"
+        (cd "$tmp/ird" && find kernel | cpio --quiet -o -H newc) >"$tmp/early.cpio"
+        (cd "$tmp/ird" && find usr | cpio --quiet -o -H newc) >"$tmp/main.cpio"
+        cp "$tmp/main.cpio" "$seeds/initramfs/plain"
+        local c
+        for c in "gzip -9nc" "zstd -qc" "xz -c --check=crc32" "xz -c --format=lzma"; do
+            command -v "${c%% *}" >/dev/null || continue
+            { cat "$tmp/early.cpio"; $c <"$tmp/main.cpio"; } >"$seeds/initramfs/${c%% *}-${c##*=}"
+        done
+    fi
     rm -rf "$tmp"
 }
 make_seeds

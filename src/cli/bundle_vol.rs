@@ -117,8 +117,9 @@ pub struct BundleVolArgs {
     #[arg(long)]
     pub allow_lossy: bool,
     /// Bundle the image even when the boot check finds it will not boot on an instance-store
-    /// (Xen) instance (the problems are shown as warnings)
-    #[arg(long)]
+    /// (Xen) instance (the problems are shown as warnings); the environment variable serves the
+    /// ec2-bundle-vol command line, which has no such flag
+    #[arg(long, env = "AMIBUNDLE_ALLOW_UNBOOTABLE")]
     pub allow_unbootable: bool,
     /// Accepted for ec2-bundle-vol compatibility: amibundle never prompts
     #[arg(long, hide = true)]

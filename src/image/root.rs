@@ -109,21 +109,10 @@ impl ImageRoot {
         }
         let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
         match self.resolve {
-            Resolve::InRoot => {
-                let how = OpenHow::new().flags(flags).resolve(
-                    ResolveFlag::RESOLVE_IN_ROOT
-                        | ResolveFlag::RESOLVE_NO_MAGICLINKS
-                        | ResolveFlag::RESOLVE_NO_XDEV,
-                );
-                let mut tries = 0;
-                loop {
-                    match openat2(&self.dir, rel.as_path(), how) {
-                        Ok(fd) => return Ok(Lookup::Dir(File::from(fd))),
-                        Err(Errno::EAGAIN) if tries < EAGAIN_RETRIES => tries += 1,
-                        Err(e) => return lookup_error(e, "not a directory"),
-                    }
-                }
-            }
+            Resolve::InRoot => match self.open_in_root(&rel, flags) {
+                Ok(dir) => Ok(Lookup::Dir(dir)),
+                Err(e) => lookup_error(e, "not a directory"),
+            },
             Resolve::NoSymlinks => {
                 let mut dir = self.dir.try_clone()?;
                 let root_dev = fstat(&self.dir)?.st_dev;
@@ -157,6 +146,24 @@ impl ImageRoot {
 }
 
 impl ImageRoot {
+    /// `openat2` of `rel` (already taken inside the image) with `RESOLVE_IN_ROOT`, no magic
+    /// links and no crossing of mount points; retried when a concurrent rename made the kernel
+    /// give up (`EAGAIN`).
+    fn open_in_root(&self, rel: &Path, flags: OFlag) -> Result<File, Errno> {
+        let how = OpenHow::new().flags(flags).resolve(
+            ResolveFlag::RESOLVE_IN_ROOT
+                | ResolveFlag::RESOLVE_NO_MAGICLINKS
+                | ResolveFlag::RESOLVE_NO_XDEV,
+        );
+        let mut tries = 0;
+        loop {
+            match openat2(&self.dir, rel, how) {
+                Err(Errno::EAGAIN) if tries < EAGAIN_RETRIES => tries += 1,
+                other => return other.map(File::from),
+            }
+        }
+    }
+
     /// Opens the regular file at `rel` in the image for reading, following symlinks inside the
     /// image as the booted system would (never out of it: see [`ImageRoot::open_dir`]); `None`
     /// when there is no regular file there (missing, a directory, a device, a symlink leaving
@@ -165,20 +172,7 @@ impl ImageRoot {
         let rel = in_image(rel);
         let flags = OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
         let opened = match self.resolve {
-            Resolve::InRoot => {
-                let how = OpenHow::new().flags(flags).resolve(
-                    ResolveFlag::RESOLVE_IN_ROOT
-                        | ResolveFlag::RESOLVE_NO_MAGICLINKS
-                        | ResolveFlag::RESOLVE_NO_XDEV,
-                );
-                let mut tries = 0;
-                loop {
-                    match openat2(&self.dir, rel.as_path(), how) {
-                        Err(Errno::EAGAIN) if tries < EAGAIN_RETRIES => tries += 1,
-                        other => break other.map(File::from),
-                    }
-                }
-            }
+            Resolve::InRoot => self.open_in_root(&rel, flags),
             Resolve::NoSymlinks => {
                 let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
                     return Ok(None);

@@ -614,13 +614,11 @@ pub fn make_image(
     };
     let boot_check = match &opts.boot_check {
         Some(check) if role == VolumeRole::Root || layout.is_some() => {
-            let mut boot_sector = [0u8; 440];
-            std::fs::File::open(loopdev.path())
-                .and_then(|f| std::os::unix::fs::FileExt::read_exact_at(&f, &mut boot_sector, 0))
+            let boot_code = partition::has_boot_code(loopdev.path())
                 .map_err(io_err("reading the boot sector of", loopdev.path()))?;
             let disk = bootcheck::DiskFacts {
                 style,
-                boot_code: boot_sector.iter().any(|&b| b != 0),
+                boot_code,
                 root: root_fs.clone(),
             };
             Some(bootcheck::check_tree(&target, &disk, check)?)
@@ -695,42 +693,8 @@ pub fn restore_image(
     threads: usize,
     progress: &dyn Progress,
 ) -> Result<CopyReport, VolumeError> {
-    let mut loopdev = LoopDevice::attach(
-        image,
-        LoopOptions {
-            read_only: true,
-            partscan: false,
-        },
-    )?;
-    let device = match partition::root_partition(image)? {
-        Some((number, extent)) => {
-            loopdev.add_partition(number, extent.offset_bytes, extent.size_bytes)?
-        }
-        None => loopdev.path().to_path_buf(),
-    };
-    let probe = imgfs::probe_device(&device)?;
-    let fs_type: FsType = probe
-        .fs_type
-        .as_deref()
-        .and_then(|t| t.parse().ok())
-        .ok_or_else(|| imgfs::FsError::Unsupported {
-            fs_type: probe
-                .fs_type
-                .clone()
-                .unwrap_or_else(|| "nothing recognisable".into()),
-            mount_point: image.to_path_buf(),
-        })?;
-    let mnt = work_dir.join("restore");
-    fs::create_dir(&mnt).map_err(io_err("creating", &mnt))?;
-    let mounted = Mount::new(
-        ns,
-        &device,
-        &mnt,
-        fs_type.as_str(),
-        MsFlags::MS_RDONLY,
-        fs_type.mount_data(),
-    )?;
-    let lost_found = mnt.join("lost+found");
+    let opened = ReadOnlyImage::open(ns, image, work_dir, "restore")?;
+    let lost_found = opened.dir.join("lost+found");
     let empty = fs::read_dir(&lost_found).is_ok_and(|mut entries| entries.next().is_none());
     let exclude = if empty { vec![lost_found] } else { Vec::new() };
     let opts = CopyOptions {
@@ -740,11 +704,89 @@ pub fn restore_image(
         allow_lossy,
         threads,
     };
-    let report = copy::copy_tree(&mnt, target, &opts, progress)?;
-    mounted.unmount()?;
-    loopdev.detach()?;
-    fs::remove_dir(&mnt).map_err(io_err("removing", &mnt))?;
+    let report = copy::copy_tree(&opened.dir, target, &opts, progress)?;
+    opened.close()?;
     Ok(report)
+}
+
+/// An image file attached read-only, its root filesystem (the partition its own table names,
+/// or the whole image) mounted read-only in the private namespace: what `restore` copies from
+/// and `check-image` checks. Dropped, its guards undo it; [`ReadOnlyImage::close`] reports
+/// failures.
+pub(crate) struct ReadOnlyImage {
+    mount: Mount,
+    loopdev: LoopDevice,
+    /// The mount point, a new directory in the work directory.
+    pub(crate) dir: PathBuf,
+    /// The filesystem's type.
+    pub(crate) fs_type: FsType,
+    /// Its label and UUID.
+    pub(crate) probe: imgfs::BlkidProbe,
+    /// The root partition's number and extent, for a partitioned image.
+    pub(crate) root_partition: Option<(u32, partition::Extent)>,
+}
+
+impl ReadOnlyImage {
+    /// Attaches and mounts `image` at `work_dir/name`.
+    pub(crate) fn open(
+        ns: &PrivateNamespace,
+        image: &Path,
+        work_dir: &Path,
+        name: &str,
+    ) -> Result<Self, VolumeError> {
+        let mut loopdev = LoopDevice::attach(
+            image,
+            LoopOptions {
+                read_only: true,
+                partscan: false,
+            },
+        )?;
+        let root_partition = partition::root_partition(image)?;
+        let device = match root_partition {
+            Some((number, extent)) => {
+                loopdev.add_partition(number, extent.offset_bytes, extent.size_bytes)?
+            }
+            None => loopdev.path().to_path_buf(),
+        };
+        let probe = imgfs::probe_device(&device)?;
+        let fs_type: FsType = probe
+            .fs_type
+            .as_deref()
+            .and_then(|t| t.parse().ok())
+            .ok_or_else(|| imgfs::FsError::Unsupported {
+                fs_type: probe
+                    .fs_type
+                    .clone()
+                    .unwrap_or_else(|| "nothing recognisable".into()),
+                mount_point: image.to_path_buf(),
+            })?;
+        let dir = work_dir.join(name);
+        fs::create_dir(&dir).map_err(io_err("creating", &dir))?;
+        let mount = Mount::new(
+            ns,
+            &device,
+            &dir,
+            fs_type.as_str(),
+            MsFlags::MS_RDONLY,
+            fs_type.mount_data(),
+        )?;
+        Ok(Self {
+            mount,
+            loopdev,
+            dir,
+            fs_type,
+            probe,
+            root_partition,
+        })
+    }
+
+    /// Unmounts, detaches and removes the mount point, reporting any failure.
+    pub(crate) fn close(self) -> Result<(), VolumeError> {
+        self.mount.unmount()?;
+        self.loopdev.detach()?;
+        fs::remove_dir(&self.dir).map_err(io_err("removing", &self.dir))?;
+        Ok(())
+    }
 }
 
 /// The image's filesystem. For a volume that is a mount point: its type, label and UUID when

@@ -2,19 +2,13 @@
 //! its root partition found from its own table, mounted read-only in the private mount
 //! namespace, and checked; nothing in it is changed.
 
-use std::fs::{self, File};
-use std::os::unix::fs::FileExt as _;
 use std::path::Path;
 
-use nix::mount::MsFlags;
-
 use super::{BootReport, CheckOptions, DiskFacts, check_tree};
-use crate::image::fs::{self as imgfs, FsType};
 use crate::image::fstab::RootFs;
-use crate::image::loopdev::{LoopDevice, LoopOptions};
-use crate::image::mount::{Mount, PrivateNamespace};
+use crate::image::mount::PrivateNamespace;
 use crate::image::partition::{self, PartitionStyle, TableSpec};
-use crate::image::volume::VolumeError;
+use crate::image::volume::{ReadOnlyImage, VolumeError};
 
 /// Checks the image file `image` (a raw disk image: partitioned, or a bare filesystem); its
 /// filesystem is mounted read-only under a new directory in `work_dir`, removed afterwards.
@@ -28,19 +22,13 @@ pub fn check_image_file(
     work_dir: &Path,
     opts: &CheckOptions,
 ) -> Result<BootReport, VolumeError> {
-    let io = |action: &'static str| {
-        move |source| VolumeError::Io {
-            action,
-            path: image.to_owned(),
-            source,
-        }
-    };
-    let mut boot_sector = [0u8; 440];
-    File::open(image)
-        .and_then(|f| f.read_exact_at(&mut boot_sector, 0))
-        .map_err(io("reading the boot sector of"))?;
-    let root_part = partition::root_partition(image)?;
-    let table = match root_part {
+    let boot_code = partition::has_boot_code(image).map_err(|source| VolumeError::Io {
+        action: "reading the boot sector of",
+        path: image.to_owned(),
+        source,
+    })?;
+    let opened = ReadOnlyImage::open(ns, image, work_dir, "check")?;
+    let table = match opened.root_partition {
         Some((number, _)) => Some(TableSpec::from_disk(
             image,
             partition::SECTOR_BYTES,
@@ -48,38 +36,13 @@ pub fn check_image_file(
         )?),
         None => None,
     };
-
-    let mut loopdev = LoopDevice::attach(
-        image,
-        LoopOptions {
-            read_only: true,
-            partscan: false,
-        },
-    )?;
-    let device = match root_part {
-        Some((number, extent)) => {
-            loopdev.add_partition(number, extent.offset_bytes, extent.size_bytes)?
-        }
-        None => loopdev.path().to_path_buf(),
-    };
-    let probe = imgfs::probe_device(&device)?;
-    let fs_type: FsType = probe
-        .fs_type
-        .as_deref()
-        .and_then(|t| t.parse().ok())
-        .ok_or_else(|| imgfs::FsError::Unsupported {
-            fs_type: probe
-                .fs_type
-                .clone()
-                .unwrap_or_else(|| "nothing recognisable".into()),
-            mount_point: image.to_path_buf(),
-        })?;
     let disk = DiskFacts {
         style: table.as_ref().map_or(PartitionStyle::None, |t| t.style),
-        boot_code: boot_sector.iter().any(|&b| b != 0),
+        boot_code,
         root: RootFs {
-            uuid: probe.uuid.clone(),
-            label: probe
+            uuid: opened.probe.uuid.clone(),
+            label: opened
+                .probe
                 .label
                 .as_ref()
                 .map(|l| l.to_string_lossy().into_owned()),
@@ -88,30 +51,10 @@ pub fn check_image_file(
                 .as_ref()
                 .filter(|t| t.style == PartitionStyle::Gpt)
                 .map(|t| t.root_name.clone()),
-            fs_type: fs_type.as_str().to_owned(),
+            fs_type: opened.fs_type.as_str().to_owned(),
         },
     };
-    let mnt = work_dir.join("check");
-    fs::create_dir(&mnt).map_err(|source| VolumeError::Io {
-        action: "creating",
-        path: mnt.clone(),
-        source,
-    })?;
-    let mounted = Mount::new(
-        ns,
-        &device,
-        &mnt,
-        fs_type.as_str(),
-        MsFlags::MS_RDONLY,
-        fs_type.mount_data(),
-    )?;
-    let report = check_tree(&mnt, &disk, opts);
-    mounted.unmount()?;
-    loopdev.detach()?;
-    fs::remove_dir(&mnt).map_err(|source| VolumeError::Io {
-        action: "removing",
-        path: mnt.clone(),
-        source,
-    })?;
+    let report = check_tree(&opened.dir, &disk, opts);
+    opened.close()?;
     Ok(report?)
 }

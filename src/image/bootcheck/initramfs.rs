@@ -9,8 +9,8 @@
 //! says the check could not be made).
 //!
 //! The file comes from an image, which may come from anywhere: every archive header is checked,
-//! names are bounded ([`MAX_NAME_BYTES`]), the number of entries and the bytes decompressed are
-//! bounded, and nothing but the names is kept. The archives are parsed as they are decompressed
+//! names are bounded ([`MAX_NAME_BYTES`]), the number of entries ([`MAX_ENTRIES`]) and the bytes
+//! decompressed ([`MAX_DECOMPRESSED_BYTES`]) are bounded, and nothing but the names is kept. The archives are parsed as they are decompressed
 //! (a push parser fed by the decoders), so memory stays small whatever the size.
 
 use std::fs::File;
@@ -22,8 +22,9 @@ pub const MAX_NAME_BYTES: usize = 4096;
 /// The most entries read from one initramfs (real ones have a few thousand).
 pub const MAX_ENTRIES: u64 = 1 << 20;
 
-/// The most bytes decompressed from one initramfs (real ones are well under 1 GiB).
-pub const MAX_DECOMPRESSED_BYTES: u64 = 4 << 30;
+/// The most bytes read from one initramfs, decompressed (real ones are a few hundred MiB at
+/// most, with every module of the kernel).
+pub const MAX_DECOMPRESSED_BYTES: u64 = 1 << 30;
 
 /// Why an initramfs could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -55,8 +56,16 @@ pub enum InitramfsError {
 /// # Errors
 /// [`InitramfsError`] when the file cannot be read, is malformed, or uses a compression that is
 /// not supported.
-pub fn list(mut file: File) -> Result<Vec<String>, InitramfsError> {
-    let mut outer = CpioSink::new("the file", true);
+pub fn list(file: File) -> Result<Vec<String>, InitramfsError> {
+    list_with_limit(file, MAX_DECOMPRESSED_BYTES)
+}
+
+/// [`list`] with another bound on the bytes read (the fuzz target keeps each input fast).
+///
+/// # Errors
+/// Those of [`list`].
+pub fn list_with_limit(mut file: File, limit: u64) -> Result<Vec<String>, InitramfsError> {
+    let mut outer = CpioSink::new("the file", true, limit);
     let mut buf = vec![0u8; 256 * 1024];
     let compressed_at = loop {
         let n = match file.read(&mut buf) {
@@ -75,7 +84,7 @@ pub fn list(mut file: File) -> Result<Vec<String>, InitramfsError> {
         file.seek(SeekFrom::Start(offset))?;
         let mut reader = BufReader::new(file);
         let magic = reader.fill_buf()?.to_vec();
-        let mut inner = CpioSink::new("its compressed part", false);
+        let mut inner = CpioSink::new("its compressed part", false, limit);
         decompress(&magic, &mut reader, &mut inner)?;
         names.extend(inner.finish()?);
     }
@@ -89,21 +98,35 @@ fn decompress(
     sink: &mut CpioSink,
 ) -> Result<(), InitramfsError> {
     let unsupported = |what: &str| InitramfsError::Unsupported { what: what.into() };
-    if magic.starts_with(&[0x1F, 0x8B]) {
-        // Several gzip members may follow each other.
-        let mut decoder = flate2::bufread::MultiGzDecoder::new(reader);
-        copy_into(&mut decoder, sink)
-    } else if magic.starts_with(&[0x28, 0xB5, 0x2F, 0xFD]) {
-        // One frame after another until the input ends.
+    if magic.starts_with(&[0x1F, 0x8B]) || magic.starts_with(&[0x28, 0xB5, 0x2F, 0xFD]) {
+        // gzip members or zstd frames one after another, with zero padding between or after
+        // them (the kernel skips it); each is checked to its end (CRC-32, checksums), and
+        // anything else after them is an error.
+        let gzip = magic.starts_with(&[0x1F, 0x8B]);
         loop {
-            if reader.fill_buf()?.is_empty() {
+            if gzip {
+                let mut decoder = flate2::bufread::GzDecoder::new(&mut *reader);
+                copy_into(&mut decoder, sink)?;
+            } else {
+                let mut decoder = ruzstd::decoding::StreamingDecoder::new(&mut *reader)
+                    .map_err(|e| InitramfsError::Io(io::Error::other(e.to_string())))?;
+                copy_into(&mut decoder, sink)?;
+            }
+            if !skip_zeros(reader)? {
                 return Ok(());
             }
-            let mut decoder = ruzstd::decoding::StreamingDecoder::new(&mut *reader)
-                .map_err(|e| InitramfsError::Io(io::Error::other(e.to_string())))?;
-            copy_into(&mut decoder, sink)?;
-            if sink.done_with_data() {
-                return Ok(());
+            let next = reader.fill_buf()?;
+            let same = if gzip {
+                next.starts_with(&[0x1F, 0x8B])
+            } else {
+                next.starts_with(&[0x28, 0xB5, 0x2F, 0xFD])
+            };
+            if !same {
+                return Err(InitramfsError::Malformed {
+                    layer: "its compressed part",
+                    offset: sink.offset,
+                    why: "data after the compressed stream".into(),
+                });
             }
         }
     } else if magic.starts_with(&[0xFD, b'7', b'z', b'X', b'Z', 0x00]) {
@@ -132,13 +155,27 @@ fn lzma_error(e: lzma_rs::error::Error) -> InitramfsError {
     }
 }
 
-/// Copies everything `reader` yields into `sink`. A decoder that fails on what follows a
-/// complete archive (padding after the compressed data) has given everything.
+/// Copies everything `reader` yields into `sink`.
 fn copy_into(reader: &mut impl Read, sink: &mut CpioSink) -> Result<(), InitramfsError> {
     match io::copy(reader, sink) {
         Ok(_) => Ok(()),
-        Err(_) if sink.error.is_none() && sink.done_with_data() => Ok(()),
         Err(e) => Err(sink.error.take().unwrap_or(InitramfsError::Io(e))),
+    }
+}
+
+/// Skips zero bytes; whether anything else follows.
+fn skip_zeros(reader: &mut impl BufRead) -> io::Result<bool> {
+    loop {
+        let buf = reader.fill_buf()?;
+        if buf.is_empty() {
+            return Ok(false);
+        }
+        let zeros = buf.iter().take_while(|&&b| b == 0).count();
+        let all = zeros == buf.len();
+        reader.consume(zeros);
+        if !all {
+            return Ok(true);
+        }
     }
 }
 
@@ -170,10 +207,12 @@ struct CpioSink {
     error: Option<InitramfsError>,
     /// A trailer was seen and nothing but padding followed yet.
     after_trailer: bool,
+    /// The most bytes accepted.
+    limit: u64,
 }
 
 impl CpioSink {
-    fn new(layer: &'static str, stop_at_foreign: bool) -> Self {
+    fn new(layer: &'static str, stop_at_foreign: bool, limit: u64) -> Self {
         Self {
             layer,
             stop_at_foreign,
@@ -184,6 +223,7 @@ impl CpioSink {
             foreign_at: None,
             error: None,
             after_trailer: false,
+            limit,
         }
     }
 
@@ -193,12 +233,6 @@ impl CpioSink {
             offset: self.offset,
             why: why.into(),
         }
-    }
-
-    /// Whether the stream so far ended with a trailer (and padding): a decoder that stops
-    /// there has given everything.
-    fn done_with_data(&self) -> bool {
-        self.after_trailer && self.state == State::Header && self.buf.is_empty()
     }
 
     /// Consumes bytes; returns how many were taken (fewer than given only when a foreign magic
@@ -212,10 +246,8 @@ impl CpioSink {
             let before = data.len();
             data = self.step(data)?;
             self.offset += (before - data.len()) as u64;
-            if self.offset > MAX_DECOMPRESSED_BYTES {
-                return Err(
-                    self.malformed(format!("more than {} GiB", MAX_DECOMPRESSED_BYTES >> 30))
-                );
+            if self.offset > self.limit {
+                return Err(self.malformed(format!("more than {} MiB", self.limit >> 20)));
             }
         }
         Ok(given)
@@ -375,7 +407,9 @@ mod tests {
         for f in files {
             let p = dir.join(f);
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            std::fs::write(&p, format!("contents of {f}")).unwrap();
+            if !p.exists() {
+                std::fs::write(&p, format!("contents of {f}")).unwrap();
+            }
         }
         let mut child = Command::new("cpio")
             .args(["--quiet", "-o", "-H", "newc"])
@@ -507,6 +541,25 @@ mod tests {
         let mid = gz.len() / 2;
         gz[mid] ^= 0xFF;
         assert!(list(write("badgz", &gz)).is_err());
+        // A decompression bomb: 8 MiB of zeros in one entry, a few KiB of gzip; the bound stops
+        // it.
+        let big = dir.path().join("big");
+        std::fs::create_dir_all(big.join("d")).unwrap();
+        std::fs::write(big.join("d/zeros"), vec![0u8; 8 << 20]).unwrap();
+        let bomb = compress(&["gzip", "-9"], &cpio(&big, &["d/zeros"]));
+        assert!(bomb.len() < 64 << 10);
+        let e = list_with_limit(write("bomb", &bomb), 1 << 20)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("more than 1 MiB"), "{e}");
+        // Zero padding after the compressed stream is what the kernel skips; anything else
+        // after it is refused.
+        let mut padded = compress(&["gzip"], &good);
+        padded.extend([0u8; 4096]);
+        assert_eq!(list(write("padded", &padded)).unwrap(), MODULES);
+        padded.extend(b"junk");
+        let e = list(write("junk-after", &padded)).unwrap_err().to_string();
+        assert!(e.contains("data after the compressed stream"), "{e}");
         // A header whose fields are not hexadecimal.
         let mut bad_hex = good;
         bad_hex[54..62].copy_from_slice(b"zzzzzzzz");

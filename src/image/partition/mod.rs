@@ -1435,14 +1435,11 @@ fn install_grub_with_path(
     }
     // The copied tree may hold the source's old core.img; the boot sector, zeroed by
     // write_table, shows that the installer really wrote to this disk.
-    let mut boot_code = [0u8; 440];
-    File::open(disk_device)
-        .and_then(|f| f.read_exact_at(&mut boot_code, 0))
-        .map_err(|source| BootloaderError::Io {
-            path: disk_device.to_owned(),
-            source,
-        })?;
-    if boot_code.iter().all(|&b| b == 0) {
+    let boot_code = has_boot_code(disk_device).map_err(|source| BootloaderError::Io {
+        path: disk_device.to_owned(),
+        source,
+    })?;
+    if !boot_code {
         return Err(BootloaderError::NoBootCode {
             program,
             disk: disk_device.to_owned(),
@@ -1468,6 +1465,17 @@ fn install_grub_with_path(
         config,
         warnings,
     })
+}
+
+/// Whether the boot sector of `disk` (a disk, or an image file) holds boot code: its first 440
+/// bytes, before the disk signature and the partition entries, are not all zero.
+///
+/// # Errors
+/// When the first sector cannot be read.
+pub fn has_boot_code(disk: &Path) -> io::Result<bool> {
+    let mut boot_code = [0u8; 440];
+    File::open(disk)?.read_exact_at(&mut boot_code, 0)?;
+    Ok(boot_code.iter().any(|&b| b != 0))
 }
 
 /// Finds the image's GRUB configuration. When it is in the other GRUB directory than the one
