@@ -24,8 +24,9 @@
 # Usage: scripts/boot-test.sh [--styles LIST] [--guest-runs N] [--generalize] [--binary PATH]
 #                             [--jobs N] [--work DIR] [--keep]
 #   --styles      comma-separated, from: mbr-partuuid mbr-uuid gpt-partuuid gpt-label, each
-#                 optionally with +generalize (default: all four); "ci" is
-#                 mbr-partuuid,gpt-partuuid+generalize
+#                 optionally with +generalize and/or +new-uuid (bundle-vol --new-uuid: the
+#                 references to the old UUID must be rewritten) (default: the four styles and
+#                 mbr-uuid+new-uuid); "ci" is mbr-partuuid,gpt-partuuid+generalize
 #   --guest-runs  bundle-vol runs in a row inside each instance (default 1; every run must
 #                 succeed; the runs before the last make the image only (--clone-only: the
 #                 partitioning, formatting, mounting and GRUB that meet udev) and the last one
@@ -63,12 +64,12 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 case $styles in
-all) styles="mbr-partuuid mbr-uuid gpt-partuuid gpt-label" ;;
+all) styles="mbr-partuuid mbr-uuid gpt-partuuid gpt-label mbr-uuid+new-uuid" ;;
 ci) styles="mbr-partuuid gpt-partuuid+generalize" ;;
 *) styles=${styles//,/ } ;;
 esac
 for s in $styles; do
-    case ${s%+generalize} in
+    case ${s%%+*} in
     mbr-partuuid | mbr-uuid | gpt-partuuid | gpt-label) ;;
     *) echo "boot-test: unknown style $s" >&2; exit 2 ;;
     esac
@@ -199,6 +200,7 @@ done < /etc/fstab
 ssh=$(ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub 2>/dev/null | awk '{print $2}')
 echo "AMIBUNDLE-FACTS hostname=$(hostname) machine-id=$(cat /etc/machine-id)" \
     "root=$(findmnt -n -o SOURCE /) rootmode=$(findmnt -n -o OPTIONS / | cut -d, -f1)" \
+    "fsuuid=$(findmnt -n -o UUID /)" \
     "mounts=$mounts ssh=${ssh:-none} failed=$(systemctl --failed --no-legend | awk '{print $2}' | paste -sd, -)"
 echo "AMIBUNDLE-BOOT-OK"
 EOF
@@ -252,8 +254,9 @@ EOF
 # --- one style --------------------------------------------------------------------------------
 disk_mib=2048
 run_style() {
-    local style=${1%+generalize} t=$work/$1 generalize=$generalize
-    [[ $1 == *+generalize ]] && generalize=1
+    local style=${1%%+*} t=$work/$1 generalize=$generalize new_uuid=0
+    [[ $1 == *+generalize* ]] && generalize=1
+    [[ $1 == *+new-uuid* ]] && new_uuid=1
     mkdir -p "$t"
     log "=== $1 ==="
     local started=$SECONDS
@@ -354,6 +357,7 @@ EOF
     chmod 0600 "$wdir"/keys/*
     local extra=
     [[ $generalize -eq 1 ]] && extra=--generalize
+    [[ $new_uuid -eq 1 ]] && extra="$extra --new-uuid"
     cat >"$wdir/run.sh" <<EOF
 #!/bin/sh
 # Runs inside the instance: bundle-vol of / onto this disk, $guest_runs time(s) in a row.
@@ -430,6 +434,15 @@ EOF
     done
     [[ $(fact "$c2" mounts) == ok ]] || die "$style: fstab mounts: $(fact "$c2" mounts)"
     [[ $(fact "$c2" rootmode) == rw ]] || die "$style: root is mounted $(fact "$c2" rootmode)"
+    if [[ $new_uuid -eq 1 ]]; then
+        [[ $(fact "$c2" fsuuid) != "$(fact "$c1" fsuuid)" ]] ||
+            die "$style: --new-uuid kept the filesystem UUID $(fact "$c1" fsuuid)"
+        grep -q 'rewrote a reference' "$t/bundle.log" ||
+            die "$style: --new-uuid rewrote no reference (see $t/bundle.log)"
+    else
+        [[ $(fact "$c2" fsuuid) == "$(fact "$c1" fsuuid)" ]] ||
+            die "$style: the filesystem UUID changed: $(fact "$c1" fsuuid) → $(fact "$c2" fsuuid)"
+    fi
     if [[ $generalize -eq 1 ]]; then
         [[ $(fact "$c2" machine-id) != "$(fact "$c1" machine-id)" ]] ||
             die "$style: --generalize kept the machine-id"
