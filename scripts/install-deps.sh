@@ -18,6 +18,9 @@ for pair in pkg-config:pkg-config openssl:openssl gzip:gzip tar:tar mkfs.ext4:e2
 done
 command -v groff >/dev/null 2>&1 || missing+=(groff-base)
 dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
+# The AWS SDK's HTTPS client trusts the system's CA certificates (amibundle refuses to start a
+# cloud command without any).
+dpkg -s ca-certificates >/dev/null 2>&1 || missing+=(ca-certificates)
 for pair in sfdisk:fdisk sgdisk:gdisk partx:util-linux grub-install:grub2-common udevadm:udev \
             cpio:cpio zstd:zstd xz:xz-utils; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair##*:}")

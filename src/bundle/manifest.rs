@@ -155,6 +155,14 @@ pub enum ManifestError {
          re-serialized form): the manifest was altered or signed with another key"
     )]
     SignatureMismatch { cert: String },
+    /// A signed manifest whose structure could let the signature vouch for other elements than
+    /// those read (§9.5): comments, processing instructions, unknown, repeated or misplaced
+    /// elements around the signed ones.
+    #[error(
+        "the manifest's structure is not that of a signed manifest ({problem}): refused, since \
+         the signature could then cover other elements than those used"
+    )]
+    SignedStructure { problem: String },
 }
 
 /// The `bundler` block (§9.1 item 2).
@@ -596,32 +604,8 @@ impl Manifest {
                 max: MAX_MANIFEST_BYTES,
             });
         }
-        let body = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes);
-        // §10.3 detects legacy manifests by a first non-whitespace pair other than `<?`; §10.1
-        // also accepts XML without a declaration, so anything starting with `<` is parsed as
-        // XML and only a non-`<` start means a legacy (binary) manifest.
-        match body.iter().find(|b| !b.is_ascii_whitespace()) {
-            None => return Err(ManifestError::Empty),
-            Some(b'<') => {}
-            Some(_) => return Err(ManifestError::LegacyEncrypted),
-        }
-        let text = std::str::from_utf8(body).map_err(|e| ManifestError::NotUtf8 {
-            offset: e.valid_up_to(),
-        })?;
-        // roxmltree accepts an empty `<!DOCTYPE x>` even with DTDs disabled; refuse any.
-        if text.contains("<!DOCTYPE") {
-            return Err(ManifestError::Doctype);
-        }
-        let options = roxmltree::ParsingOptions {
-            allow_dtd: false,
-            nodes_limit: MAX_XML_NODES,
-            ..roxmltree::ParsingOptions::default()
-        };
-        let doc = roxmltree::Document::parse_with_options(text, options).map_err(|e| match e {
-            roxmltree::Error::DtdDetected => ManifestError::Doctype,
-            source => ManifestError::Xml { source },
-        })?;
-        parse_document(&doc)
+        let text = manifest_text(bytes)?;
+        parse_document(&xml_document(text)?)
     }
 
     /// Strict check of our own output and of manifests about to be uploaded or registered
@@ -897,6 +881,41 @@ fn check_digest(text: &str, path: &str) -> Result<(), ManifestError> {
 }
 
 /// §10.1: joined to a local directory or an S3 prefix, so it must be a plain file name.
+/// The XML text of a manifest file: a UTF-8 BOM dropped, legacy (binary) manifests and DTDs
+/// refused.
+fn manifest_text(bytes: &[u8]) -> Result<&str, ManifestError> {
+    let body = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes);
+    // §10.3 detects legacy manifests by a first non-whitespace pair other than `<?`; §10.1
+    // also accepts XML without a declaration, so anything starting with `<` is parsed as XML
+    // and only a non-`<` start means a legacy (binary) manifest.
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        None => return Err(ManifestError::Empty),
+        Some(b'<') => {}
+        Some(_) => return Err(ManifestError::LegacyEncrypted),
+    }
+    let text = std::str::from_utf8(body).map_err(|e| ManifestError::NotUtf8 {
+        offset: e.valid_up_to(),
+    })?;
+    // roxmltree accepts an empty `<!DOCTYPE x>` even with DTDs disabled; refuse any.
+    if text.contains("<!DOCTYPE") {
+        return Err(ManifestError::Doctype);
+    }
+    Ok(text)
+}
+
+/// The XML document of a manifest's text: no DTD, a bounded node count.
+fn xml_document(text: &str) -> Result<roxmltree::Document<'_>, ManifestError> {
+    let options = roxmltree::ParsingOptions {
+        allow_dtd: false,
+        nodes_limit: MAX_XML_NODES,
+        ..roxmltree::ParsingOptions::default()
+    };
+    roxmltree::Document::parse_with_options(text, options).map_err(|e| match e {
+        roxmltree::Error::DtdDetected => ManifestError::Doctype,
+        source => ManifestError::Xml { source },
+    })
+}
+
 fn is_plain_filename(name: &str) -> bool {
     !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\0'])
 }
@@ -1100,26 +1119,90 @@ fn parse_parts(parts: Node<'_>) -> Result<Vec<PartEntry>, ManifestError> {
 // ---------------------------------------------------------------------------------------------
 // Signature verification (§9.5)
 
-fn find(haystack: &[u8], needle: &[u8], from: usize) -> Option<usize> {
-    haystack
-        .get(from..)?
-        .windows(needle.len())
-        .position(|w| w == needle)
-        .map(|p| p + from)
+/// The bytes a signature covers, taken from exactly the elements the parser reads (§9.5): the
+/// `machine_configuration` element's bytes followed by the `image` element's (version 3: the
+/// `image` element alone), after checking that the file has the structure of a signed manifest,
+/// so that no other copy of them can be what the signature vouches for:
+///
+/// * no comment and no processing instruction anywhere (a genuine pair hidden in one would
+///   otherwise be found by a text search while the parser reads the elements after it);
+/// * the root's children are elements only, each at most once and in the order the format
+///   writes them: `version`, `bundler`, `machine_configuration`, `image`, `signature` (nothing
+///   unknown, repeated or misplaced; text between them is whitespace).
+fn signed_element_bytes(
+    text: &str,
+    doc: &roxmltree::Document<'_>,
+    version: &ManifestVersion,
+) -> Result<Vec<u8>, ManifestError> {
+    let refuse = |problem: String| Err(ManifestError::SignedStructure { problem });
+    if let Some(n) = doc.descendants().find(|n| n.is_comment() || n.is_pi()) {
+        let what = if n.is_comment() {
+            "a comment"
+        } else {
+            "a processing instruction"
+        };
+        return refuse(format!("{what} at byte {}", n.range().start));
+    }
+    const ORDER: [&str; 5] = [
+        "version",
+        "bundler",
+        "machine_configuration",
+        "image",
+        "signature",
+    ];
+    let root = doc.root_element();
+    let mut next = 0;
+    let mut machine = None;
+    let mut image = None;
+    for node in root.children() {
+        if node.is_text() {
+            if node.text().is_some_and(|t| !t.trim().is_empty()) {
+                return refuse(format!(
+                    "text between the elements at byte {}",
+                    node.range().start
+                ));
+            }
+            continue;
+        }
+        let name = node.tag_name().name();
+        let Some(at) = ORDER.iter().position(|&o| o == name) else {
+            return refuse(format!(
+                "an unknown element <{}> at byte {}",
+                name.chars().take(64).collect::<String>(),
+                node.range().start
+            ));
+        };
+        if at < next {
+            return refuse(format!(
+                "<{name}> repeated or out of order at byte {}",
+                node.range().start
+            ));
+        }
+        next = at + 1;
+        match name {
+            "machine_configuration" => machine = Some(node),
+            "image" => image = Some(node),
+            _ => {}
+        }
+    }
+    let Some(image) = image else {
+        return refuse("no <image> element".into());
+    };
+    let mut m = Vec::with_capacity(text.len());
+    if *version != ManifestVersion::V3 {
+        if let Some(mc) = machine {
+            m.extend_from_slice(&text.as_bytes()[mc.range()]);
+        }
+    }
+    m.extend_from_slice(&text.as_bytes()[image.range()]);
+    Ok(m)
 }
 
-/// First `<tag>` through the first following `</tag>`, inclusive (§9.5 verification step 1).
-fn raw_element<'a>(raw: &'a [u8], tag: &str) -> Option<&'a [u8]> {
-    let open = format!("<{tag}>");
-    let close = format!("</{tag}>");
-    let start = find(raw, open.as_bytes(), 0)?;
-    let end = find(raw, close.as_bytes(), start + open.len())? + close.len();
-    Some(&raw[start..end])
-}
-
-/// Verifies the manifest signature with the user certificate (§9.5): over the raw element bytes
-/// of the file first, then over our re-serialization of the parsed elements; version 3 signs
-/// the `image` element alone. Returns the form that verified.
+/// Verifies the manifest signature with the user certificate (§9.5), over the bytes of exactly
+/// the elements the parser reads (see `signed_element_bytes`: a file with comments, processing
+/// instructions, unknown, repeated or misplaced elements is refused), then, if those bytes do
+/// not verify, over our re-serialization of the parsed elements; version 3 signs the `image`
+/// element alone. `manifest` must be what `raw` parses to. Returns the form that verified.
 pub fn verify_signature(
     raw: &[u8],
     manifest: &Manifest,
@@ -1128,19 +1211,20 @@ pub fn verify_signature(
     if manifest.signature.is_empty() {
         return Err(ManifestError::Unsigned);
     }
+    let text = manifest_text(raw)?;
+    let doc = xml_document(text)?;
+    if parse_document(&doc)? != *manifest {
+        return Err(ManifestError::SignedStructure {
+            problem: "the manifest checked is not the one the file holds".into(),
+        });
+    }
+    let signed = signed_element_bytes(text, &doc, &manifest.version)?;
     let verify = |data: &[u8]| {
         crypto::verify_sha1_hex(cert, data, &manifest.signature)
             .map_err(|source| ManifestError::Verify { source })
     };
-    if let Some(image) = raw_element(raw, "image") {
-        let mut m = Vec::with_capacity(raw.len());
-        if manifest.version != ManifestVersion::V3 {
-            m.extend_from_slice(raw_element(raw, "machine_configuration").unwrap_or(b""));
-        }
-        m.extend_from_slice(image);
-        if verify(&m)? {
-            return Ok(SignatureForm::Raw);
-        }
+    if verify(&signed)? {
+        return Ok(SignatureForm::Raw);
     }
     // A manifest our serializer cannot reproduce simply has no re-serialized form.
     if let Ok(m) = manifest.signed_bytes() {
@@ -1784,10 +1868,10 @@ mod tests {
         let m = parse_str(&v1).unwrap();
         assert!(verify_signature(v1.as_bytes(), &m, &ec2_cert).is_err());
         // A signature that is not hex is an error, not a mismatch.
-        let mut bad = m.clone();
-        bad.signature = "zz".to_owned();
+        let zz = v1.replace(&m.signature, "zz");
+        let bad = parse_str(&zz).unwrap();
         assert!(matches!(
-            verify_signature(v1.as_bytes(), &bad, &cert).unwrap_err(),
+            verify_signature(zz.as_bytes(), &bad, &cert).unwrap_err(),
             ManifestError::Verify { .. }
         ));
     }
@@ -1915,6 +1999,187 @@ mod tests {
         assert!(matches!(
             parse_block_device_mapping("ami=sda1,ami=sdb").unwrap_err(),
             ManifestError::DuplicateMapping { .. }
+        ));
+    }
+
+    /// The parts of a signed file around its signed pair: what comes before
+    /// `<machine_configuration>`, the machine configuration, the image, and what follows.
+    fn split_signed(raw: &str) -> (&str, &str, &str, &str) {
+        let mc = raw.find("<machine_configuration>").unwrap();
+        let img = raw.find("<image>").unwrap();
+        let end = raw.find("</image>").unwrap() + "</image>".len();
+        (&raw[..mc], &raw[mc..img], &raw[img..end], &raw[end..])
+    }
+
+    /// Hostile forms of a genuine signed manifest, as an attacker with the file (and the
+    /// user's public certificate) makes them: the genuine signed pair kept somewhere the
+    /// parser does not read (a comment, a processing instruction, an unknown element, second
+    /// place) with the attacker's own elements where it does, and other structures a signed
+    /// manifest never has.
+    fn hostile_variants(raw: &str) -> Vec<(String, &'static str)> {
+        let (head, mc, image, tail) = split_signed(raw);
+        let genuine = format!("{mc}{image}");
+        // The attacker's image: another name (and so another output file), same signature.
+        let forged_image = image.replacen("<name>", "<name>evil-", 1);
+        let forged = format!("{mc}{forged_image}");
+        let (sig_start, sig_end) = (
+            tail.find("<signature>").unwrap(),
+            tail.find("</signature>").unwrap() + "</signature>".len(),
+        );
+        let signature = &tail[sig_start..sig_end];
+        vec![
+            (
+                format!("{head}<!--{genuine}-->{forged}{tail}"),
+                "genuine pair in a comment before",
+            ),
+            (
+                format!("{head}<?keep {genuine}?>{forged}{tail}"),
+                "genuine pair in a PI before",
+            ),
+            (
+                format!("{head}<junk>{genuine}</junk>{forged}{tail}"),
+                "genuine pair in an unknown element",
+            ),
+            (
+                format!("{head}{forged}<!--{genuine}-->{tail}"),
+                "genuine pair in a comment after",
+            ),
+            (
+                format!("{head}{forged}{genuine}{tail}"),
+                "genuine pair second",
+            ),
+            (
+                format!("{head}{genuine}{forged}{tail}"),
+                "attacker's pair second",
+            ),
+            (
+                format!("{head}{mc}{mc}{image}{tail}"),
+                "machine_configuration twice",
+            ),
+            (
+                format!("{head}{image}{mc}{tail}"),
+                "image before machine_configuration",
+            ),
+            (
+                format!("{head}{mc}<extra/>{image}{tail}"),
+                "an unknown element between",
+            ),
+            (
+                format!("{head}{genuine}<!-- note -->{tail}"),
+                "a harmless-looking comment",
+            ),
+            (
+                format!("{head}{genuine}{}</manifest>", signature).replacen(
+                    "<version>",
+                    "<?pi x?><version>",
+                    1,
+                ),
+                "a processing instruction at the top",
+            ),
+            (
+                format!("{}{signature}{genuine}</manifest>", head),
+                "signature before the signed elements",
+            ),
+            (
+                format!("{head}{genuine}text{tail}"),
+                "text between the elements",
+            ),
+        ]
+    }
+
+    #[test]
+    fn a_genuine_signed_pair_hidden_where_the_parser_does_not_read_vouches_for_nothing() {
+        let cert = user_cert();
+        for name in VECTORS {
+            let raw = String::from_utf8(vector(name).raw).unwrap();
+            for (text, what) in hostile_variants(&raw) {
+                let Ok(m) = Manifest::parse(text.as_bytes()) else {
+                    continue;
+                };
+                let verdict = verify_signature(text.as_bytes(), &m, &cert);
+                assert!(
+                    matches!(verdict, Err(ManifestError::SignedStructure { .. })),
+                    "{name}: {what}: {verdict:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_manifest_that_verifies_is_exactly_what_was_signed() {
+        // Differential property: whatever the file, if its signature verifies, the elements
+        // the parser read re-serialize to the bytes the key holder signed. Tried on the
+        // reference vectors, their hostile forms, and seeded random edits of both (a byte
+        // removed, doubled or changed; a span moved).
+        let cert = user_cert();
+        let mut rng: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = move |n: usize| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng % n as u64) as usize
+        };
+        let mut verified = 0;
+        let mut tried = 0;
+        for name in VECTORS {
+            let raw = String::from_utf8(vector(name).raw).unwrap();
+            let genuine = Manifest::parse(raw.as_bytes())
+                .unwrap()
+                .signed_bytes()
+                .unwrap();
+            let mut inputs: Vec<String> = vec![raw.clone()];
+            inputs.extend(hostile_variants(&raw).into_iter().map(|(t, _)| t));
+            for base in inputs.clone() {
+                for _ in 0..150 {
+                    let mut b = base.clone().into_bytes();
+                    match next(4) {
+                        0 => {
+                            b.remove(next(b.len()));
+                        }
+                        1 => {
+                            let i = next(b.len());
+                            b.insert(i, b[i]);
+                        }
+                        2 => {
+                            let i = next(b.len());
+                            b[i] = b"<>/!-?abc 0'\"="[next(14)];
+                        }
+                        _ => {
+                            let (i, len) = (next(b.len()), 1 + next(64));
+                            let span: Vec<u8> = b.drain(i..(i + len).min(b.len())).collect();
+                            let j = next(b.len() + 1);
+                            b.splice(j..j, span);
+                        }
+                    }
+                    if let Ok(t) = String::from_utf8(b) {
+                        inputs.push(t);
+                    }
+                }
+            }
+            for text in inputs {
+                tried += 1;
+                let Ok(m) = Manifest::parse(text.as_bytes()) else {
+                    continue;
+                };
+                if verify_signature(text.as_bytes(), &m, &cert).is_ok() {
+                    verified += 1;
+                    assert_eq!(m.signed_bytes().unwrap(), genuine, "{name}: {text}");
+                }
+            }
+        }
+        // The genuine files verify; most edits break the XML, the structure or the signature.
+        assert!(verified >= VECTORS.len(), "{verified} of {tried}");
+    }
+
+    #[test]
+    fn the_manifest_checked_must_be_the_one_in_the_file() {
+        let cert = user_cert();
+        let raw = vector("v1-small-ext4").raw;
+        let mut other = Manifest::parse(&raw).unwrap();
+        other.image.name = "other.img".into();
+        assert!(matches!(
+            verify_signature(&raw, &other, &cert),
+            Err(ManifestError::SignedStructure { .. })
         ));
     }
 

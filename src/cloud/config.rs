@@ -95,6 +95,11 @@ pub enum ConfigError {
         /// The access key id (not secret).
         key_id: String,
     },
+    /// The system has no CA certificates, so no HTTPS connection could be trusted.
+    #[error(
+        "no CA certificates found on this system (looked where OpenSSL does, and in SSL_CERT_FILE / SSL_CERT_DIR): HTTPS to AWS cannot be trusted; install them (Debian, Ubuntu: apt-get install ca-certificates; Fedora, RHEL, Amazon Linux: dnf install ca-certificates) or point SSL_CERT_FILE at a bundle"
+    )]
+    NoCaCertificates,
     /// No region anywhere.
     #[error(
         "no region: pass --region, set AWS_REGION or a region in your AWS profile (on EC2 the instance's region is used)"
@@ -115,6 +120,11 @@ impl CloudConfig {
     /// Resolves region and credentials. Network access (instance metadata) happens only when the
     /// region must come from it.
     pub async fn load(options: CloudOptions) -> Result<Self, ConfigError> {
+        // The SDK's HTTPS client loads the system's CA certificates on its first request and
+        // panics when there are none: say so first, and what to do.
+        if rustls_native_certs::load_native_certs().certs.is_empty() {
+            return Err(ConfigError::NoCaCertificates);
+        }
         let (attempt, grace) = timeouts(options.attempt_timeout);
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .retry_config(retry_config())

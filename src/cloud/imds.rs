@@ -268,7 +268,13 @@ impl Imds {
         if options.disabled {
             return Err(ImdsError::Disabled);
         }
+        // Instance metadata is plain HTTP: a client without TLS, so that a system with no CA
+        // certificates (a minimal install without ca-certificates) can still read it; the
+        // SDK's default client panics there on the first request.
+        let plain_http = aws_config::provider_config::ProviderConfig::default()
+            .with_http_client(aws_smithy_http_client::Builder::new().build_http());
         let mut builder = Client::builder()
+            .configure(&plain_http)
             .max_attempts(MAX_ATTEMPTS)
             .connect_timeout(CONNECT_TIMEOUT)
             .read_timeout(READ_TIMEOUT)

@@ -444,3 +444,61 @@ fn a_tar_stream_with_two_members_or_a_member_name_with_a_path_is_refused() {
     with_tar_of(&["my-server-2026", "extra"]).refuse("tar stream has more than one member");
     with_tar_of(&["sub/my-server-2026"]).refuse("invalid tar member name");
 }
+
+/// The signature bypass of issue 12: the genuine signed `machine_configuration` and `image`
+/// kept in a comment (where a text search finds them) ahead of the attacker's own elements
+/// (what the parser reads), with the genuine signature. Every command that checks the
+/// signature refuses it, and migrate-manifest does not re-sign it.
+#[test]
+fn a_genuine_signed_pair_in_a_comment_does_not_vouch_for_the_attackers_elements() {
+    let forged = edited(|x| {
+        let mc = x.find("<machine_configuration>").unwrap();
+        let end = x.find("</image>").unwrap() + "</image>".len();
+        let genuine = &x[mc..end];
+        let attacker = genuine.replacen("<name>", "<name>evil-", 1);
+        format!("{}<!--{genuine}-->{attacker}{}", &x[..mc], &x[end..])
+    });
+    let scene = Scene::new(&forged);
+    let manifest = scene.path("bundle").join(MANIFEST);
+    let before = snapshot(scene.root.path());
+    let (k, c) = (scene.keys.user_key(), scene.keys.user_cert());
+    let home = scene.path("home");
+    let mut verify = amibundle(&home);
+    verify
+        .args(["verify", "-m"])
+        .arg(&manifest)
+        .arg("-c")
+        .arg(&c);
+    let mut unbundle = amibundle(&home);
+    unbundle
+        .args(["unbundle", "-m"])
+        .arg(&manifest)
+        .arg("-k")
+        .arg(&k)
+        .arg("-c")
+        .arg(&c)
+        .arg("-d")
+        .arg(scene.path("out"));
+    let mut migrate = amibundle(&home);
+    migrate
+        .args(["migrate-manifest", "-m"])
+        .arg(&manifest)
+        .arg("-k")
+        .arg(&k)
+        .arg("-c")
+        .arg(&c)
+        .arg("--ec2cert")
+        .arg(scene.keys.ec2_cert())
+        .args(["--unpinned-ec2cert", "--region", "eu-west-1"]);
+    for cmd in [&mut verify, &mut unbundle, &mut migrate] {
+        let err = run_err(cmd);
+        assert!(
+            err.contains("not that of a signed manifest (a comment at byte"),
+            "{cmd:?}: {err}"
+        );
+    }
+    assert!(
+        snapshot(scene.root.path()) == before,
+        "nothing written: no evil-* image, no re-signed manifest, no backup"
+    );
+}

@@ -1730,3 +1730,61 @@ fn the_boot_check_passes_a_bootable_image_and_refuses_a_broken_one() {
         .collect();
     assert_eq!(codes, ["no-xen-blkfront"], "{report}");
 }
+
+/// A minimal system without CA certificates (no ca-certificates package): found by the VM boot
+/// test, whose Debian guest has none, where bundle-vol panicked inside the AWS SDK's HTTPS
+/// client while reading instance metadata (plain HTTP). The trust store is emptied with
+/// SSL_CERT_FILE/SSL_CERT_DIR, which the SDK honours like OpenSSL; metadata is asked of a
+/// closed port on 127.0.0.1.
+#[test]
+fn a_system_without_ca_certificates_still_bundles_and_cloud_commands_say_why_not() {
+    require_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let (src, dest, certs) = (t.join("src"), t.join("dest"), t.join("certs"));
+    small_system(&src);
+    fs::create_dir_all(&dest).unwrap();
+    fs::create_dir_all(&certs).unwrap();
+    fs::write(t.join("empty.pem"), b"").unwrap();
+    let no_certs = |cmd: &mut Command| {
+        cmd.env("SSL_CERT_FILE", t.join("empty.pem"))
+            .env("SSL_CERT_DIR", &certs)
+            .env_remove("AWS_EC2_METADATA_DISABLED")
+            .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://127.0.0.1:9");
+    };
+    for (prefix, extra) in [("inherit", &[][..]), ("no-inherit", &["--no-inherit"][..])] {
+        let mut cmd = amibundle(t);
+        cmd.arg("bundle-vol")
+            .arg("-v")
+            .arg(&src)
+            .arg("-d")
+            .arg(&dest)
+            .args(["-p", prefix, "--clone-only"])
+            .args(extra);
+        no_certs(&mut cmd);
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{prefix}: {err}");
+        assert!(!err.contains("panicked"), "{prefix}: {err}");
+        assert!(dest.join(prefix).is_file());
+    }
+    // A cloud command cannot trust HTTPS without them: a clear error, not a panic.
+    let mut cmd = amibundle(t);
+    cmd.args([
+        "delete",
+        "-b",
+        "some-bucket",
+        "-m",
+        "image.manifest.xml",
+        "--region",
+        "us-east-1",
+    ]);
+    no_certs(&mut cmd);
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("no CA certificates found") && err.contains("ca-certificates"),
+        "{err}"
+    );
+}
