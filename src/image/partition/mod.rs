@@ -36,11 +36,15 @@ use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt as _;
+use std::io::Read as _;
+use std::os::fd::AsRawFd as _;
+use std::os::unix::fs::{FileExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 
 mod source;
+
+use super::root::{ImageRoot, Lookup};
 pub use source::{MAX_GPT_NUMBER, MAX_MBR_NUMBER};
 
 /// Logical sector size of the image. Loop devices present 512-byte sectors by default, and EC2
@@ -1247,6 +1251,19 @@ pub enum BootloaderError {
         /// The disk installed to.
         disk: PathBuf,
     },
+    /// A directory the installer would use leads out of the image (a symlink in the copied
+    /// tree, absolute or climbing with `..`): the host's installer would write there.
+    #[error(
+        "the image's /{path} resolves to {resolved}, outside the image (a symlink in the copied \
+         system): GRUB is not installed through it; make it a directory, or a relative link \
+         inside the image, in the source system"
+    )]
+    OutsideImage {
+        /// The directory, as a path in the image.
+        path: String,
+        /// Where it leads on this host.
+        resolved: PathBuf,
+    },
     /// Reading or writing a file in the image (or its disk) failed.
     #[error("accessing {path}")]
     Io {
@@ -1371,7 +1388,14 @@ fn install_grub_with_path(
         PartitionStyle::Mbr => "part_msdos",
         PartitionStyle::Gpt => "part_gpt",
     };
-    let modules_dir = mounted_root.join(GRUB_I386_PC_DIR);
+    // Every directory the host's installer reads or writes is resolved the way the booted
+    // system resolves it, inside the image; one that a symlink would take elsewhere on this
+    // host is refused.
+    let Some(modules_dir) = confined_dir(mounted_root, GRUB_I386_PC_DIR)? else {
+        return Err(BootloaderError::NoImageGrub {
+            path: mounted_root.join(GRUB_I386_PC_DIR).join("kernel.img"),
+        });
+    };
     let kernel_img = modules_dir.join("kernel.img");
     if !kernel_img.is_file() {
         return Err(BootloaderError::NoImageGrub { path: kernel_img });
@@ -1391,11 +1415,18 @@ fn install_grub_with_path(
     };
     let grub_dir = Path::new("boot").join(grub_dir_name);
 
-    let boot_dir = mounted_root.join("boot");
-    std::fs::create_dir_all(&boot_dir).map_err(|source| BootloaderError::Io {
-        path: boot_dir.clone(),
-        source,
+    if confined_dir(mounted_root, "boot")?.is_none() {
+        let boot = mounted_root.join("boot");
+        std::fs::create_dir(&boot).map_err(|source| BootloaderError::Io { path: boot, source })?;
+    }
+    let boot_dir = confined_dir(mounted_root, "boot")?.ok_or_else(|| BootloaderError::Io {
+        path: mounted_root.join("boot"),
+        source: io::Error::from(io::ErrorKind::NotFound),
     })?;
+    // What the installer writes into: checked when the copied tree already has them.
+    for rel in [grub_dir.clone(), grub_dir.join("i386-pc")] {
+        confined_dir(mounted_root, &rel.to_string_lossy())?;
+    }
     // grub-install adds the modules for /boot's filesystem itself; naming them as well makes
     // the core image independent of that probe.
     let mut modules = vec![partmap];
@@ -1486,25 +1517,48 @@ fn settle_config(
     grub_dir: &Path,
     warnings: &mut Vec<BootWarning>,
 ) -> Result<Option<PathBuf>, BootloaderError> {
+    let image = ImageRoot::open(root).map_err(|source| BootloaderError::Io {
+        path: root.to_owned(),
+        source,
+    })?;
+    let is_file = |rel: &Path| -> Result<bool, BootloaderError> {
+        image
+            .open_file(rel)
+            .map(|f| f.is_some())
+            .map_err(|source| BootloaderError::Io {
+                path: root.join(rel),
+                source,
+            })
+    };
     let own = grub_dir.join("grub.cfg");
-    if root.join(&own).is_file() {
+    if is_file(&own)? {
         return Ok(Some(own));
     }
-    let other = ["boot/grub/grub.cfg", "boot/grub2/grub.cfg"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| *p != own && root.join(p).is_file());
+    let mut other = None;
+    for p in ["boot/grub/grub.cfg", "boot/grub2/grub.cfg"].map(PathBuf::from) {
+        if p != own && is_file(&p)? {
+            other = Some(p);
+            break;
+        }
+    }
     let Some(config) = other else {
         warnings.push(BootWarning::NoConfig);
         return Ok(None);
     };
     // `$root` is the partition the core image's prefix names, the one holding /boot.
     let stub_text = format!("configfile /{}\n", config.display());
+    // Created new, never through a symlink (the grub directory itself was checked).
     let stub_path = root.join(&own);
-    std::fs::write(&stub_path, stub_text).map_err(|source| BootloaderError::Io {
-        path: stub_path,
-        source,
-    })?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&stub_path)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, stub_text.as_bytes()))
+        .map_err(|source| BootloaderError::Io {
+            path: stub_path,
+            source,
+        })?;
     warnings.push(BootWarning::ConfigRedirected {
         stub: own,
         config: config.clone(),
@@ -1537,17 +1591,27 @@ fn command_line_warnings(root: &Path) -> Result<Vec<BootWarning>, BootloaderErro
             ));
         }
     }
+    let image = ImageRoot::open(root).map_err(|source| BootloaderError::Io {
+        path: root.to_owned(),
+        source,
+    })?;
     let mut warnings = Vec::new();
     for (file, commands) in files {
         let full = root.join(&file);
-        let text = match std::fs::read(&full) {
-            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            // A stub that is a directory or similar: nothing to check, GRUB would fail to read
-            // it the same way.
-            Err(e) if e.kind() == io::ErrorKind::IsADirectory => continue,
-            Err(source) => return Err(BootloaderError::Io { path: full, source }),
+        let io = |source| BootloaderError::Io {
+            path: full.clone(),
+            source,
         };
+        // Read inside the image only; what is not a regular file there (missing, a directory,
+        // a link out of the image) has nothing to check, and GRUB would not read it either.
+        let Some(f) = image.open_file(&file).map_err(io)? else {
+            continue;
+        };
+        let mut bytes = Vec::new();
+        f.take(CONFIG_READ_LIMIT)
+            .read_to_end(&mut bytes)
+            .map_err(io)?;
+        let text = String::from_utf8_lossy(&bytes).into_owned();
         for value in root_arguments(&text, commands) {
             let warning = match classify_root(&value) {
                 RootKind::Stable => continue,
@@ -1602,6 +1666,56 @@ fn classify_root(value: &str) -> RootKind {
         // grub-mkconfig fills in at boot.
         RootKind::Stable
     }
+}
+
+/// The largest GRUB configuration or BLS entry read for warnings.
+const CONFIG_READ_LIMIT: u64 = 4 << 20;
+
+/// The directory `rel` of the image mounted at `root` as a host path that leads where the
+/// booted system's `/rel` does, or `None` when there is none. Resolved twice: inside the image
+/// (`openat2(RESOLVE_IN_ROOT)`, absolute links taken from the image's root) and on the host
+/// (what a host program given the path would reach); they must agree, else a symlink in the
+/// image would lead the host's program out of it, and that is an error.
+fn confined_dir(root: &Path, rel: &str) -> Result<Option<PathBuf>, BootloaderError> {
+    let io = |path: PathBuf| move |source| BootloaderError::Io { path, source };
+    let image = ImageRoot::open(root).map_err(io(root.to_owned()))?;
+    let inside = match image.open_dir(Path::new(rel)).map_err(io(root.join(rel)))? {
+        Lookup::Dir(dir) => std::fs::read_link(format!("/proc/self/fd/{}", dir.as_raw_fd()))
+            .map_err(io(root.join(rel)))?,
+        Lookup::Missing => {
+            // Nothing there in the image; but a dangling link on the host side must not be
+            // created through either.
+            return match std::fs::symlink_metadata(root.join(rel)) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                _ => Err(BootloaderError::OutsideImage {
+                    path: rel.to_owned(),
+                    resolved: std::fs::read_link(root.join(rel)).unwrap_or_default(),
+                }),
+            };
+        }
+        Lookup::Blocked(_) => {
+            return Err(BootloaderError::OutsideImage {
+                path: rel.to_owned(),
+                resolved: std::fs::canonicalize(root.join(rel)).unwrap_or_default(),
+            });
+        }
+    };
+    let on_host = match std::fs::canonicalize(root.join(rel)) {
+        Ok(p) => p,
+        Err(_) => {
+            return Err(BootloaderError::OutsideImage {
+                path: rel.to_owned(),
+                resolved: std::fs::read_link(root.join(rel)).unwrap_or_default(),
+            });
+        }
+    };
+    if on_host != inside {
+        return Err(BootloaderError::OutsideImage {
+            path: rel.to_owned(),
+            resolved: on_host,
+        });
+    }
+    Ok(Some(inside))
 }
 
 /// The GRUB module for the filesystem at `root`, when it is one GRUB knows by that name.
@@ -2528,6 +2642,95 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(err, BootloaderError::NoBootCode { .. }), "{err}");
+    }
+
+    /// Issue 12, finding 6: `--boot-directory=<mnt>/boot` and `--directory=<mnt>/usr/lib/grub/i386-pc`
+    /// followed a `boot` symlink in the copied tree to the host. Each directory the installer
+    /// uses must lead where the image's own does.
+    #[test]
+    fn symlinks_in_the_image_never_lead_the_installer_to_the_host() {
+        let all_files = |dir: &Path| -> Vec<PathBuf> {
+            let mut v: Vec<PathBuf> = walk_files(dir);
+            v.sort();
+            v
+        };
+        for (what, plant) in [
+            ("boot", "boot"),
+            ("boot/grub", "boot/grub"),
+            ("boot/grub/i386-pc", "boot/grub/i386-pc"),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let root = grub_root(dir.path(), "2.06-13+deb12u2");
+            let host = dir.path().join("host");
+            std::fs::create_dir_all(host.join("grub/i386-pc")).unwrap();
+            std::fs::write(host.join("precious"), b"host file").unwrap();
+            let link = root.join(plant);
+            std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+            symlink(&host, &link).unwrap();
+            let before = all_files(&host);
+            let bin = recording_installer(dir.path(), "grub-install", "2.06-13+deb12u2", "grub");
+            let disk = fake_disk(dir.path());
+            let err = install_with_fake_path(&disk, &root, PartitionStyle::Mbr, bin.as_os_str())
+                .unwrap_err();
+            assert!(
+                matches!(&err, BootloaderError::OutsideImage { path, .. } if path == what),
+                "{what}: {err}"
+            );
+            assert_eq!(
+                all_files(&host),
+                before,
+                "{what}: nothing written on the host"
+            );
+            assert!(
+                !dir.path().join("args").exists(),
+                "{what}: the installer never ran"
+            );
+        }
+        // The modules too: a host directory posing as the image's GRUB.
+        let dir = tempfile::tempdir().unwrap();
+        let root = grub_root(dir.path(), "2.06-13+deb12u2");
+        let host_mods =
+            grub_root(&dir.path().join("host"), "2.06-13+deb12u2").join(GRUB_I386_PC_DIR);
+        std::fs::remove_dir_all(root.join(GRUB_I386_PC_DIR)).unwrap();
+        symlink(&host_mods, root.join(GRUB_I386_PC_DIR)).unwrap();
+        let bin = recording_installer(dir.path(), "grub-install", "2.06-13+deb12u2", "grub");
+        let err = install_with_fake_path(
+            &fake_disk(dir.path()),
+            &root,
+            PartitionStyle::Mbr,
+            bin.as_os_str(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, BootloaderError::OutsideImage { .. }), "{err}");
+
+        // A relative link inside the image is followed as the system follows it.
+        let dir = tempfile::tempdir().unwrap();
+        let root = grub_root(dir.path(), "2.06-13+deb12u2");
+        std::fs::create_dir_all(root.join("sysroot/boot")).unwrap();
+        symlink("sysroot/boot", root.join("boot")).unwrap();
+        let bin = recording_installer(dir.path(), "grub-install", "2.06-13+deb12u2", "grub");
+        let _report = install_with_fake_path(
+            &fake_disk(dir.path()),
+            &root,
+            PartitionStyle::Mbr,
+            bin.as_os_str(),
+        )
+        .unwrap();
+        assert!(root.join("sysroot/boot/grub/i386-pc/core.img").is_file());
+    }
+
+    fn walk_files(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if std::fs::symlink_metadata(&p).unwrap().is_dir() {
+                out.push(p.clone());
+                out.extend(walk_files(&p));
+            } else {
+                out.push(p);
+            }
+        }
+        out
     }
 
     #[test]
