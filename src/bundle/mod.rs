@@ -174,6 +174,18 @@ pub enum Error {
         /// In the tar stream.
         actual: u64,
     },
+    /// The tar member is not the image the manifest names.
+    #[error(
+        "the tar member is named {member:?} but the manifest's image is {image:?}: refused (the \
+         image is written under the manifest's name, and a bundle whose stream disagrees with \
+         it is not the one described)"
+    )]
+    MemberName {
+        /// In the tar stream.
+        member: String,
+        /// `image/name` of the manifest.
+        image: String,
+    },
     /// Decrypting or decompressing failed.
     #[error("decoding the bundle")]
     Decode(#[source] io::Error),

@@ -882,13 +882,13 @@ pub fn decode_ciphertext(
     let mut reader = TarReader::new(hashing);
     let info = reader.read_member_header()?;
 
+    // The image is written under the manifest's name (checked by the parser and, with -c,
+    // signed); a stream whose member says otherwise is not the bundle described.
     if info.name != manifest.image.name {
-        tracing::warn!(
-            "the tar member is named {} but the manifest's image name is {}; the image is written as {}",
-            info.name,
-            manifest.image.name,
-            info.name
-        );
+        return Err(Error::MemberName {
+            member: info.name,
+            image: manifest.image.name.clone(),
+        });
     }
     if info.size != manifest.image.size {
         return Err(Error::SizeMismatch {
@@ -899,7 +899,7 @@ pub fn decode_ciphertext(
 
     let mut temp = match out_dir {
         Some(dir) => {
-            let final_path = dir.join(&info.name);
+            let final_path = dir.join(&manifest.image.name);
             if !overwrite && fs::symlink_metadata(&final_path).is_ok() {
                 return Err(Error::Exists(final_path));
             }

@@ -365,6 +365,7 @@ fn with_tar_of(files: &[&str]) -> Scene {
     fs::write(d.join("my-server-2026"), &image).unwrap();
     fs::write(d.join("sub/my-server-2026"), &image).unwrap();
     fs::write(d.join("extra"), b"a second member").unwrap();
+    fs::write(d.join(".bashrc"), &image).unwrap();
     let tar = scratch.path().join("t.tar");
     run_ok(
         std::process::Command::new("tar")
@@ -443,6 +444,11 @@ fn a_tar_stream_with_two_members_or_a_member_name_with_a_path_is_refused() {
     );
     with_tar_of(&["my-server-2026", "extra"]).refuse("tar stream has more than one member");
     with_tar_of(&["sub/my-server-2026"]).refuse("invalid tar member name");
+    // Issue 12, finding 7: the output file took the member's name (`.bashrc` replaced the
+    // user's with --overwrite); the member must be the image the manifest names.
+    with_tar_of(&[".bashrc"]).refuse(
+        "the tar member is named \".bashrc\" but the manifest's image is \"my-server-2026\"",
+    );
 }
 
 /// The signature bypass of issue 12: the genuine signed `machine_configuration` and `image`
