@@ -32,6 +32,20 @@ pub enum LockError {
         /// The holder's pid, when /proc/locks tells.
         holder: Option<u32>,
     },
+    /// The lock file is not one amibundle can safely use: owned by another user (who may hold
+    /// it to block runs), or with other hard links (a planted link would make root truncate
+    /// the file it points to).
+    #[error(
+        "{} cannot be used as a lock: {problem}; remove it if it is stale (lock files are made \
+         0600 by root, alone)",
+        path.display()
+    )]
+    Unsafe {
+        /// The lock file.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: String,
+    },
     /// The lock file or directory could not be opened or locked.
     #[error("locking {}", path.display())]
     Io {
@@ -70,22 +84,47 @@ impl RunLock {
             source,
         };
         for _ in 0..100 {
+            // A lock file of ours is created new (O_EXCL); one that is already there is used
+            // as it is, never truncated or written to, and only when it is safe (see
+            // `check_existing`).
+            let mut created = false;
             let file = if is_file {
-                OpenOptions::new()
+                match OpenOptions::new()
                     .read(true)
                     .write(true)
-                    .create(true)
-                    .truncate(false)
+                    .create_new(true)
                     .mode(0o600)
                     .custom_flags(libc::O_NOFOLLOW)
                     .open(path)
+                {
+                    Ok(f) => {
+                        created = true;
+                        Ok(f)
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => OpenOptions::new()
+                        .read(true)
+                        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                        .open(path)
+                        .and_then(|f| check_existing(&f, path).map(|()| f)),
+                    Err(e) => Err(e),
+                }
             } else {
                 OpenOptions::new()
                     .read(true)
                     .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
                     .open(path)
-            }
-            .map_err(io_err)?;
+            };
+            let file = match file {
+                Ok(f) => f,
+                // Removed by its holder between our two opens: try again.
+                Err(e) if is_file && e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    return Err(match e.downcast::<LockError>() {
+                        Ok(unsafe_lock) => unsafe_lock,
+                        Err(e) => io_err(e),
+                    });
+                }
+            };
             let file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
                 Ok(locked) => locked,
                 Err((file, Errno::EWOULDBLOCK)) => {
@@ -107,9 +146,8 @@ impl RunLock {
                 Err(e) => return Err(io_err(e)),
             }
             let mut file = file;
-            if is_file {
+            if created {
                 // For a person looking at the file: who holds it.
-                file.set_len(0).map_err(io_err)?;
                 writeln!(file, "{}", std::process::id()).map_err(io_err)?;
             }
             return Ok(Self {
@@ -122,6 +160,35 @@ impl RunLock {
             "the lock file kept being replaced by other runs",
         )))
     }
+}
+
+/// Whether an existing lock file may be used: a regular file, owned by this user, with no
+/// other hard link. Errors are [`LockError::Unsafe`] inside an `io::Error`.
+fn check_existing(file: &File, path: &Path) -> io::Result<()> {
+    let md = file.metadata()?;
+    let unsafe_lock = |problem: String| {
+        io::Error::other(LockError::Unsafe {
+            path: path.to_path_buf(),
+            problem,
+        })
+    };
+    if !md.file_type().is_file() {
+        return Err(unsafe_lock("it is not a regular file".into()));
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if md.uid() != me {
+        return Err(unsafe_lock(format!(
+            "it belongs to user {} (another user can hold it to block this run)",
+            md.uid()
+        )));
+    }
+    if md.nlink() != 1 {
+        return Err(unsafe_lock(format!(
+            "it has {} hard links (it may be a link planted to another file)",
+            md.nlink()
+        )));
+    }
+    Ok(())
 }
 
 impl Drop for RunLock {
@@ -184,5 +251,40 @@ mod tests {
         drop(first);
         assert!(dir.path().is_dir());
         RunLock::dir(dir.path(), "state").unwrap();
+    }
+
+    /// Issue 12, finding 5: lock files live in shared directories (/var/tmp); a hard link
+    /// planted at the lock's name made root truncate its target, and a file another user made
+    /// there could block runs.
+    #[test]
+    fn a_planted_hard_link_is_never_truncated_and_a_foreign_lock_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"root:secret:\n").unwrap();
+        let path = dir.path().join("x.lock");
+        std::fs::hard_link(&victim, &path).unwrap();
+        let err = RunLock::file(&path, "bundle x").unwrap_err();
+        assert!(
+            matches!(&err, LockError::Unsafe { problem, .. } if problem.contains("2 hard links")),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(&victim).unwrap(), b"root:secret:\n");
+        std::fs::remove_file(&path).unwrap();
+
+        // Another user's file (needs root to make; CI runs as root).
+        if nix::unistd::geteuid().is_root() {
+            std::fs::write(&path, b"").unwrap();
+            nix::unistd::chown(&path, Some(nix::unistd::Uid::from_raw(4242)), None).unwrap();
+            let err = RunLock::file(&path, "bundle x").unwrap_err().to_string();
+            assert!(err.contains("belongs to user 4242"), "{err}");
+            std::fs::remove_file(&path).unwrap();
+        }
+
+        // A stale lock file of ours (a run killed with -9) is used, not rewritten.
+        std::fs::write(&path, b"12345\n").unwrap();
+        let lock = RunLock::file(&path, "bundle x").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"12345\n");
+        drop(lock);
+        assert!(!path.exists());
     }
 }
