@@ -99,6 +99,17 @@ pub enum ManifestError {
          (no '/', NUL, '.' or '..')"
     )]
     BadPartFilename { index: u64, filename: String },
+    /// A part name that is not `<image name>.part.<index>`.
+    #[error(
+        "manifest part {index} has filename {filename:?}, which is not a part of bundle {name:?} \
+         (parts are named {name}.part.<index>): refused, so that no other file is ever read, \
+         written or deleted under its name"
+    )]
+    PartNotOfBundle {
+        index: u32,
+        filename: String,
+        name: String,
+    },
     /// The parts of the model are not listed with indices 0..N−1 in order.
     #[error(
         "manifest part at position {position} has index {index}; parts must be listed 0..N-1 in order"
@@ -1049,6 +1060,29 @@ fn parse_image(img: Node<'_>) -> Result<ImageInfo, ManifestError> {
         user_encrypted_iv: req_text(img, "user_encrypted_iv", "image/user_encrypted_iv")?,
         parts: parse_parts(req_child(img, "parts", "image/parts")?)?,
     })
+    .and_then(check_part_names)
+}
+
+/// Every part is named `<image name>.part.<index>` (the index in decimal, any width), as every
+/// bundler writes them: the names are used as file names by download, verify, unbundle, delete
+/// and copy, and a manifest must not be able to make them touch any other file (`.bashrc`,
+/// another bundle's parts).
+fn check_part_names(image: ImageInfo) -> Result<ImageInfo, ManifestError> {
+    let prefix = format!("{}.part.", image.name);
+    for part in &image.parts {
+        let digits = part.filename.strip_prefix(&prefix).unwrap_or("");
+        let ok = !digits.is_empty()
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && digits.parse::<u64>().ok() == Some(u64::from(part.index));
+        if !ok {
+            return Err(ManifestError::PartNotOfBundle {
+                index: part.index,
+                filename: part.filename.chars().take(200).collect(),
+                name: image.name.chars().take(200).collect(),
+            });
+        }
+    }
+    Ok(image)
 }
 
 fn parse_parts(parts: Node<'_>) -> Result<Vec<PartEntry>, ManifestError> {
@@ -1619,17 +1653,17 @@ mod tests {
     fn parse_checks_part_indices_count_and_names() {
         let ok = set_parts(&format!(
             "<parts count='2'>{}{}</parts>",
-            part("1", "x.part.1"),
-            part("0", "x.part.0")
+            part("1", "small.img.part.1"),
+            part("0", "small.img.part.0")
         ));
         let m = parse_str(&ok).unwrap();
-        assert_eq!(m.image.parts[0].filename, "x.part.0");
+        assert_eq!(m.image.parts[0].filename, "small.img.part.0");
         assert_eq!(m.image.parts[1].index, 1);
 
         let missing = set_parts(&format!(
             "<parts count='2'>{}{}</parts>",
-            part("0", "x.part.0"),
-            part("2", "x.part.2")
+            part("0", "small.img.part.0"),
+            part("2", "small.img.part.2")
         ));
         assert!(matches!(
             parse_str(&missing).unwrap_err(),
@@ -1637,8 +1671,8 @@ mod tests {
         ));
         let duplicate = set_parts(&format!(
             "<parts count='2'>{}{}</parts>",
-            part("0", "x.part.0"),
-            part("0", "x.part.1")
+            part("0", "small.img.part.0"),
+            part("0", "small.img.part.1")
         ));
         assert!(matches!(
             parse_str(&duplicate).unwrap_err(),
@@ -1646,7 +1680,7 @@ mod tests {
         ));
         let mismatch = set_parts(&format!(
             "<parts count='2'>{}</parts>",
-            part("0", "x.part.0")
+            part("0", "small.img.part.0")
         ));
         assert!(matches!(
             parse_str(&mismatch).unwrap_err(),
@@ -1655,9 +1689,9 @@ mod tests {
                 found: 1
             }
         ));
-        let no_count = set_parts(&format!("<parts>{}</parts>", part("0", "x.part.0")));
+        let no_count = set_parts(&format!("<parts>{}</parts>", part("0", "small.img.part.0")));
         assert_eq!(parse_str(&no_count).unwrap().image.parts.len(), 1);
-        for bad_name in ["../x.part.0", "a/b", "..", "."] {
+        for bad_name in ["../small.img.part.0", "a/b", "..", "."] {
             let doc = set_parts(&format!("<parts count='1'>{}</parts>", part("0", bad_name)));
             assert!(
                 matches!(
@@ -1667,6 +1701,30 @@ mod tests {
                 "{bad_name}"
             );
         }
+        for foreign in [
+            ".bashrc",
+            "x.part.0",
+            "small.img.part.1",
+            "small.img.part.0x",
+        ] {
+            let doc = set_parts(&format!("<parts count='1'>{}</parts>", part("0", foreign)));
+            assert!(
+                matches!(
+                    parse_str(&doc).unwrap_err(),
+                    ManifestError::PartNotOfBundle { .. }
+                ),
+                "{foreign}"
+            );
+        }
+        // Any width of the index is a part of the bundle.
+        let wide = set_parts(&format!(
+            "<parts count='1'>{}</parts>",
+            part("0", "small.img.part.000")
+        ));
+        assert_eq!(
+            parse_str(&wide).unwrap().image.parts[0].filename,
+            "small.img.part.000"
+        );
         let empty_name = set_parts(&format!("<parts count='1'>{}</parts>", part("0", "")));
         assert!(matches!(
             parse_str(&empty_name).unwrap_err(),
@@ -2019,8 +2077,9 @@ mod tests {
     fn hostile_variants(raw: &str) -> Vec<(String, &'static str)> {
         let (head, mc, image, tail) = split_signed(raw);
         let genuine = format!("{mc}{image}");
-        // The attacker's image: another name (and so another output file), same signature.
-        let forged_image = image.replacen("<name>", "<name>evil-", 1);
+        // The attacker's image: another size (a stand-in for any field: a fresh key wrapped
+        // to the user's public certificate, another digest), same signature.
+        let forged_image = image.replacen("<size>", "<size>1", 1);
         let forged = format!("{mc}{forged_image}");
         let (sig_start, sig_end) = (
             tail.find("<signature>").unwrap(),
@@ -2093,9 +2152,10 @@ mod tests {
         for name in VECTORS {
             let raw = String::from_utf8(vector(name).raw).unwrap();
             for (text, what) in hostile_variants(&raw) {
-                let Ok(m) = Manifest::parse(text.as_bytes()) else {
-                    continue;
-                };
+                // Each one is a manifest the lenient parser reads: the refusal below is the
+                // signature check's, not the parser's.
+                let m = Manifest::parse(text.as_bytes())
+                    .unwrap_or_else(|e| panic!("{name}: {what}: the parser refused it: {e}"));
                 let verdict = verify_signature(text.as_bytes(), &m, &cert);
                 assert!(
                     matches!(verdict, Err(ManifestError::SignedStructure { .. })),

@@ -207,6 +207,28 @@ fn part_filenames_that_are_not_plain_names_are_refused() {
     Scene::new(&with_filename("a\0b")).refuse("parsing manifest XML");
 }
 
+/// Issue 12, finding 2: a manifest could name any plain file as a part (`.bashrc`, another
+/// bundle's part), and download replaced it. Part names are `<image name>.part.<index>` or the
+/// manifest is refused, by every command, before any file is touched.
+#[test]
+fn part_names_that_are_not_this_bundles_parts_are_refused() {
+    for name in [
+        ".bashrc",
+        "other-bundle.part.0",
+        "my-server-2026.part.1",
+        "my-server-2026.part.0.bak",
+        "my-server-2026.part.",
+        "my-server-2026.part.+0",
+    ] {
+        let scene = Scene::new(&with_filename(name));
+        // The file the manifest names exists beside it, and must stay as it is.
+        if !name.ends_with('.') {
+            fs::write(scene.path("out").join(name), b"the user's own file").unwrap();
+        }
+        scene.refuse("which is not a part of bundle \"my-server-2026\"");
+    }
+}
+
 #[test]
 fn duplicate_and_missing_part_indices_are_refused() {
     let part = |i: u32| {
@@ -461,7 +483,7 @@ fn a_genuine_signed_pair_in_a_comment_does_not_vouch_for_the_attackers_elements(
         let mc = x.find("<machine_configuration>").unwrap();
         let end = x.find("</image>").unwrap() + "</image>".len();
         let genuine = &x[mc..end];
-        let attacker = genuine.replacen("<name>", "<name>evil-", 1);
+        let attacker = genuine.replacen("<size>", "<size>1", 1);
         format!("{}<!--{genuine}-->{attacker}{}", &x[..mc], &x[end..])
     });
     let scene = Scene::new(&forged);
@@ -505,6 +527,6 @@ fn a_genuine_signed_pair_in_a_comment_does_not_vouch_for_the_attackers_elements(
     }
     assert!(
         snapshot(scene.root.path()) == before,
-        "nothing written: no evil-* image, no re-signed manifest, no backup"
+        "nothing written: no image, no re-signed manifest, no backup"
     );
 }
