@@ -245,11 +245,9 @@ fn run_volume(args: BundleVolArgs, save: bool, progress: &dyn Progress) -> anyho
         bootloader: args.bootloader,
         // An image only for cloning is checked by check-image on demand.
         boot_check: (!args.clone_only).then(|| CheckOptions {
-            virtualization: if args.bundle.stream.ami.virtualization_type == "paravirtual" {
-                Virtualization::Paravirtual
-            } else {
-                Virtualization::Hvm
-            },
+            virtualization: Virtualization::from_ami_type(
+                &args.bundle.stream.ami.virtualization_type,
+            ),
             ena: args.bundle.stream.ami.ena_support,
             sriov: args.bundle.stream.ami.sriov_net_support,
         }),

@@ -55,11 +55,7 @@ pub fn run(args: CheckImageArgs, progress: &dyn Progress) -> anyhow::Result<()> 
     }
     let ns = mount::enter_private_namespace()?;
     let opts = CheckOptions {
-        virtualization: if args.virtualization_type == "paravirtual" {
-            Virtualization::Paravirtual
-        } else {
-            Virtualization::Hvm
-        },
+        virtualization: Virtualization::from_ami_type(&args.virtualization_type),
         ena: args.ena_support,
         sriov: args.sriov_net_support,
     };

@@ -46,6 +46,18 @@ pub enum Virtualization {
     Paravirtual,
 }
 
+impl Virtualization {
+    /// From an AMI's virtualization type as EC2 spells it (`paravirtual`; anything else is
+    /// HVM, amibundle's default).
+    pub fn from_ami_type(virtualization_type: &str) -> Self {
+        if virtualization_type == "paravirtual" {
+            Self::Paravirtual
+        } else {
+            Self::Hvm
+        }
+    }
+}
+
 /// What to check for.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CheckOptions {
