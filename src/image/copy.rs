@@ -42,7 +42,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, mpsc};
 
-use nix::dir::Dir;
 use nix::errno::Errno;
 use nix::fcntl::{AT_FDCWD, AtFlags, OFlag, copy_file_range, openat, readlinkat};
 use nix::sys::stat::{
@@ -922,16 +921,14 @@ impl<'s, 'a> Walker<'s, 'a> {
     }
 
     fn list_dir(&self, dir: &File, rel: &Path) -> Result<Vec<CString>, CopyError> {
-        let fd = nix::unistd::dup(dir).map_err(self.read_err(rel))?;
-        let mut stream = Dir::from_fd(fd).map_err(self.read_err(rel))?;
-        let mut names = Vec::new();
-        for entry in stream.iter() {
-            let entry = entry.map_err(self.read_err(rel))?;
-            let name = entry.file_name();
-            if name != c"." && name != c".." {
-                names.push(name.to_owned());
-            }
-        }
+        let mut names: Vec<CString> = super::root::read_dir_entries(dir)
+            .map_err(|source| CopyError::ReadSource {
+                path: self.src_path(rel),
+                source,
+            })?
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
         // Reverse order, as entries are popped from the end: the walk goes in byte order of
         // names, which makes the choice of the first name of a hard-linked inode stable.
         names.sort_unstable_by(|a, b| b.cmp(a));

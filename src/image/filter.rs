@@ -59,7 +59,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
 
-use nix::dir::{Dir, Type};
+use nix::dir::Type;
 use nix::errno::Errno;
 use nix::fcntl::{AT_FDCWD, AtFlags, OFlag, openat};
 use nix::sys::stat::{Mode, SFlag, fstat, fstatat};
@@ -769,16 +769,23 @@ fn type_of(st: &nix::sys::stat::FileStat) -> Type {
 /// A directory's entries with the types `readdir` reports (`None` where it does not), in
 /// reverse byte order (popped from the end, so the scan goes in byte order).
 fn list(dir: &File) -> io::Result<Vec<(CString, Option<Type>)>> {
-    let fd = nix::unistd::dup(dir)?;
-    let mut stream = Dir::from_fd(fd)?;
-    let mut names = Vec::new();
-    for entry in stream.iter() {
-        let entry = entry?;
-        let name = entry.file_name();
-        if name != c"." && name != c".." {
-            names.push((name.to_owned(), entry.file_type()));
-        }
-    }
+    use rustix::fs::FileType as F;
+    let mut names: Vec<(CString, Option<Type>)> = super::root::read_dir_entries(dir)?
+        .into_iter()
+        .map(|(name, kind)| {
+            let kind = match kind {
+                F::Directory => Some(Type::Directory),
+                F::RegularFile => Some(Type::File),
+                F::Symlink => Some(Type::Symlink),
+                F::CharacterDevice => Some(Type::CharacterDevice),
+                F::BlockDevice => Some(Type::BlockDevice),
+                F::Fifo => Some(Type::Fifo),
+                F::Socket => Some(Type::Socket),
+                _ => None,
+            };
+            (name, kind)
+        })
+        .collect();
     names.sort_unstable_by(|a, b| b.0.cmp(&a.0));
     Ok(names)
 }

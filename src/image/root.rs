@@ -17,7 +17,6 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
-use nix::dir::Dir;
 use nix::errno::Errno;
 use nix::fcntl::{AT_FDCWD, AtFlags, OFlag, OpenHow, ResolveFlag, openat, openat2};
 use nix::sys::stat::{FileStat, Mode, SFlag, fstat, fstatat};
@@ -235,17 +234,31 @@ pub(crate) fn kind(st: &FileStat) -> SFlag {
     SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits())
 }
 
-/// The names in a directory, sorted bytewise, without `.` and `..`.
-pub(crate) fn list_names(dir: &File) -> io::Result<Vec<CString>> {
-    let fd = nix::unistd::dup(dir)?;
-    let mut stream = Dir::from_fd(fd)?;
-    let mut names = Vec::new();
-    for entry in stream.iter() {
-        let name = entry?.file_name().to_owned();
-        if name.as_c_str() != c"." && name.as_c_str() != c".." {
-            names.push(name);
+/// Every entry of the open directory `dir` but `.` and `..`, with the type the filesystem
+/// reports (`Unknown` where it reports none), in directory order. The directory is read
+/// through a new descriptor with `dir`'s flags (so `O_NOATIME` stays). A failing read is an
+/// error, never a shorter listing: nix 0.30's `Dir` iterator takes a `readdir_r` failure for
+/// the end of the directory, and a directory whose block cannot be read (EIO, a corrupt entry)
+/// then looked empty or cut short to every walk.
+pub(crate) fn read_dir_entries(dir: &File) -> io::Result<Vec<(CString, rustix::fs::FileType)>> {
+    let mut stream = rustix::fs::Dir::read_from(dir)?;
+    let mut entries = Vec::new();
+    while let Some(entry) = stream.read() {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name != c"." && name != c".." {
+            entries.push((name.to_owned(), entry.file_type()));
         }
     }
+    Ok(entries)
+}
+
+/// The names in a directory, sorted bytewise, without `.` and `..` ([`read_dir_entries`]).
+pub(crate) fn list_names(dir: &File) -> io::Result<Vec<CString>> {
+    let mut names: Vec<CString> = read_dir_entries(dir)?
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
     names.sort_unstable();
     Ok(names)
 }

@@ -25,7 +25,6 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use nix::dir::Dir;
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, open};
 use nix::mount::MsFlags;
@@ -532,7 +531,15 @@ pub fn make_image(
     };
     timings.prepare = started.elapsed();
     let phase = Instant::now();
-    let mut filter_report = filter::scan(&copy_root, &filter_opts)?;
+    // Errors name the volume's own paths, not the private view's.
+    let mut filter_report = filter::scan(&copy_root, &filter_opts).map_err(|mut e| {
+        if let filter::FilterError::Read { path, .. } = &mut e {
+            if let Some(host) = in_view(&copy_root, volume, path) {
+                *path = host;
+            }
+        }
+        e
+    })?;
     timings.filter = phase.elapsed();
     exclude.extend(filter_report.excluded_paths());
     // Report host paths, not the private view's.
@@ -554,7 +561,15 @@ pub fn make_image(
         threads: opts.threads,
     };
     let phase = Instant::now();
-    let copy_report = copy::copy_tree(&copy_root, &target, &copy_opts, progress)?;
+    let copy_report =
+        copy::copy_tree(&copy_root, &target, &copy_opts, progress).map_err(|mut e| {
+            if let copy::CopyError::ReadSource { path, .. } = &mut e {
+                if let Some(host) = in_view(&copy_root, volume, path) {
+                    *path = host;
+                }
+            }
+            e
+        })?;
     timings.copy = phase.elapsed();
     let phase = Instant::now();
 
@@ -934,16 +949,10 @@ fn list_dir(dir: &Path) -> io::Result<Vec<OsString>> {
         Err(Errno::EPERM) => open(dir, flags, Mode::empty())?,
         r => r?,
     };
-    let mut stream = Dir::from_fd(fd)?;
-    let mut names = Vec::new();
-    for entry in stream.iter() {
-        let entry = entry?;
-        let name = entry.file_name().to_bytes();
-        if name != b"." && name != b".." {
-            names.push(OsString::from_vec(name.to_vec()));
-        }
-    }
-    Ok(names)
+    Ok(super::root::read_dir_entries(&fs::File::from(fd))?
+        .into_iter()
+        .map(|(name, _)| OsString::from_vec(name.into_bytes()))
+        .collect())
 }
 
 /// `host` (a path under the volume) as seen in the copy's view of the volume; `None` when it

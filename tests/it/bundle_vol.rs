@@ -1788,3 +1788,75 @@ fn a_system_without_ca_certificates_still_bundles_and_cloud_commands_say_why_not
         "{err}"
     );
 }
+
+/// Issue 12, finding 3: nix's directory iterator took a read error for the end of the
+/// directory, so a directory the kernel could not read came out empty and bundle-vol exited 0.
+/// A real faulty filesystem: an ext4 image whose directory entry was patched (a `/` in a name),
+/// which the kernel refuses to list (EBADMSG: the block's checksum, or EUCLEAN). Every walk
+/// over it must stop with an error naming the directory: the filter's scan, the copy (with
+/// --no-filter) and the sizing walk (a directory below the mount point, with an exclusion).
+#[test]
+fn a_directory_the_kernel_cannot_read_stops_every_walk_naming_it() {
+    require_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let tree = t.join("tree");
+    for f in ["a", "findme_xxxxxxxxxx", "z"] {
+        write(&tree.join("data/d").join(f), f.as_bytes());
+    }
+    let image = t.join("faulty.img");
+    run_ok(
+        Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-d"])
+            .arg(&tree)
+            .arg(&image)
+            .arg("16M"),
+    );
+    let mut bytes = fs::read(&image).unwrap();
+    let at = bytes
+        .windows(17)
+        .position(|w| w == b"findme_xxxxxxxxxx")
+        .expect("the entry's name is in the image");
+    bytes[at + 7] = b'/';
+    fs::write(&image, bytes).unwrap();
+    let mnt = t.join("mnt");
+    let _mounted = mount(&image, &mnt, "loop,ro");
+    assert!(
+        fs::read_dir(mnt.join("data/d"))
+            .unwrap()
+            .any(|e| e.is_err())
+    );
+
+    let dest = t.join("dest");
+    fs::create_dir(&dest).unwrap();
+    let bad_dir = mnt.join("data/d");
+    for (what, volume, extra) in [
+        ("filter", mnt.clone(), &[][..]),
+        ("copy", mnt.clone(), &["--no-filter"][..]),
+        (
+            "sizing",
+            mnt.join("data"),
+            &["--no-filter", "-e", "/nothing"][..],
+        ),
+    ] {
+        let out = amibundle(t)
+            .arg("bundle-vol")
+            .arg("-v")
+            .arg(&volume)
+            .arg("-d")
+            .arg(&dest)
+            .args(["-p", what, "--clone-only", "--no-inherit"])
+            .args(extra)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{what}: {err}");
+        assert!(
+            err.contains(&bad_dir.display().to_string()),
+            "{what}: the error names {}: {err}",
+            bad_dir.display()
+        );
+        assert!(!dest.join(what).exists(), "{what}: no image left");
+        assert_nothing_left(&dest);
+    }
+}
