@@ -423,7 +423,7 @@ impl PartReader {
             path: part.path.clone(),
             source,
         };
-        let f = File::open(&part.path).map_err(read_err)?;
+        let f = open_part(&part.path).map_err(read_err)?;
         // Read at most one byte more than a part may hold so a huge file cannot exhaust memory.
         f.take(PART_SIZE_BYTES as u64 + 1)
             .read_to_end(&mut self.buf)
@@ -448,6 +448,29 @@ impl PartReader {
         self.sizes.push(self.buf.len() as u64);
         Ok(true)
     }
+}
+
+/// Opens a local part for reading: never through a symbolic link (`O_NOFOLLOW`), and only a
+/// regular file: a FIFO would block the run and a device could be anything; `O_NONBLOCK` lets
+/// the open itself return at once whatever the name is.
+pub fn open_part(path: &Path) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                io::Error::other("it is a symbolic link, which is not followed for a part")
+            } else {
+                e
+            }
+        })?;
+    if !file.metadata()?.file_type().is_file() {
+        return Err(io::Error::other(
+            "it is not a regular file (a FIFO, a device or a directory)",
+        ));
+    }
+    Ok(file)
 }
 
 impl Read for PartReader {

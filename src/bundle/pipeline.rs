@@ -708,7 +708,19 @@ impl LocalBundle {
             path: manifest_path.to_path_buf(),
             source,
         };
-        let file = File::open(manifest_path).map_err(read_err)?;
+        // A FIFO or a device would block or be anything: a regular file only (a link to one
+        // is fine for the manifest).
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(manifest_path)
+            .map_err(read_err)?;
+        if !file.metadata().map_err(read_err)?.file_type().is_file() {
+            return Err(read_err(io::Error::other(
+                "it is not a regular file (a FIFO, a device or a directory)",
+            )));
+        }
         let mut raw = Vec::new();
         file.take(MAX_MANIFEST_BYTES + 1)
             .read_to_end(&mut raw)
@@ -761,11 +773,13 @@ impl LocalBundle {
         let expected = self.expected_parts();
         let last = expected.len().saturating_sub(1);
         for (i, part) in expected.iter().enumerate() {
-            let meta = fs::metadata(&part.path).map_err(|source| Error::MissingPart {
-                filename: part.filename.clone(),
-                path: part.path.clone(),
-                source,
-            })?;
+            let meta = parts::open_part(&part.path)
+                .and_then(|f| f.metadata())
+                .map_err(|source| Error::MissingPart {
+                    filename: part.filename.clone(),
+                    path: part.path.clone(),
+                    source,
+                })?;
             if i != last && meta.len() != parts::PART_SIZE_BYTES as u64 {
                 tracing::warn!(
                     "part {} is {} bytes; bundles made by ec2-ami-tools use {} bytes for every part but the last",

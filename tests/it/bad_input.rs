@@ -530,3 +530,54 @@ fn a_genuine_signed_pair_in_a_comment_does_not_vouch_for_the_attackers_elements(
         "nothing written: no image, no re-signed manifest, no backup"
     );
 }
+
+/// Issue 12, finding 2 (local parts): a part that is a symbolic link (here to a copy of the real
+/// part, elsewhere to any file of the machine) or a FIFO is refused before it is read: parts are
+/// opened without following links, and only regular files are read.
+#[test]
+fn parts_that_are_links_or_fifos_are_refused_before_they_are_read() {
+    let scene = Scene::new(reference().as_bytes());
+    let part = scene.path("bundle").join(PART);
+    let elsewhere = scene.path("elsewhere.part");
+    fs::rename(&part, &elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &part).unwrap();
+    scene.refuse("is a symbolic link, which is not followed for a part");
+
+    // A FIFO (the scene's snapshot would block reading it: the commands are run alone, and
+    // must neither block nor write anything).
+    let scene = Scene::new(reference().as_bytes());
+    let part = scene.path("bundle").join(PART);
+    fs::remove_file(&part).unwrap();
+    nix::unistd::mkfifo(&part, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    for command in ["unbundle", "verify"] {
+        let mut cmd = amibundle(&scene.path("home"));
+        cmd.args([command, "-m"])
+            .arg(scene.path("bundle").join(MANIFEST))
+            .arg("-k")
+            .arg(scene.keys.user_key());
+        if command == "unbundle" {
+            cmd.arg("-d").arg(scene.path("out"));
+        }
+        let mut child = cmd
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if started.elapsed() > Duration::from_secs(20) {
+                child.kill().unwrap();
+                panic!("{command} blocked on a FIFO part");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(out.status.code(), Some(0), "{command}: {err}");
+        assert!(
+            err.contains("not a regular file (a FIFO, a device or a directory)"),
+            "{command}: {err}"
+        );
+    }
+    assert_eq!(fs::read_dir(scene.path("out")).unwrap().count(), 0);
+}
