@@ -1042,8 +1042,18 @@ pub async fn download_bundle(
     let mut present = 0u64;
     for part in &manifest.image.parts {
         let local = dir.join(&part.filename);
-        if let Ok(data) = fs::read(&local) {
-            if sha1_hex(&data).eq_ignore_ascii_case(&part.digest) {
+        // A part already here from an earlier run: read as a part is (a regular file, no
+        // link followed, at most a part's size); anything else is fetched and replaced.
+        let earlier = parts::open_part(&local).and_then(|f| {
+            let mut data = Vec::new();
+            f.take(parts::PART_SIZE_BYTES as u64 + 1)
+                .read_to_end(&mut data)
+                .map(|_| data)
+        });
+        if let Ok(data) = earlier {
+            if data.len() <= parts::PART_SIZE_BYTES
+                && sha1_hex(&data).eq_ignore_ascii_case(&part.digest)
+            {
                 skipped.push(part.filename.clone());
                 present += data.len() as u64;
                 continue;
@@ -1071,8 +1081,18 @@ pub async fn download_bundle(
         .try_collect()
         .await?;
     progress.finish();
+    // Every part checked out; together they must be the ciphertext the manifest describes,
+    // or the manifest (the commit point of a download) is not written.
+    let bytes: u64 = results.iter().map(|r| r.1).sum();
+    if present + bytes != manifest.image.bundled_size {
+        return Err(S3Error::Bundle(Box::new(
+            crate::bundle::Error::BundledSize {
+                expected: manifest.image.bundled_size,
+                actual: present + bytes,
+            },
+        )));
+    }
     let manifest_path = write_atomically(dir, manifest_name, &raw)?;
-    let bytes = results.iter().map(|r| r.1).sum();
     let mut downloaded: Vec<String> = results.into_iter().map(|r| r.0).collect();
     downloaded.sort();
     Ok(DownloadReport {

@@ -425,6 +425,58 @@ fn download_checks_every_part_and_delete_removes_exactly_the_bundle() {
             .arg(keys.user_key()),
     );
 
+    // Issue 12, finding 2: a manifest whose bundled_size the parts do not add up to (every
+    // part's SHA-1 still matching) is refused, and no manifest is written.
+    let manifest = fs::read_to_string(vector_dir("v2-three-parts").join("random.img.manifest.xml"))
+        .unwrap()
+        .replace(
+            "<bundled_size>26218640</bundled_size>",
+            "<bundled_size>26218641</bundled_size>",
+        );
+    assert_eq!(
+        cloud
+            .raw(
+                "PUT",
+                "/dl-test/y/random.img.manifest.xml",
+                &[],
+                manifest.as_bytes()
+            )
+            .status,
+        200
+    );
+    for i in 0..3 {
+        let part =
+            fs::read(vector_dir("v2-three-parts").join(format!("random.img.part.{i}"))).unwrap();
+        assert_eq!(
+            cloud
+                .raw(
+                    "PUT",
+                    &format!("/dl-test/y/random.img.part.{i}"),
+                    &[],
+                    &part
+                )
+                .status,
+            200
+        );
+    }
+    let dest3 = tempfile::tempdir().unwrap();
+    let err = run_err(&mut cloud.cmd(&[
+        "download",
+        "-b",
+        "dl-test/y",
+        "-m",
+        "random.img.manifest.xml",
+        "-d",
+        dest3.path().to_str().unwrap(),
+    ]));
+    assert!(
+        err.contains(
+            "the parts add up to 26218640 bytes but the manifest's bundled_size is 26218641"
+        ),
+        "{err}"
+    );
+    assert!(!dest3.path().join("random.img.manifest.xml").exists());
+
     // A corrupted object is detected and named.
     assert_eq!(
         cloud
