@@ -387,7 +387,7 @@ fn pad4(n: u64) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     //! Archives are made by the real tools (GNU cpio's `-H newc`, gzip, zstd, xz) the way
     //! initramfs-tools and dracut make them, microcode archive first.
 
@@ -403,7 +403,7 @@ mod tests {
     }
 
     /// A cpio archive of `files` (relative paths) made by GNU cpio in `dir`.
-    fn cpio(dir: &Path, files: &[&str]) -> Vec<u8> {
+    pub(in crate::image::bootcheck) fn cpio(dir: &Path, files: &[&str]) -> Vec<u8> {
         for f in files {
             let p = dir.join(f);
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -430,7 +430,7 @@ mod tests {
         out.stdout
     }
 
-    fn compress(tool: &[&str], data: &[u8]) -> Vec<u8> {
+    pub(in crate::image::bootcheck) fn compress(tool: &[&str], data: &[u8]) -> Vec<u8> {
         let mut child = Command::new(tool[0])
             .args(&tool[1..])
             .stdin(Stdio::piped())

@@ -2,10 +2,9 @@
 //! images (the VM boot test, `scripts/boot-test.sh`, runs the check on a real one); the
 //! initramfs images are real cpio archives compressed by the real tools.
 
+use super::initramfs::tests::{compress, cpio};
 use super::*;
-use std::io::Write as _;
 use std::os::unix::fs::symlink;
-use std::process::{Command, Stdio};
 
 const VERSION: &str = "6.1.0-28-cloud-amd64";
 const UUID: &str = "0f3e4c1a-1b2c-4d5e-8f90-123456789abc";
@@ -19,34 +18,12 @@ fn write(root: &Path, rel: &str, text: &[u8]) {
 /// An initramfs of the given module file names, compressed with `compressor`.
 fn initrd(modules: &[&str], compressor: &[&str]) -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
-    let mut list = String::new();
-    for m in modules {
-        let rel = format!("usr/lib/modules/{VERSION}/kernel/drivers/{m}");
-        write(dir.path(), &rel, b"\x7fELF");
-        list.push_str(&rel);
-        list.push('\n');
-    }
-    let run = |cmd: &mut Command, input: &[u8]| -> Vec<u8> {
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdin = child.stdin.take().unwrap();
-        let input = input.to_vec();
-        let t = std::thread::spawn(move || stdin.write_all(&input).unwrap());
-        let out = child.wait_with_output().unwrap();
-        t.join().unwrap();
-        assert!(out.status.success());
-        out.stdout
-    };
-    let archive = run(
-        Command::new("cpio")
-            .args(["--quiet", "-o", "-H", "newc"])
-            .current_dir(dir.path()),
-        list.as_bytes(),
-    );
-    run(Command::new(compressor[0]).args(&compressor[1..]), &archive)
+    let files: Vec<String> = modules
+        .iter()
+        .map(|m| format!("usr/lib/modules/{VERSION}/kernel/drivers/{m}"))
+        .collect();
+    let files: Vec<&str> = files.iter().map(String::as_str).collect();
+    compress(compressor, &cpio(dir.path(), &files))
 }
 
 fn disk() -> DiskFacts {
@@ -351,6 +328,19 @@ fn each_defect_is_caught_with_its_fix() {
     );
     assert_eq!(c, ["fstab"]);
     assert!(r.problems[0].message.contains("/boot/efi"), "{r:#?}");
+}
+
+#[test]
+fn without_depmods_list_the_drivers_are_a_warning_not_a_false_refusal() {
+    let (c, r) = defect(
+        |r| std::fs::remove_file(r.join(format!("lib/modules/{VERSION}/modules.dep"))).unwrap(),
+        &disk(),
+        &CheckOptions::default(),
+    );
+    assert_eq!(c, Vec::<&str>::new());
+    assert_eq!(r.problems.len(), 1, "{r:#?}");
+    assert_eq!(r.problems[0].code, "drivers-unchecked");
+    assert!(r.problems[0].fix.contains("depmod"), "{r:#?}");
 }
 
 #[test]
