@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::crypto::{self, Certificate, CryptoError, UserKey};
+use super::crypto::{self, CryptoError, SignatureKey, UserKey};
 use super::parts::part_width;
 
 /// Largest manifest accepted by the parser. A 100,000-part manifest is about 15 MB; anything
@@ -162,10 +162,10 @@ pub enum ManifestError {
     Unsigned,
     /// Neither signature form verified (§9.5).
     #[error(
-        "manifest signature does not verify with certificate {cert} (neither the raw nor the \
-         re-serialized form): the manifest was altered or signed with another key"
+        "manifest signature does not verify with {key} (neither the raw nor the re-serialized \
+         form): the manifest was altered or signed with another key"
     )]
-    SignatureMismatch { cert: String },
+    SignatureMismatch { key: String },
     /// A signed manifest whose structure could let the signature vouch for other elements than
     /// those read (§9.5): comments, processing instructions, unknown, repeated or misplaced
     /// elements around the signed ones.
@@ -1240,7 +1240,7 @@ fn signed_element_bytes(
 pub fn verify_signature(
     raw: &[u8],
     manifest: &Manifest,
-    cert: &Certificate,
+    key: &dyn SignatureKey,
 ) -> Result<SignatureForm, ManifestError> {
     if manifest.signature.is_empty() {
         return Err(ManifestError::Unsigned);
@@ -1254,7 +1254,7 @@ pub fn verify_signature(
     }
     let signed = signed_element_bytes(text, &doc, &manifest.version)?;
     let verify = |data: &[u8]| {
-        crypto::verify_sha1_hex(cert, data, &manifest.signature)
+        key.verify_sha1_hex(data, &manifest.signature)
             .map_err(|source| ManifestError::Verify { source })
     };
     if verify(&signed)? {
@@ -1267,10 +1267,7 @@ pub fn verify_signature(
         }
     }
     Err(ManifestError::SignatureMismatch {
-        cert: cert
-            .subject_cn()
-            .map(|cn| format!("CN {cn:?}"))
-            .unwrap_or_else(|| format!("SHA-1 {}", hex::encode(cert.sha1_fingerprint()))),
+        key: key.describe(),
     })
 }
 
@@ -1340,6 +1337,7 @@ pub fn parse_block_device_mapping(spec: &str) -> Result<Vec<Mapping>, ManifestEr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bundle::crypto::Certificate;
     use crate::bundle::parts::part_name;
     use std::fs;
     use std::path::PathBuf;

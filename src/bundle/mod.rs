@@ -82,6 +82,19 @@ pub enum Error {
         /// Its size.
         size: u64,
     },
+    /// A manifest declaring an image above EC2's limit, read without `--allow-oversize`.
+    #[error(
+        "the manifest says image {name} is {size} bytes, more than the 10 GiB (10737418240 bytes) \
+         EC2 accepts for an instance-store image: refused, since a bundle can claim any size; \
+         pass --allow-oversize if you expect an image this large (one bundled with \
+         --allow-oversize)"
+    )]
+    DeclaredTooLarge {
+        /// Image name.
+        name: String,
+        /// Declared size.
+        size: u64,
+    },
     /// Unknown architecture.
     #[error("architecture {0:?} is not supported: use i386, x86_64 or arm64 (--arch)")]
     Architecture(String),

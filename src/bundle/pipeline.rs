@@ -26,7 +26,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::bundle::Error;
 use crate::bundle::crypto::{
-    self, AesIv, AesKey, CbcDecryptReader, CbcEncryptWriter, Certificate, UserKey,
+    self, AesIv, AesKey, CbcDecryptReader, CbcEncryptWriter, Certificate, SignatureKey, UserKey,
 };
 use crate::bundle::digest::{CountingWriter, HashingReader, HashingWriter};
 use crate::bundle::gzip::{self, GzipReader, ParallelGzEncoder};
@@ -747,9 +747,10 @@ impl LocalBundle {
         })
     }
 
-    /// Checks the manifest signature with the user certificate (§9.5).
-    pub fn verify_signature(&self, cert: &Certificate) -> Result<SignatureForm, Error> {
-        Ok(manifest::verify_signature(&self.raw, &self.manifest, cert)?)
+    /// Checks the manifest signature with a user certificate or the public half of the user key
+    /// (§9.5).
+    pub fn verify_signature(&self, key: &dyn SignatureKey) -> Result<SignatureForm, Error> {
+        Ok(manifest::verify_signature(&self.raw, &self.manifest, key)?)
     }
 
     /// The parts in index order with their paths.
@@ -833,14 +834,14 @@ impl LocalBundle {
     pub fn decode(
         &self,
         key: &UserKey,
-        out_dir: Option<&Path>,
-        overwrite: bool,
+        options: DecodeOptions<'_>,
         progress: &dyn Progress,
     ) -> Result<DecodeReport, Error> {
+        check_declared_size(&self.manifest, options.allow_oversize)?;
         self.check_part_sizes()?;
         let parts = PartReader::new(self.expected_parts());
         let part_failure = parts.failure();
-        decode_ciphertext(&self.manifest, key, parts, out_dir, overwrite, progress).map_err(|e| {
+        decode_ciphertext(&self.manifest, key, parts, options, progress).map_err(|e| {
             // Once a part failed, every later error is a consequence of it.
             match part_failure.lock().ok().and_then(|mut f| f.take()) {
                 Some(part) => Error::Part(part),
@@ -848,6 +849,41 @@ impl LocalBundle {
             }
         })
     }
+}
+
+/// How a bundle is decoded.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DecodeOptions<'a> {
+    /// Where the image is written; `None` checks everything and writes nothing.
+    pub out_dir: Option<&'a Path>,
+    /// Replace an existing image file of the same name.
+    pub overwrite: bool,
+    /// Accept a manifest declaring an image above [`MAX_IMAGE_BYTES`] (a data volume bundled
+    /// with `--allow-oversize`). Without it such a manifest is refused before anything is read:
+    /// a hostile bundle can claim any size, and a sparse member costs it nothing.
+    pub allow_oversize: bool,
+}
+
+impl<'a> DecodeOptions<'a> {
+    /// Write the image into `dir`.
+    pub fn into_dir(dir: &'a Path) -> Self {
+        DecodeOptions {
+            out_dir: Some(dir),
+            ..Self::default()
+        }
+    }
+}
+
+/// Refuses a manifest whose image is larger than EC2 accepts for an instance-store image
+/// (§2), unless `allow_oversize`; a size of 0 is the parser's to refuse.
+pub fn check_declared_size(manifest: &Manifest, allow_oversize: bool) -> Result<(), Error> {
+    if manifest.image.size > MAX_IMAGE_BYTES && !allow_oversize {
+        return Err(Error::DeclaredTooLarge {
+            name: manifest.image.name.clone(),
+            size: manifest.image.size,
+        });
+    }
+    Ok(())
 }
 
 /// Decodes a bundle from its ciphertext: the parts concatenated in index order, from any
@@ -865,10 +901,15 @@ pub fn decode_ciphertext(
     manifest: &Manifest,
     key: &UserKey,
     ciphertext: impl Read,
-    out_dir: Option<&Path>,
-    overwrite: bool,
+    options: DecodeOptions<'_>,
     progress: &dyn Progress,
 ) -> Result<DecodeReport, Error> {
+    let DecodeOptions {
+        out_dir,
+        overwrite,
+        allow_oversize,
+    } = options;
+    check_declared_size(manifest, allow_oversize)?;
     let aes_key = crypto::unwrap_key(key, &manifest.image.user_encrypted_key)?;
     let aes_iv = crypto::unwrap_iv(key, &manifest.image.user_encrypted_iv)?;
     let started = Instant::now();

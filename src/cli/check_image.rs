@@ -7,9 +7,9 @@ use anyhow::{Context, bail};
 use clap::Args;
 use serde_json::json;
 
-use super::{keys, output};
-use crate::bundle::crypto::Certificate;
-use crate::bundle::pipeline::LocalBundle;
+use super::keys::{self, SignatureArgs, SignatureCheck};
+use super::output;
+use crate::bundle::pipeline::{DecodeOptions, LocalBundle};
 use crate::image::bootcheck::{self, BootReport, CheckOptions, Severity, Virtualization};
 use crate::image::fs as imgfs;
 use crate::image::mount;
@@ -37,9 +37,12 @@ pub struct CheckImageArgs {
     /// Accept a private key file that others can read
     #[arg(long)]
     pub allow_insecure_key: bool,
-    /// User certificate: check a bundle's signature first
-    #[arg(short = 'c', long = "cert", value_name = "PATH")]
-    pub cert: Option<PathBuf>,
+    #[command(flatten)]
+    pub signature: SignatureArgs,
+    /// Accept a manifest declaring an image above 10 GiB, EC2's instance-store limit (a data
+    /// volume bundled with --allow-oversize)
+    #[arg(long)]
+    pub allow_oversize: bool,
     /// Where a bundle's image is decrypted and the image mounted [default: /var/tmp]
     #[arg(long, value_name = "DIR", default_value = "/var/tmp")]
     pub work_dir: PathBuf,
@@ -71,19 +74,25 @@ pub fn run(args: CheckImageArgs, progress: &dyn Progress) -> anyhow::Result<()> 
     let image = if is_manifest {
         let key = keys::load_private_key(args.private_key.as_deref(), args.allow_insecure_key)?;
         let bundle = LocalBundle::open(target, None)?;
-        if let Some(cert_path) = &args.cert {
-            bundle
-                .verify_signature(&Certificate::load(cert_path)?)
-                .with_context(|| {
-                    format!(
-                        "verifying the signature of {} with {}",
-                        target.display(),
-                        cert_path.display()
-                    )
-                })?;
-        }
+        SignatureCheck::from_args(
+            args.signature.cert.as_deref(),
+            args.signature.skip_signature,
+        )?
+        .check(
+            &bundle.raw,
+            &bundle.manifest,
+            &target.display().to_string(),
+            Some(&key),
+        )?;
         bundle
-            .decode(&key, Some(work.path()), false, progress)
+            .decode(
+                &key,
+                DecodeOptions {
+                    allow_oversize: args.allow_oversize,
+                    ..DecodeOptions::into_dir(work.path())
+                },
+                progress,
+            )
             .with_context(|| format!("unbundling {}", target.display()))?
             .image_path
             .context("the unbundled image has no path")?

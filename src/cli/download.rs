@@ -9,9 +9,9 @@ use clap::Args;
 use serde_json::json;
 
 use super::cloud_args::{self, CloudArgs};
-use super::{keys, output};
-use crate::bundle::crypto::Certificate;
-use crate::bundle::{manifest, space};
+use super::keys::{self, SignatureCheck};
+use super::output;
+use crate::bundle::space;
 use crate::cloud::s3::{self, BundleLocation};
 use crate::progress::Progress;
 
@@ -49,12 +49,20 @@ pub struct DownloadArgs {
     /// With --unbundle: accept a private key file that others can read
     #[arg(long, requires = "unbundle")]
     pub allow_insecure_key: bool,
-    /// With --unbundle: also verify the manifest signature with this user certificate
+    /// With --unbundle: the user certificate to check the manifest signature with [default: the
+    /// public key of the private key]
     #[arg(short = 'c', long = "cert", value_name = "PATH", requires = "unbundle")]
     pub cert: Option<PathBuf>,
+    /// With --unbundle: do not check the manifest signature (warns)
+    #[arg(long, requires = "unbundle", conflicts_with = "cert")]
+    pub skip_signature: bool,
     /// With --unbundle: replace an existing image file of the same name
     #[arg(long, requires = "unbundle")]
     pub overwrite: bool,
+    /// With --unbundle: accept a manifest declaring an image above 10 GiB, EC2's instance-store
+    /// limit (a data volume bundled with --allow-oversize)
+    #[arg(long, requires = "unbundle")]
+    pub allow_oversize: bool,
     #[command(flatten)]
     pub cloud: CloudArgs,
     /// Print the result as JSON on stdout
@@ -125,7 +133,7 @@ fn ensure_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
 }
 
 /// `download --unbundle`: the manifest is kept in memory, its signature checked as `unbundle`
-/// does (when a certificate is given), and the parts stream from S3 into the image.
+/// does, and the parts stream from S3 into the image.
 fn run_unbundle(
     args: &DownloadArgs,
     location: &BundleLocation,
@@ -134,10 +142,7 @@ fn run_unbundle(
     let started = Instant::now();
     let url = format!("{}{}", location, args.manifest);
     // Local inputs first: a bad key or certificate costs no request.
-    let cert = match &args.cert {
-        Some(path) => Some((path, Certificate::load(path)?)),
-        None => None,
-    };
+    let check = SignatureCheck::from_args(args.cert.as_deref(), args.skip_signature)?;
     let key = keys::load_private_key(args.private_key.as_deref(), args.allow_insecure_key)?;
     let runtime = cloud_args::runtime()?;
     let (client, manifest, raw) = runtime.block_on(async {
@@ -151,14 +156,7 @@ fn run_unbundle(
             .with_context(|| format!("downloading {url}"))?;
         Ok::<_, anyhow::Error>((client, manifest, raw))
     })?;
-    let signature = match &cert {
-        Some((path, cert)) => Some(
-            manifest::verify_signature(&raw, &manifest, cert).with_context(|| {
-                format!("verifying the signature of {url} with {}", path.display())
-            })?,
-        ),
-        None => None,
-    };
+    let signature = check.check(&raw, &manifest, &url, Some(&key))?;
     // The decode runs here, on this thread; the runtime's workers run the downloads.
     let report = s3::unbundle_stream(
         runtime.handle(),
@@ -167,7 +165,10 @@ fn run_unbundle(
         &manifest,
         &key,
         &args.directory,
-        args.overwrite,
+        s3::StreamDecode {
+            overwrite: args.overwrite,
+            allow_oversize: args.allow_oversize,
+        },
         args.concurrency,
         progress,
     )

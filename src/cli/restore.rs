@@ -9,10 +9,9 @@ use clap::Args;
 use serde_json::json;
 
 use super::cloud_args::{self, CloudArgs};
-use super::{bundling, keys, output};
-use crate::bundle::crypto::Certificate;
-use crate::bundle::manifest;
-use crate::bundle::pipeline::LocalBundle;
+use super::keys::{self, SignatureArgs, SignatureCheck};
+use super::{bundling, output};
+use crate::bundle::pipeline::{DecodeOptions, LocalBundle};
 use crate::cloud::s3::{self, BundleLocation};
 use crate::image::fs as imgfs;
 use crate::image::{mount, volume};
@@ -34,12 +33,15 @@ pub struct RestoreArgs {
     /// Accept a private key file that others can read
     #[arg(long)]
     pub allow_insecure_key: bool,
-    /// User certificate: check the manifest's signature first
-    #[arg(short = 'c', long = "cert", value_name = "PATH")]
-    pub cert: Option<PathBuf>,
+    #[command(flatten)]
+    pub signature: SignatureArgs,
     /// Where the image is unbundled while it is copied [default: the destination's parent]
     #[arg(long, value_name = "DIR")]
     pub work_dir: Option<PathBuf>,
+    /// Accept a manifest declaring an image above 10 GiB, EC2's instance-store limit (a data
+    /// volume bundled with --allow-oversize)
+    #[arg(long)]
+    pub allow_oversize: bool,
     /// Accept entries the destination cannot hold faithfully (listed as warnings)
     #[arg(long)]
     pub allow_lossy: bool,
@@ -65,7 +67,7 @@ pub fn run(args: RestoreArgs, progress: &dyn Progress) -> anyhow::Result<()> {
     let ns = mount::enter_private_namespace()?;
     let started = Instant::now();
     let target = &args.destination;
-    match std::fs::read_dir(target) {
+    let created = match std::fs::read_dir(target) {
         Ok(mut entries) => {
             if entries.next().is_some() {
                 bail!(
@@ -73,13 +75,32 @@ pub fn run(args: RestoreArgs, progress: &dyn Progress) -> anyhow::Result<()> {
                     target.display()
                 );
             }
+            false
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir(target)
-            .with_context(|| format!("creating --destination {}", target.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir(target)
+                .with_context(|| format!("creating --destination {}", target.display()))?;
+            true
+        }
         Err(e) => {
             return Err(e).with_context(|| format!("reading --destination {}", target.display()));
         }
+    };
+    let result = restore_into(&args, &ns, target, started, progress);
+    if result.is_err() && created {
+        // The directory this run made goes with it (remove_dir: only while it is empty).
+        let _ = std::fs::remove_dir(target);
     }
+    result
+}
+
+fn restore_into(
+    args: &RestoreArgs,
+    ns: &mount::PrivateNamespace,
+    target: &std::path::Path,
+    started: Instant,
+    progress: &dyn Progress,
+) -> anyhow::Result<()> {
     let target = std::fs::canonicalize(target)?;
     let work_parent = match &args.work_dir {
         Some(d) => d.clone(),
@@ -89,10 +110,10 @@ pub fn run(args: RestoreArgs, progress: &dyn Progress) -> anyhow::Result<()> {
             .context("--destination has no parent directory: pass --work-dir")?,
     };
     let key = keys::load_private_key(args.private_key.as_deref(), args.allow_insecure_key)?;
-    let cert = match &args.cert {
-        Some(path) => Some((path, Certificate::load(path)?)),
-        None => None,
-    };
+    let check = SignatureCheck::from_args(
+        args.signature.cert.as_deref(),
+        args.signature.skip_signature,
+    )?;
     let work = imgfs::create_work_dir(&work_parent)?;
 
     let image = if args.manifest.starts_with("s3://") {
@@ -109,15 +130,7 @@ pub fn run(args: RestoreArgs, progress: &dyn Progress) -> anyhow::Result<()> {
                 .with_context(|| format!("downloading {}", args.manifest))?;
             Ok::<_, anyhow::Error>((client, manifest, raw))
         })?;
-        if let Some((path, cert)) = &cert {
-            manifest::verify_signature(&raw, &manifest, cert).with_context(|| {
-                format!(
-                    "verifying the signature of {} with {}",
-                    args.manifest,
-                    path.display()
-                )
-            })?;
-        }
+        check.check(&raw, &manifest, &args.manifest, Some(&key))?;
         let report = s3::unbundle_stream(
             runtime.handle(),
             &client,
@@ -125,7 +138,10 @@ pub fn run(args: RestoreArgs, progress: &dyn Progress) -> anyhow::Result<()> {
             &manifest,
             &key,
             work.path(),
-            false,
+            s3::StreamDecode {
+                overwrite: false,
+                allow_oversize: args.allow_oversize,
+            },
             args.concurrency,
             progress,
         )
@@ -134,24 +150,28 @@ pub fn run(args: RestoreArgs, progress: &dyn Progress) -> anyhow::Result<()> {
     } else {
         let path = PathBuf::from(&args.manifest);
         let bundle = LocalBundle::open(&path, None)?;
-        if let Some((cert_path, cert)) = &cert {
-            bundle.verify_signature(cert).with_context(|| {
-                format!(
-                    "verifying the signature of {} with {}",
-                    path.display(),
-                    cert_path.display()
-                )
-            })?;
-        }
+        check.check(
+            &bundle.raw,
+            &bundle.manifest,
+            &path.display().to_string(),
+            Some(&key),
+        )?;
         bundle
-            .decode(&key, Some(work.path()), false, progress)
+            .decode(
+                &key,
+                DecodeOptions {
+                    allow_oversize: args.allow_oversize,
+                    ..DecodeOptions::into_dir(work.path())
+                },
+                progress,
+            )
             .with_context(|| format!("unbundling {}", path.display()))?
             .image_path
     }
     .context("the unbundled image has no path")?;
 
     let report = volume::restore_image(
-        &ns,
+        ns,
         &image,
         work.path(),
         &target,

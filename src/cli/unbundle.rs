@@ -6,9 +6,9 @@ use anyhow::Context;
 use clap::Args;
 use serde_json::json;
 
-use super::{keys, output};
-use crate::bundle::crypto::Certificate;
-use crate::bundle::pipeline::LocalBundle;
+use super::keys::{self, SignatureArgs, SignatureCheck};
+use super::output;
+use crate::bundle::pipeline::{DecodeOptions, LocalBundle};
 use crate::bundle::space;
 use crate::progress::Progress;
 
@@ -24,9 +24,8 @@ pub struct UnbundleArgs {
     /// Accept a private key file that others can read
     #[arg(long)]
     pub allow_insecure_key: bool,
-    /// Also verify the manifest signature with this user certificate
-    #[arg(short = 'c', long = "cert", value_name = "PATH")]
-    pub cert: Option<PathBuf>,
+    #[command(flatten)]
+    pub signature: SignatureArgs,
     /// Directory holding the parts (default: the manifest's directory)
     #[arg(short = 's', long = "source", value_name = "DIR")]
     pub source: Option<PathBuf>,
@@ -41,6 +40,10 @@ pub struct UnbundleArgs {
     /// Replace an existing image file of the same name
     #[arg(long)]
     pub overwrite: bool,
+    /// Accept a manifest declaring an image above 10 GiB, EC2's instance-store limit (a data
+    /// volume bundled with --allow-oversize)
+    #[arg(long)]
+    pub allow_oversize: bool,
     /// Print the result as JSON on stdout
     #[arg(long)]
     pub json: bool,
@@ -49,23 +52,27 @@ pub struct UnbundleArgs {
 /// Runs `unbundle`.
 pub fn run(args: UnbundleArgs, progress: &dyn Progress) -> anyhow::Result<()> {
     let bundle = LocalBundle::open(&args.manifest, args.source.as_deref())?;
-    let signature = match &args.cert {
-        Some(path) => {
-            let cert = Certificate::load(path)?;
-            let form = bundle.verify_signature(&cert).with_context(|| {
-                format!(
-                    "verifying the signature of {} with {}",
-                    args.manifest.display(),
-                    path.display()
-                )
-            })?;
-            Some(form)
-        }
-        None => None,
-    };
+    let check = SignatureCheck::from_args(
+        args.signature.cert.as_deref(),
+        args.signature.skip_signature,
+    )?;
     let key = keys::load_private_key(args.private_key.as_deref(), args.allow_insecure_key)?;
+    let signature = check.check(
+        &bundle.raw,
+        &bundle.manifest,
+        &args.manifest.display().to_string(),
+        Some(&key),
+    )?;
     let report = bundle
-        .decode(&key, Some(&args.destination), args.overwrite, progress)
+        .decode(
+            &key,
+            DecodeOptions {
+                out_dir: Some(&args.destination),
+                overwrite: args.overwrite,
+                allow_oversize: args.allow_oversize,
+            },
+            progress,
+        )
         .with_context(|| format!("unbundling {}", args.manifest.display()))
         .map_err(|e| space::explain(e, &args.destination, "the image", None))?;
     let image = report.image_path.clone().unwrap_or_default();

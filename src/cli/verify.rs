@@ -2,14 +2,14 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use clap::Args;
 use serde_json::json;
 
 use super::cloud_args::{self, CloudArgs};
-use super::{keys, output};
-use crate::bundle::crypto::Certificate;
-use crate::bundle::pipeline::LocalBundle;
+use super::keys::{self, SignatureArgs, SignatureCheck};
+use super::output;
+use crate::bundle::pipeline::{DecodeOptions, LocalBundle};
 use crate::cloud::s3::{self, BundleLocation};
 use crate::progress::Progress;
 
@@ -20,9 +20,8 @@ pub struct VerifyArgs {
     /// private temporary directory, every part checked as it arrives)
     #[arg(short = 'm', long = "manifest", value_name = "PATH|S3-URL")]
     pub manifest: PathBuf,
-    /// User certificate: check the manifest signature
-    #[arg(short = 'c', long = "cert", value_name = "PATH")]
-    pub cert: Option<PathBuf>,
+    #[command(flatten)]
+    pub signature: SignatureArgs,
     /// User private key: also decrypt the whole stream and check the tar digest
     #[arg(short = 'k', long = "privatekey", value_name = "PATH")]
     pub private_key: Option<PathBuf>,
@@ -32,6 +31,10 @@ pub struct VerifyArgs {
     /// Directory holding the parts (default: the manifest's directory)
     #[arg(short = 's', long = "source", value_name = "DIR")]
     pub source: Option<PathBuf>,
+    /// Accept a manifest declaring an image above 10 GiB, EC2's instance-store limit (a data
+    /// volume bundled with --allow-oversize)
+    #[arg(long)]
+    pub allow_oversize: bool,
     #[command(flatten)]
     pub cloud: CloudArgs,
     /// Print the result as JSON on stdout
@@ -73,6 +76,25 @@ fn fetch_from_s3(
 
 /// Runs `verify`.
 pub fn run(args: VerifyArgs, progress: &dyn Progress) -> anyhow::Result<()> {
+    let mut check = SignatureCheck::from_args(
+        args.signature.cert.as_deref(),
+        args.signature.skip_signature,
+    )?;
+    if matches!(check, SignatureCheck::PrivateKey) && args.private_key.is_none() {
+        // Neither -c nor -k: amibundle's own certificate, if it has one.
+        let own = keys::default_identity_dir()
+            .ok()
+            .map(|d| d.join("user-cert.pem"))
+            .filter(|p| p.exists());
+        match own {
+            Some(path) => check = SignatureCheck::from_args(Some(&path), false)?,
+            None => bail!(
+                "verify checks the manifest signature: pass --cert (the certificate of the key \
+                 that signed it) or --privatekey (which also checks the whole stream), or \
+                 --skip-signature to check only the parts"
+            ),
+        }
+    }
     let text = args.manifest.to_string_lossy().into_owned();
     // Keeps the downloaded copy alive until the checks are done; removed on return.
     let (_download, manifest_path) = if text.starts_with("s3://") {
@@ -83,28 +105,29 @@ pub fn run(args: VerifyArgs, progress: &dyn Progress) -> anyhow::Result<()> {
     };
     let bundle = LocalBundle::open(&manifest_path, args.source.as_deref())?;
     let m = &bundle.manifest;
-    let signature = match &args.cert {
-        Some(path) => {
-            let cert = Certificate::load(path)?;
-            Some(bundle.verify_signature(&cert).with_context(|| {
-                format!(
-                    "verifying the signature of {} with {}",
-                    args.manifest.display(),
-                    path.display()
-                )
-            })?)
-        }
+    let key = match &args.private_key {
+        Some(path) => Some(keys::load_private_key(Some(path), args.allow_insecure_key)?),
         None => None,
     };
-    let decode = match &args.private_key {
-        Some(path) => {
-            let key = keys::load_private_key(Some(path), args.allow_insecure_key)?;
-            Some(
-                bundle
-                    .decode(&key, None, false, progress)
-                    .with_context(|| format!("verifying {}", args.manifest.display()))?,
-            )
-        }
+    let signature = check.check(
+        &bundle.raw,
+        &bundle.manifest,
+        &args.manifest.display().to_string(),
+        key.as_ref(),
+    )?;
+    let decode = match &key {
+        Some(key) => Some(
+            bundle
+                .decode(
+                    key,
+                    DecodeOptions {
+                        allow_oversize: args.allow_oversize,
+                        ..DecodeOptions::default()
+                    },
+                    progress,
+                )
+                .with_context(|| format!("verifying {}", args.manifest.display()))?,
+        ),
         None => {
             bundle
                 .check_part_digests(progress)
@@ -137,7 +160,7 @@ pub fn run(args: VerifyArgs, progress: &dyn Progress) -> anyhow::Result<()> {
         );
         match &sig_text {
             Some(form) => println!("signature: ok ({form} form)"),
-            None => println!("signature: not checked (pass --cert)"),
+            None => println!("signature: not checked (--skip-signature)"),
         }
         println!(
             "parts:     ok ({} bytes, every SHA-1 matches)",

@@ -1415,6 +1415,16 @@ pub struct StreamUnbundleReport {
     pub elapsed: Duration,
 }
 
+/// [`unbundle_stream`]'s choices (the image always goes to a directory).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StreamDecode {
+    /// Replace an existing image file of the same name.
+    pub overwrite: bool,
+    /// Accept a manifest declaring an image above 10 GiB
+    /// ([`pipeline::DecodeOptions::allow_oversize`]).
+    pub allow_oversize: bool,
+}
+
 /// Downloads the parts of `manifest` from `location` and decodes them straight into the image
 /// in `out_dir` ([`PartStream`] → [`pipeline::decode_ciphertext`]): no part is written to disk,
 /// the image is a temporary file renamed only after every check passed, and on any failure
@@ -1430,12 +1440,17 @@ pub fn unbundle_stream(
     manifest: &Manifest,
     key: &UserKey,
     out_dir: &Path,
-    overwrite: bool,
+    options: StreamDecode,
     concurrency: usize,
     progress: &dyn Progress,
 ) -> Result<StreamUnbundleReport, S3Error> {
     let started = Instant::now();
     let bundle_err = |e: crate::bundle::Error| S3Error::Bundle(Box::new(e));
+    pipeline::check_declared_size(manifest, options.allow_oversize).map_err(bundle_err)?;
+    let StreamDecode {
+        overwrite,
+        allow_oversize,
+    } = options;
     // Cheap checks before any part is requested; decode_ciphertext repeats them when it knows
     // the tar member's name.
     match fs::metadata(out_dir) {
@@ -1461,12 +1476,21 @@ pub fn unbundle_stream(
     let failure = source.failure();
     let fetched = source.fetched();
     let parts = manifest.image.parts.len();
-    let decode =
-        pipeline::decode_ciphertext(manifest, key, source, Some(out_dir), overwrite, progress)
-            .map_err(|e| match failure.lock().ok().and_then(|mut f| f.take()) {
-                Some(s3_error) => s3_error,
-                None => bundle_err(e),
-            })?;
+    let decode = pipeline::decode_ciphertext(
+        manifest,
+        key,
+        source,
+        pipeline::DecodeOptions {
+            out_dir: Some(out_dir),
+            overwrite,
+            allow_oversize,
+        },
+        progress,
+    )
+    .map_err(|e| match failure.lock().ok().and_then(|mut f| f.take()) {
+        Some(s3_error) => s3_error,
+        None => bundle_err(e),
+    })?;
     Ok(StreamUnbundleReport {
         decode,
         parts,

@@ -430,21 +430,7 @@ fn with_tar_of(files: &[&str]) -> Scene {
             &format!("<bundled_size>{}</bundled_size>", part.len()),
         )
         .replace("fc1a2f7fc40bd041262a75e8e3f2b887f95326d9", &part_sha1);
-    // Sign machine_configuration ‖ image as they stand in the file (bundle-format.md §9).
-    let signed = &xml[xml.find("<machine_configuration>").unwrap()
-        ..xml.find("</image>").unwrap() + "</image>".len()];
-    let keys = Keys::new();
-    let data = scratch.path().join("signed");
-    fs::write(&data, signed).unwrap();
-    let signature = run_ok(
-        std::process::Command::new("openssl")
-            .args(["dgst", "-sha1", "-sign"])
-            .arg(keys.user_key())
-            .arg(&data),
-    )
-    .stdout;
-    let old_signature = element(&xml, "signature");
-    let xml = xml.replace(&old_signature, &hex::encode(signature));
+    let xml = signed_with(&xml, &Keys::new().user_key());
     let scene = Scene::new(xml.as_bytes());
     fs::write(scene.path("bundle").join(PART), &part).unwrap();
     scene
@@ -579,5 +565,124 @@ fn parts_that_are_links_or_fifos_are_refused_before_they_are_read() {
             "{command}: {err}"
         );
     }
+    assert_eq!(fs::read_dir(scene.path("out")).unwrap().count(), 0);
+}
+
+/// Issue 12, finding 4: without `-c`, `unbundle` (and `restore`, `download --unbundle`,
+/// `check-image`) checked no signature at all, so anyone who can write to the bucket and knows
+/// the user's *public* certificate could hand them an image: the key wrapped to that
+/// certificate, the manifest unsigned or signed with the attacker's own key. The signature is
+/// now checked by default with the public half of the private key that decrypts the bundle
+/// (or `-c`); `--skip-signature` is the explicit opt-out, with a warning.
+#[test]
+fn a_bundle_not_signed_by_the_users_key_is_refused_by_default() {
+    let keys = Keys::new();
+    let unsigned = reference().replace(&element(&reference(), "signature"), "");
+    // The attacker's key (any key but the user's; the EC2 stand-in is one at hand).
+    let foreign = signed_with(&reference(), &keys.ec2_key());
+    for (xml, expected) in [
+        (unsigned, "manifest has no signature"),
+        (
+            foreign,
+            "manifest signature does not verify with the public key of",
+        ),
+    ] {
+        let scene = Scene::new(xml.as_bytes());
+        let manifest = scene.path("bundle").join(MANIFEST);
+        let home = scene.path("home");
+        let k = scene.keys.user_key();
+        let before = snapshot(scene.root.path());
+        for command in ["unbundle", "verify", "check-image"] {
+            let mut cmd = amibundle(&home);
+            cmd.current_dir(scene.path("out")).arg(command);
+            if command != "check-image" {
+                cmd.arg("-m");
+            }
+            cmd.arg(&manifest).arg("-k").arg(&k);
+            if command == "unbundle" {
+                cmd.arg("-d").arg(scene.path("out"));
+            }
+            let err = run_err(&mut cmd);
+            assert!(err.contains(expected), "{command}: {err}");
+            assert!(
+                err.contains("--skip-signature"),
+                "{command} names the opt-out: {err}"
+            );
+        }
+        assert!(snapshot(scene.root.path()) == before, "nothing written");
+        // The explicit opt-out unbundles it, saying what was not checked.
+        let out = run_ok(
+            amibundle(&home)
+                .args(["unbundle", "--skip-signature", "-m"])
+                .arg(&manifest)
+                .arg("-k")
+                .arg(&k)
+                .arg("-d")
+                .arg(scene.path("out")),
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("the signature of") && stderr.contains("was not checked"),
+            "{stderr}"
+        );
+        assert!(scene.path("out/my-server-2026").exists());
+    }
+    // Control: the genuine bundle unbundles with nothing but the key.
+    let scene = Scene::new(reference().as_bytes());
+    let out = run_ok(
+        amibundle(&scene.path("home"))
+            .args(["unbundle", "--json", "-m"])
+            .arg(scene.path("bundle").join(MANIFEST))
+            .arg("-k")
+            .arg(scene.keys.user_key())
+            .arg("-d")
+            .arg(scene.path("out")),
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["signature"], "raw", "{report}");
+}
+
+/// Issue 12, finding 8: a signed manifest (the user's own key, so every other check passes)
+/// declaring a 16 TiB image was read, and its sparse member would have been accepted. Images
+/// above EC2's 10 GiB instance-store limit are refused before anything is read, by every reader,
+/// unless `--allow-oversize` says one is expected; with it, the stream is checked as usual (here
+/// its 3000-byte member no longer matches the declared size).
+#[test]
+fn an_image_size_beyond_ec2s_limit_is_refused_unless_allowed() {
+    const HUGE: u64 = 16 << 40;
+    let keys = Keys::new();
+    let xml = signed_with(
+        &reference().replace("<size>3000</size>", &format!("<size>{HUGE}</size>")),
+        &keys.user_key(),
+    );
+    assert!(xml.contains(&HUGE.to_string()));
+    let scene = Scene::new(xml.as_bytes());
+    scene.refuse("more than the 10 GiB (10737418240 bytes) EC2 accepts");
+    let manifest = scene.path("bundle").join(MANIFEST);
+    for command in ["restore", "check-image"] {
+        let mut cmd = amibundle(&scene.path("home"));
+        cmd.arg(command);
+        if command == "restore" {
+            cmd.arg("-m")
+                .arg(&manifest)
+                .arg("-d")
+                .arg(scene.path("out/r"));
+        } else {
+            cmd.arg(&manifest).arg("--work-dir").arg(scene.path("out"));
+        }
+        let err = run_err(cmd.arg("-k").arg(scene.keys.user_key()));
+        assert!(err.contains("pass --allow-oversize"), "{command}: {err}");
+    }
+    let err = run_err(
+        amibundle(&scene.path("home"))
+            .args(["unbundle", "--allow-oversize", "-m"])
+            .arg(&manifest)
+            .arg("-k")
+            .arg(scene.keys.user_key())
+            .arg("-d")
+            .arg(scene.path("out")),
+    );
+    assert!(!err.contains("--allow-oversize"), "{err}");
+    assert!(err.contains("size"), "{err}");
     assert_eq!(fs::read_dir(scene.path("out")).unwrap().count(), 0);
 }

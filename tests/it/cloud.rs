@@ -782,7 +782,7 @@ fn verify_accepts_an_s3_manifest_and_names_a_corrupt_object() {
             .status,
         200
     );
-    let err = run_err(&mut cloud.cmd(&["verify", "-m", url]));
+    let err = run_err(&mut cloud.cmd(&["verify", "-m", url, "-c", c]));
     assert!(
         err.contains("random.img.part.0") && err.contains("corrupt"),
         "{err}"

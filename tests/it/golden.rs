@@ -13,7 +13,9 @@ use amibundle::bundle::crypto::{
 use amibundle::bundle::gzip::GzipReader;
 use amibundle::bundle::manifest::{Bundler, Manifest};
 use amibundle::bundle::parts::{self, MemorySink, PartReader, PartWriter};
-use amibundle::bundle::pipeline::{self, BundleSpec, Identity, ImageInput, LocalBundle, Overrides};
+use amibundle::bundle::pipeline::{
+    self, BundleSpec, DecodeOptions, Identity, ImageInput, LocalBundle, Overrides,
+};
 use amibundle::bundle::tar::TarReader;
 use amibundle::progress::NoProgress;
 
@@ -193,7 +195,7 @@ fn our_pipeline_reproduces_the_reference_tar_digest() {
         let ours = LocalBundle::open(&report.manifest_path, None).unwrap();
         ours.verify_signature(&identity.user_cert).unwrap();
         let decoded = ours
-            .decode(&user_key, Some(&restored), false, &NoProgress)
+            .decode(&user_key, DecodeOptions::into_dir(&restored), &NoProgress)
             .unwrap();
         assert_eq!(
             sha1sum(decoded.image_path.as_ref().unwrap()),
