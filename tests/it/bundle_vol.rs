@@ -527,13 +527,34 @@ fn build_tree(src: &Path) {
     write(&src.join("etc/ssl/certs/ca-bundle.pem"), &ca);
     let key = fs::read(keys.join("user-key.pem")).unwrap();
     write(&src.join("etc/ssl/private/server.key"), &key);
+    // Issue 12, finding 9: a key under a name that says nothing, a credential file, and
+    // cloud-init's copy of the user data were copied into the image.
+    write(&src.join("srv/deploy/signing-material"), &key);
+    write(
+        &alice.join(".netrc"),
+        b"machine example.com login a password b\n",
+    );
+    write(
+        &src.join("var/lib/cloud/instances/i-0123/user-data.txt"),
+        b"#cloud-config\npassword: hunter2\n",
+    );
+    write(
+        &src.join("var/lib/cloud/instances/i-0123/instance-id"),
+        b"i-0123\n",
+    );
 }
 
 /// The secrets of [`build_tree`] the filter must leave out: (tag, path under the volume).
-const SECRETS: [(&str, &str); 4] = [
+const SECRETS: [(&str, &str); 7] = [
     ("aws-credentials", "home/alice/.aws/credentials"),
+    (
+        "cloud-init-user-data",
+        "var/lib/cloud/instances/i-0123/user-data.txt",
+    ),
+    ("credentials", "home/alice/.netrc"),
     ("history", "root/.bash_history"),
     ("private-key-file", "etc/ssl/private/server.key"),
+    ("private-key-file", "srv/deploy/signing-material"),
     ("ssh-private-key", "home/alice/.ssh/id_ed25519"),
 ];
 
@@ -620,7 +641,7 @@ fn a_volume_comes_out_of_the_bundle_identical_but_for_the_documented_exclusions(
         "{stderr}"
     );
     assert!(
-        stderr.contains("4 path(s) left out of the image"),
+        stderr.contains("7 path(s) left out of the image"),
         "{stderr}"
     );
     let dest_names = names(&dest);

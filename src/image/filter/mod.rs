@@ -4,24 +4,35 @@
 //!
 //! The classic tool filtered by name alone (`*.pem`, `*.gpg`, `*id_rsa*` …, reference-tools.md
 //! §2.4), which removed CA bundles and package keyrings while keeping `~/.aws/credentials` and
-//! most shell histories. This filter is narrow and path-aware; a name that can hold either a
-//! secret or public data is only filtered after looking inside.
+//! most shell histories. This filter is path-aware and looks inside files: a name that can hold
+//! either a secret or public data is only filtered after reading it, and a private key is found
+//! under any name. docs/security.md lists every rule.
 //!
 //! Filtered (see [`classify`] and [`Reason`]):
-//! * SSH private keys: any file in a `.ssh` directory except the public ones (`*.pub`,
-//!   `authorized_keys`, `known_hosts`, `config` …), and `id_rsa*`, `id_dsa*`, `id_ecdsa*`,
-//!   `id_ed25519*`, `id_xmss*` anywhere (never `*.pub`) — each only if its content is a
-//!   private key (PEM/OpenSSH/SSH2/PuTTY/SSH1 header, see [`holds_private_key`]).
-//! * AWS credentials: `.aws/credentials` in any directory (every home, `/root`), and the
-//!   cached temporary credentials and SSO tokens in `.aws/cli/cache/` and `.aws/sso/cache/`.
+//! * Private keys, by content, under any name ([`content::is_key_file`]: PEM, OpenSSH, PuTTY,
+//!   DER PKCS#1/PKCS#8/SEC 1, PKCS#12, Java keystores with a key), in every file of at most
+//!   1 MiB outside the exempt places ([`content_exempt`]: package-managed `/usr`, `/etc/ssh`
+//!   whose host keys are the machine's identity, container and package stores). Files whose
+//!   name marks them (`*.pem`, `*.key`, any file in `.ssh`, `id_rsa*` …) are searched more
+//!   widely: a key after a certificate chain counts.
+//! * SSH private keys (reason `ssh-private-key`): such keys in a `.ssh` directory or named
+//!   `id_rsa*`, `id_dsa*`, `id_ecdsa*`, `id_ed25519*`, `id_xmss*`.
+//! * Keystores: `*.p12`, `*.pfx` and `*.priv` by name, `*.jks`, `*.jceks`, `*.keystore` unless
+//!   they hold only trusted certificates (a truststore stays).
+//! * AWS credentials: `.aws/credentials`, `.aws/config` when it holds secret keys or session
+//!   tokens, and the cached credentials and SSO tokens in `.aws/cli/cache/`, `.aws/sso/cache/`.
+//! * Other credentials ([`CREDENTIAL_FILES`]): `.netrc`, `.pgpass`, `.git-credentials`,
+//!   `.docker/config.json`, `.kube/config`, the gcloud and Azure CLI token stores, and more;
+//!   `.my.cnf`, `.npmrc`, `.pypirc`, `.s3cfg`, `.boto` when they hold a password or token.
+//! * cloud-init user data: `user-data.txt*`, `vendor-data*.txt*`, the `scripts/` directory and
+//!   `obj.pkl` (which keeps a copy) of every instance in `/var/lib/cloud/instances/`, and the
+//!   NoCloud seeds' `user-data`.
 //! * GnuPG private keys: `private-keys-v1.d/` directories and `secring.gpg` files (public
 //!   keyrings such as apt's `*.gpg` are kept).
 //! * Shell and tool histories ([`HISTORY_FILES`]), in any directory.
 //! * amibundle's own identity: `.config/amibundle/identity/` in any home.
-//! * `*.pem` and `*.key` files that hold a private key; never CA bundles or certificates.
-//!   Package-managed trees (`/usr` except `/usr/local`) are exempt from this rule: whatever
-//!   is there ships publicly in a package (test keys of language runtimes, for example), and
-//!   removing it would only break package verification.
+//! * Backups of any of the above: the same name with `~`, `.bak`, `.old`, `.orig`, `.save`,
+//!   `.backup` or `.bkp` appended is judged like the name itself.
 //! * From the classic filter, what still makes sense: editor swap, autosave and lock files
 //!   (`.*.swp` … `.*.swa`, `#*#`, `.#*`), which hold unsaved copies of files being edited
 //!   (possibly secrets) and are stale on a new machine; and the udev
@@ -30,24 +41,24 @@
 //! * The files the run itself was given ([`FilterOptions::tool_inputs`]: signing key,
 //!   certificate, credential files), always, even with `--no-filter` and `--include`.
 //!
-//! Dropped from the classic filter: `*.pem`, `*.gpg`, `*.jks` and `*.priv` by name (they took
-//! CA bundles, keyrings and trust stores; private keys are now found by content), `*id_rsa*`
-//! and `*id_dsa*` by name (replaced by the SSH rule), `authorized_keys` (public keys: removing
-//! them locked users out of the clone), `*~` (deliberate backups, not secrets). The classic
-//! excludes of `/dev`, `/proc`, `/sys`, `/media`, `/mnt` are not this module's business: the
-//! copy turns mount points into empty directories.
-//!
-//! Not filtered, deliberately: SSH host keys, `/etc/machine-id` and cloud-init state. They are
-//! this machine's identity, which a backup must keep; `--generalize` removes them (see
-//! `image::generalize`). Symlinks are never filtered (a symlink holds no secret, only a name;
-//! `~/.bash_history -> /dev/null` stays as the user set it).
+//! Kept, deliberately: CA bundles, certificates, public keys and public keyrings (the classic
+//! `*.pem`/`*.gpg` rules took them), `authorized_keys` (removing it locked users out of the
+//! clone), `*~` backups of files that are not secrets. SSH host keys, `/etc/machine-id` and
+//! cloud-init's other state are this machine's identity, which a backup must keep;
+//! `--generalize` removes them (see `image::generalize`). Symlinks are never filtered (a symlink
+//! holds no secret, only a name; `~/.bash_history -> /dev/null` stays as the user set it). The
+//! classic excludes of `/dev`, `/proc`, `/sys`, `/media`, `/mnt` are not this module's
+//! business: the copy turns mount points into empty directories.
 //!
 //! The user's `--include` overrides the filter for a path (and everything below it); such
 //! paths are listed in [`FilterReport::kept`].
 //!
-//! Cost: the scan reads directory listings only (the entry type comes from `readdir`), stays on
-//! the source's filesystem like the copy, never follows a symlink, and opens only the files
-//! whose name asks for a content check (counted in [`FilterReport::contents_checked`]).
+//! Cost: the scan reads directory listings (the entry type comes from `readdir`), stays on the
+//! source's filesystem like the copy, never follows a symlink, and opens the regular files the
+//! content rules apply to, reading at most 4 KiB of each unless it starts like a key
+//! (counted in [`FilterReport::contents_checked`]).
+
+mod content;
 
 use std::collections::HashSet;
 use std::ffi::{CString, OsStr};
@@ -65,27 +76,77 @@ use nix::fcntl::{AT_FDCWD, AtFlags, OFlag, openat};
 use nix::sys::stat::{Mode, SFlag, fstat, fstatat};
 
 /// History files, relative to a home directory; the filter matches them in any directory.
-/// Shells (bash, zsh, ksh/sh, tcsh, fish), interpreters and database clients whose histories
-/// routinely hold passwords typed on the command line, `less` (search strings) and vim
-/// (`.viminfo`: command lines, searches and registers, i.e. text yanked from edited files).
+/// Shells (bash, zsh, ksh/sh, ash/busybox, tcsh, fish), interpreters, debuggers and database
+/// clients whose histories routinely hold passwords typed on the command line, `less` (search
+/// strings) and vim (`.viminfo`: command lines, searches and registers, i.e. text yanked from
+/// edited files).
 pub const HISTORY_FILES: &[&str] = &[
     ".bash_history",
     ".zsh_history",
     ".zhistory",
     ".sh_history",
+    ".ash_history",
     ".history",
     ".local/share/fish/fish_history",
     ".python_history",
     ".node_repl_history",
     ".irb_history",
+    ".pry_history",
+    ".php_history",
+    ".Rhistory",
+    ".octave_hist",
+    ".scala_history",
+    ".gdb_history",
     ".mysql_history",
     ".mariadb_history",
     ".psql_history",
     ".sqlite_history",
     ".rediscli_history",
     ".dbshell",
+    ".mongosh/mongosh_repl_history",
     ".lesshst",
     ".viminfo",
+    ".local/share/nvim/shada/main.shada",
+];
+
+/// Credential files of network services, registries and cloud CLIs, relative to a home
+/// directory (matched in any directory): filtered by name.
+pub const CREDENTIAL_FILES: &[&str] = &[
+    ".netrc",
+    ".pgpass",
+    ".git-credentials",
+    ".docker/config.json",
+    ".kube/config",
+    ".vault-token",
+    ".config/gh/hosts.yml",
+    ".terraform.d/credentials.tfrc.json",
+    ".config/gcloud/credentials.db",
+    ".config/gcloud/access_tokens.db",
+    ".config/gcloud/application_default_credentials.json",
+    ".azure/accessTokens.json",
+    ".azure/msal_token_cache.json",
+    ".azure/msal_token_cache.bin",
+    ".azure/service_principal_entries.json",
+    ".azure/service_principal_entries.bin",
+];
+
+/// Configuration files that often, not always, hold a secret: filtered when one of the settings
+/// is present (`name = value` or `name: value` at the start of a line).
+const CREDENTIAL_SETTINGS: &[(&str, Reason, &[&str])] = &[
+    (
+        ".aws/config",
+        Reason::AwsCredentials,
+        &["aws_secret_access_key", "aws_session_token"],
+    ),
+    (".boto", Reason::AwsCredentials, &["aws_secret_access_key"]),
+    (".s3cfg", Reason::AwsCredentials, &["secret_key"]),
+    (".my.cnf", Reason::Credentials, &["password"]),
+    (
+        ".npmrc",
+        Reason::Credentials,
+        &["_auth", "_authToken", "_password"],
+    ),
+    (".pypirc", Reason::Credentials, &["password"]),
 ];
 
 /// Files of a `.ssh` directory that are public by nature and never looked into.
@@ -102,10 +163,34 @@ const SSH_PUBLIC_FILES: &[&str] = &[
 /// Name prefixes of OpenSSH user keys (`ssh-keygen`'s default file names).
 const SSH_KEY_PREFIXES: &[&str] = &["id_rsa", "id_dsa", "id_ecdsa", "id_ed25519", "id_xmss"];
 
-/// How much of a candidate file is searched for a private-key header. A PEM file may hold a
+/// Suffixes of backup copies (editors, `cp --backup`, nano, hand-made): `name.bak` is judged as
+/// `name`.
+const BACKUP_SUFFIXES: &[&str] = &["~", ".bak", ".old", ".orig", ".save", ".backup", ".bkp"];
+
+/// Places whose files are not searched for keys by content alone (name rules still apply):
+/// their contents come from packages or registries, or are the machine's identity.
+const CONTENT_EXEMPT: &[&str] = &[
+    "etc/ssh",
+    "var/lib/docker",
+    "var/lib/containers",
+    "var/lib/containerd",
+    "var/lib/dpkg",
+    "var/lib/rpm",
+    "var/lib/apt",
+    "var/cache/apt",
+    "var/cache/dnf",
+    "var/cache/yum",
+    "var/log/journal",
+];
+
+/// How much of a candidate file is searched for a private key. A PEM file may hold a
 /// certificate chain before its key (a few KiB per certificate); 1 MiB covers any realistic
-/// combined file while a CA bundle (about 200 KiB) is still read only once.
+/// combined file while a CA bundle (about 200 KiB) is still read only once. Files larger than
+/// this are not looked into by the any-name rule (no key file is that large).
 const CONTENT_SCAN_LIMIT_BYTES: u64 = 1 << 20;
+
+/// What the any-name rule reads first: enough to see a key file's start.
+const CONTENT_HEAD_BYTES: u64 = 4096;
 
 /// Why a path is filtered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -114,13 +199,19 @@ pub enum Reason {
     SshPrivateKey,
     /// AWS credentials or cached temporary credentials.
     AwsCredentials,
+    /// Credentials of another service, registry or cloud CLI.
+    Credentials,
+    /// A keystore (PKCS#12, Java) holding keys.
+    KeyStore,
+    /// cloud-init user data (often passwords and tokens).
+    CloudInitUserData,
     /// GnuPG private keys.
     GnupgPrivateKeys,
     /// A shell or tool history.
     ShellHistory,
     /// amibundle's own identity (key and certificate).
     AmibundleIdentity,
-    /// A `*.pem`/`*.key` file holding a private key.
+    /// A file holding a private key.
     PrivateKeyFile,
     /// An editor swap, autosave or lock file.
     EditorTemporary,
@@ -136,6 +227,9 @@ impl Reason {
         match self {
             Self::SshPrivateKey => "ssh-private-key",
             Self::AwsCredentials => "aws-credentials",
+            Self::Credentials => "credentials",
+            Self::KeyStore => "keystore",
+            Self::CloudInitUserData => "cloud-init-user-data",
             Self::GnupgPrivateKeys => "gnupg-private-keys",
             Self::ShellHistory => "history",
             Self::AmibundleIdentity => "amibundle-identity",
@@ -152,6 +246,9 @@ impl fmt::Display for Reason {
         f.write_str(match self {
             Self::SshPrivateKey => "SSH private key",
             Self::AwsCredentials => "AWS credentials",
+            Self::Credentials => "credentials of a service, registry or cloud CLI",
+            Self::KeyStore => "keystore holding keys",
+            Self::CloudInitUserData => "cloud-init user data",
             Self::GnupgPrivateKeys => "GnuPG private keys",
             Self::ShellHistory => "shell or tool history",
             Self::AmibundleIdentity => "amibundle identity",
@@ -168,8 +265,16 @@ impl fmt::Display for Reason {
 pub enum Verdict {
     /// Filtered (a directory with everything below it).
     Filter(Reason),
-    /// Filtered only if the file's content is a private key ([`holds_private_key`]).
+    /// Filtered only if the file holds a private key anywhere in its first 1 MiB
+    /// ([`content::holds_private_key`]): names that mark key files.
     IfPrivateKey(Reason),
+    /// Filtered only if the file is a key file ([`content::is_key_file`]): any other regular
+    /// file of at most 1 MiB outside the exempt places.
+    IfKeyFile,
+    /// Filtered unless it is a Java keystore holding only trusted certificates.
+    UnlessTrustStore,
+    /// Filtered only if one of the settings is present ([`content::has_setting`]).
+    IfSetting(Reason, &'static [&'static str]),
 }
 
 /// Decides from its path relative to the scanned root (`root/.ssh/id_ed25519`, `etc/…`)
@@ -183,36 +288,110 @@ pub fn classify(rel: &Path, is_dir: bool) -> Option<Verdict> {
             _ => None,
         })
         .collect();
+    if comps.is_empty() {
+        return None;
+    }
+    if is_dir {
+        return classify_dir(&comps).map(Verdict::Filter);
+    }
+    if let Some(verdict) = classify_file(&comps) {
+        return Some(verdict);
+    }
+    // A backup copy is as secret as what it copies.
+    let (&name, parents) = comps.split_last()?;
+    for suffix in BACKUP_SUFFIXES {
+        if let Some(base) = name
+            .strip_suffix(suffix.as_bytes())
+            .filter(|b| !b.is_empty())
+        {
+            let mut original = parents.to_vec();
+            original.push(base);
+            if let Some(verdict) = classify_file(&original) {
+                return Some(verdict);
+            }
+        }
+    }
+    (!content_exempt(&comps) && !public_by_name(&comps)).then_some(Verdict::IfKeyFile)
+}
+
+/// SSH public keys (`*.pub`) and the public files of a `.ssh` directory: never looked into.
+fn public_by_name(comps: &[&[u8]]) -> bool {
+    let Some((&name, parents)) = comps.split_last() else {
+        return false;
+    };
+    name.ends_with(b".pub")
+        || (parents.last() == Some(&&b".ssh"[..])
+            && SSH_PUBLIC_FILES.iter().any(|p| name == p.as_bytes()))
+}
+
+fn classify_dir(comps: &[&[u8]]) -> Option<Reason> {
     let (&name, parents) = comps.split_last()?;
     let parent = parents.last().copied().unwrap_or_default();
     let grandparent = parents
         .len()
         .checked_sub(2)
         .map_or(&b""[..], |i| parents[i]);
-
-    if is_dir {
-        return if name == b"private-keys-v1.d" {
-            Some(Verdict::Filter(Reason::GnupgPrivateKeys))
-        } else if name == b"identity" && parent == b"amibundle" && grandparent == b".config" {
-            Some(Verdict::Filter(Reason::AmibundleIdentity))
-        } else if name == b"cache"
-            && (parent == b"cli" || parent == b"sso")
-            && grandparent == b".aws"
-        {
-            Some(Verdict::Filter(Reason::AwsCredentials))
-        } else {
-            None
-        };
+    if name == b"private-keys-v1.d" {
+        Some(Reason::GnupgPrivateKeys)
+    } else if name == b"identity" && parent == b"amibundle" && grandparent == b".config" {
+        Some(Reason::AmibundleIdentity)
+    } else if name == b"cache" && (parent == b"cli" || parent == b"sso") && grandparent == b".aws" {
+        Some(Reason::AwsCredentials)
+    } else if name == b"legacy_credentials" && parent == b"gcloud" && grandparent == b".config" {
+        Some(Reason::Credentials)
+    } else if name == b"scripts" && cloud_instance_dir(parents) {
+        Some(Reason::CloudInitUserData)
+    } else {
+        None
     }
+}
 
-    if HISTORY_FILES
-        .iter()
-        .any(|h| ends_with_components(&comps, h))
-    {
+/// `var/lib/cloud/instances/<id>`.
+fn cloud_instance_dir(comps: &[&[u8]]) -> bool {
+    comps.len() == 5 && comps[..4] == [&b"var"[..], b"lib", b"cloud", b"instances"]
+}
+
+/// The name rules for a regular file (everything but the backup and any-name rules).
+fn classify_file(comps: &[&[u8]]) -> Option<Verdict> {
+    let (&name, parents) = comps.split_last()?;
+    let parent = parents.last().copied().unwrap_or_default();
+    let has_ext = |exts: &[&str]| {
+        exts.iter().any(|ext| {
+            let ext = ext.as_bytes();
+            name.len() > ext.len() && name[name.len() - ext.len()..].eq_ignore_ascii_case(ext)
+        })
+    };
+
+    if HISTORY_FILES.iter().any(|h| ends_with_components(comps, h)) {
         return Some(Verdict::Filter(Reason::ShellHistory));
     }
     if name == b"credentials" && parent == b".aws" {
         return Some(Verdict::Filter(Reason::AwsCredentials));
+    }
+    if CREDENTIAL_FILES
+        .iter()
+        .any(|f| ends_with_components(comps, f))
+    {
+        return Some(Verdict::Filter(Reason::Credentials));
+    }
+    if let Some((_, reason, settings)) = CREDENTIAL_SETTINGS
+        .iter()
+        .find(|(f, _, _)| ends_with_components(comps, f))
+    {
+        return Some(Verdict::IfSetting(*reason, settings));
+    }
+    if cloud_instance_dir(parents)
+        && (name.starts_with(b"user-data.txt")
+            || name.starts_with(b"vendor-data")
+            || name == b"obj.pkl")
+    {
+        return Some(Verdict::Filter(Reason::CloudInitUserData));
+    }
+    if comps.len() == 6
+        && comps[..4] == [&b"var"[..], b"lib", b"cloud", b"seed"]
+        && (name == b"user-data" || name == b"vendor-data")
+    {
+        return Some(Verdict::Filter(Reason::CloudInitUserData));
     }
     if name == b"secring.gpg" {
         return Some(Verdict::Filter(Reason::GnupgPrivateKeys));
@@ -224,9 +403,7 @@ pub fn classify(rel: &Path, is_dir: bool) -> Option<Verdict> {
         return Some(Verdict::Filter(Reason::EditorTemporary));
     }
     if parent == b".ssh" {
-        let public =
-            name.ends_with(b".pub") || SSH_PUBLIC_FILES.iter().any(|p| name == p.as_bytes());
-        return (!public).then_some(Verdict::IfPrivateKey(Reason::SshPrivateKey));
+        return (!public_by_name(comps)).then_some(Verdict::IfPrivateKey(Reason::SshPrivateKey));
     }
     if SSH_KEY_PREFIXES
         .iter()
@@ -235,13 +412,29 @@ pub fn classify(rel: &Path, is_dir: bool) -> Option<Verdict> {
     {
         return Some(Verdict::IfPrivateKey(Reason::SshPrivateKey));
     }
-    let key_like = [&b".pem"[..], b".key"].iter().any(|ext| {
-        name.len() > ext.len() && name[name.len() - ext.len()..].eq_ignore_ascii_case(ext)
-    });
-    if key_like && !package_managed(&comps) {
+    if package_managed(comps) {
+        return None;
+    }
+    if has_ext(&[".p12", ".pfx", ".priv"]) {
+        return Some(Verdict::Filter(Reason::KeyStore));
+    }
+    if has_ext(&[".jks", ".jceks", ".keystore"]) {
+        return Some(Verdict::UnlessTrustStore);
+    }
+    if has_ext(&[".pem", ".key"]) {
         return Some(Verdict::IfPrivateKey(Reason::PrivateKeyFile));
     }
     None
+}
+
+/// Places the any-name content rule does not look into: package-managed trees and
+/// [`CONTENT_EXEMPT`].
+fn content_exempt(comps: &[&[u8]]) -> bool {
+    package_managed(comps)
+        || CONTENT_EXEMPT.iter().any(|place| {
+            let place: Vec<&[u8]> = place.split('/').map(str::as_bytes).collect();
+            comps.len() > place.len() && comps[..place.len()] == place[..]
+        })
 }
 
 /// `comps` ends with the `/`-separated components of `suffix`.
@@ -265,26 +458,6 @@ fn is_editor_temporary(name: &[u8]) -> bool {
 /// Under `/usr` but not `/usr/local` (relative to the scanned root).
 fn package_managed(comps: &[&[u8]]) -> bool {
     comps.first() == Some(&&b"usr"[..]) && comps.get(1) != Some(&&b"local"[..])
-}
-
-/// Whether `head` (the start of a file) holds a private key: a PEM-style armour line whose
-/// label contains `PRIVATE KEY` (`-----BEGIN RSA PRIVATE KEY-----`, `… OPENSSH PRIVATE KEY`,
-/// `… ENCRYPTED PRIVATE KEY`, `… PGP PRIVATE KEY BLOCK`, RFC 4716's `---- BEGIN SSH2 ENCRYPTED
-/// PRIVATE KEY ----`) at the start of any line, or a PuTTY or SSH1 private key file. A
-/// certificate or public key (`BEGIN CERTIFICATE`, `BEGIN PUBLIC KEY`) is not one; a file with
-/// certificates and a key is. DER-encoded keys are not recognised.
-pub fn holds_private_key(head: &[u8]) -> bool {
-    if head.starts_with(b"PuTTY-User-Key-File-") || head.starts_with(b"SSH PRIVATE KEY FILE FORMAT")
-    {
-        return true;
-    }
-    head.split(|&b| b == b'\n').any(|line| {
-        let line = line.trim_ascii();
-        (line.starts_with(b"-----BEGIN ") || line.starts_with(b"---- BEGIN "))
-            && line
-                .windows(b"PRIVATE KEY".len())
-                .any(|w| w == b"PRIVATE KEY")
-    })
 }
 
 /// What to scan and what the copy will skip anyway.
@@ -641,8 +814,10 @@ impl Scanner<'_> {
                         None
                     }
                 }
-                Some(Verdict::IfPrivateKey(reason)) => {
-                    if self.check_content(&frame.dir, &name, &rel)? {
+                // Under --include, a file of any name is kept without being read.
+                Some(Verdict::IfKeyFile) if included => None,
+                Some(rule) => {
+                    if let Some(reason) = self.check_content(&frame.dir, &name, &rel, rule)? {
                         if included {
                             self.keep(&rel, reason);
                         } else {
@@ -709,32 +884,83 @@ impl Scanner<'_> {
         }))
     }
 
-    /// Reads the start of a candidate file and looks for a private key.
+    /// Reads a candidate file as `rule` asks; `Some(reason)` if it is to be filtered.
     fn check_content(
         &mut self,
         dir: &File,
         name: &CString,
         rel: &Path,
-    ) -> Result<bool, FilterError> {
+        rule: Verdict,
+    ) -> Result<Option<Reason>, FilterError> {
         // O_NONBLOCK: should the name have become a fifo since the listing, opening must not
         // hang; the type check below then skips it.
         let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
         let file = match open_noatime(dir, name.as_c_str(), flags) {
             Ok(fd) => File::from(fd),
-            Err(Errno::ENOENT | Errno::ELOOP) => return Ok(false),
+            Err(Errno::ENOENT | Errno::ELOOP) => return Ok(None),
             Err(e) => return Err(self.read_err(rel)(e.into())),
         };
         let st = fstat(&file).map_err(|e| self.read_err(rel)(e.into()))?;
         if type_of(&st) != Type::File {
-            return Ok(false);
+            return Ok(None);
+        }
+        let len = u64::try_from(st.st_size).unwrap_or(0);
+        if rule == Verdict::IfKeyFile && (len == 0 || len > CONTENT_SCAN_LIMIT_BYTES) {
+            return Ok(None);
         }
         self.report.contents_checked += 1;
         self.buf.clear();
-        file.take(CONTENT_SCAN_LIMIT_BYTES)
-            .read_to_end(&mut self.buf)
-            .map_err(self.read_err(rel))?;
-        Ok(holds_private_key(&self.buf))
+        let mut file = file.take(CONTENT_SCAN_LIMIT_BYTES);
+        let read_err = self.read_err(rel);
+        let verdict = match rule {
+            Verdict::IfKeyFile => {
+                // The head first: most files are plainly not keys and cost no more than that.
+                (&mut file)
+                    .take(CONTENT_HEAD_BYTES)
+                    .read_to_end(&mut self.buf)
+                    .map_err(self.read_err(rel))?;
+                if may_be_key_file(&self.buf) {
+                    file.read_to_end(&mut self.buf).map_err(read_err)?;
+                    content::is_key_file(&self.buf, len).then_some(Reason::PrivateKeyFile)
+                } else {
+                    None
+                }
+            }
+            Verdict::IfPrivateKey(reason) => {
+                file.read_to_end(&mut self.buf).map_err(read_err)?;
+                content::holds_private_key(&self.buf, len).then_some(reason)
+            }
+            Verdict::UnlessTrustStore => {
+                file.read_to_end(&mut self.buf).map_err(read_err)?;
+                let truststore = content::java_keystore_holds_key(&self.buf) == Some(false);
+                (!truststore).then_some(Reason::KeyStore)
+            }
+            Verdict::IfSetting(reason, settings) => {
+                file.read_to_end(&mut self.buf).map_err(read_err)?;
+                content::has_setting(&self.buf, settings).then_some(reason)
+            }
+            Verdict::Filter(reason) => Some(reason),
+        };
+        Ok(verdict)
     }
+}
+
+/// Whether a file starting with `head` could be a key file: it starts with a binary key's
+/// first byte, a PEM armour or the text `openssl` writes before one, or a PuTTY or SSH1
+/// header. Anything else is decided on its first 4 KiB alone.
+fn may_be_key_file(head: &[u8]) -> bool {
+    let text = head.trim_ascii_start();
+    matches!(head.first(), Some(0x30 | 0xfe | 0xce))
+        || [
+            &b"-----BEGIN "[..],
+            b"---- BEGIN ",
+            b"Bag Attributes",
+            b"Key Attributes",
+        ]
+        .iter()
+        .any(|p| text.starts_with(p))
+        || head.starts_with(b"PuTTY-User-Key-File-")
+        || head.starts_with(b"SSH PRIVATE KEY FILE FORMAT")
 }
 
 fn dir_flags() -> OFlag {
@@ -806,6 +1032,9 @@ mod tests {
         classify(Path::new(path), false)
     }
 
+    /// A regular file no name rule matched: read only to see whether it is a key file.
+    const ANY_NAME: Option<Verdict> = Some(Verdict::IfKeyFile);
+
     #[test]
     fn ssh_keys_by_name_and_place() {
         use Verdict::*;
@@ -817,15 +1046,20 @@ mod tests {
         assert_eq!(verdict("home/a/.ssh/aws.pem"), key);
         // id_* outside .ssh too (keys copied around), never the public halves.
         assert_eq!(verdict("srv/backup/id_ecdsa"), key);
+        // Backups of keys are keys.
+        assert_eq!(verdict("srv/backup/id_ecdsa.bak"), key);
+        assert_eq!(verdict("srv/backup/id_ecdsa~"), key);
         assert_eq!(verdict("root/.ssh/id_ed25519.pub"), None);
         assert_eq!(verdict("srv/backup/id_rsa.pub"), None);
         assert_eq!(verdict("root/.ssh/authorized_keys"), None);
         assert_eq!(verdict("root/.ssh/known_hosts"), None);
         assert_eq!(verdict("root/.ssh/config"), None);
-        // Host keys are the machine's identity: --generalize's business, not the filter's.
+        // Host keys are the machine's identity: --generalize's business, not the filter's,
+        // and /etc/ssh is not searched by content either.
         assert_eq!(verdict("etc/ssh/ssh_host_rsa_key"), None);
         assert_eq!(verdict("etc/ssh/ssh_host_ed25519_key"), None);
-        // Not ssh keys at all.
+        assert_eq!(verdict("etc/ssh/sshd_config"), None);
+        // Not ssh keys at all, and package-managed.
         assert_eq!(verdict("usr/lib/python3/id_map.py"), None);
     }
 
@@ -840,8 +1074,15 @@ mod tests {
             verdict("home/bob/.aws/credentials"),
             Some(Filter(Reason::AwsCredentials))
         );
-        assert_eq!(verdict("home/bob/.aws/config"), None);
-        assert_eq!(verdict("srv/app/credentials"), None);
+        assert_eq!(
+            verdict("home/bob/.aws/credentials.bak"),
+            Some(Filter(Reason::AwsCredentials))
+        );
+        assert!(matches!(
+            verdict("home/bob/.aws/config"),
+            Some(IfSetting(Reason::AwsCredentials, _))
+        ));
+        assert_eq!(verdict("srv/app/credentials"), ANY_NAME);
         assert_eq!(
             classify(Path::new("root/.aws/sso/cache"), true),
             Some(Filter(Reason::AwsCredentials))
@@ -859,16 +1100,16 @@ mod tests {
             verdict("root/.gnupg/secring.gpg"),
             Some(Filter(Reason::GnupgPrivateKeys))
         );
-        // Public keyrings stay (the classic `*.gpg` removed apt's).
+        // Public keyrings stay (the classic `*.gpg` removed apt's); they are read, not taken.
         assert_eq!(
             verdict("etc/apt/trusted.gpg.d/debian-archive-bookworm.gpg"),
-            None
+            ANY_NAME
         );
         assert_eq!(
             verdict("usr/share/keyrings/ubuntu-archive-keyring.gpg"),
             None
         );
-        assert_eq!(verdict("root/.gnupg/pubring.kbx"), None);
+        assert_eq!(verdict("root/.gnupg/pubring.kbx"), ANY_NAME);
         for h in [
             "root/.bash_history",
             "home/a/.zsh_history",
@@ -876,11 +1117,16 @@ mod tests {
             "var/lib/postgresql/.psql_history",
             "home/a/.local/share/fish/fish_history",
             "root/.lesshst",
+            "root/.ash_history",
+            "home/a/.Rhistory",
+            "home/a/.gdb_history",
+            "root/.viminfo",
+            "root/.bash_history.old",
         ] {
             assert_eq!(verdict(h), Some(Filter(Reason::ShellHistory)), "{h}");
         }
-        assert_eq!(verdict("home/a/fish_history"), None);
-        assert_eq!(verdict("home/a/.bash_history_notes/x"), None);
+        assert_eq!(verdict("home/a/fish_history"), ANY_NAME);
+        assert_eq!(verdict("home/a/.bash_history_notes/x"), ANY_NAME);
         assert_eq!(
             classify(Path::new("home/a/.config/amibundle/identity"), true),
             Some(Filter(Reason::AmibundleIdentity))
@@ -890,18 +1136,85 @@ mod tests {
     }
 
     #[test]
-    fn pem_and_key_files_are_looked_into_except_under_usr() {
+    fn credentials_of_other_services_and_cloud_init_user_data() {
+        use Verdict::*;
+        let cred = Some(Filter(Reason::Credentials));
+        for f in [
+            "root/.netrc",
+            "home/a/.pgpass",
+            "home/a/.git-credentials",
+            "home/a/.docker/config.json",
+            "root/.kube/config",
+            "home/a/.config/gcloud/credentials.db",
+            "home/a/.config/gcloud/application_default_credentials.json",
+            "home/a/.azure/msal_token_cache.json",
+            "home/a/.vault-token",
+            "home/a/.netrc~",
+        ] {
+            assert_eq!(verdict(f), cred, "{f}");
+        }
+        assert_eq!(
+            classify(Path::new("home/a/.config/gcloud/legacy_credentials"), true),
+            cred.map(|_| Filter(Reason::Credentials))
+        );
+        // Not credentials by these names elsewhere.
+        assert_eq!(verdict("srv/app/config.json"), ANY_NAME);
+        assert_eq!(verdict("home/a/.kube/cache/discovery.json"), ANY_NAME);
+        for f in [
+            "root/.my.cnf",
+            "home/a/.npmrc",
+            "home/a/.pypirc",
+            "root/.s3cfg",
+        ] {
+            assert!(matches!(verdict(f), Some(IfSetting(..))), "{f}");
+        }
+        let user_data = Some(Filter(Reason::CloudInitUserData));
+        for f in [
+            "var/lib/cloud/instances/i-0abc/user-data.txt",
+            "var/lib/cloud/instances/i-0abc/user-data.txt.i",
+            "var/lib/cloud/instances/i-0abc/vendor-data.txt",
+            "var/lib/cloud/instances/i-0abc/obj.pkl",
+            "var/lib/cloud/seed/nocloud-net/user-data",
+        ] {
+            assert_eq!(verdict(f), user_data, "{f}");
+        }
+        assert_eq!(
+            classify(Path::new("var/lib/cloud/instances/i-0abc/scripts"), true),
+            Some(Filter(Reason::CloudInitUserData))
+        );
+        assert_eq!(
+            verdict("var/lib/cloud/instances/i-0abc/datasource"),
+            ANY_NAME
+        );
+        assert_eq!(
+            verdict("srv/var/lib/cloud/instances/i-0abc/user-data.txt"),
+            ANY_NAME
+        );
+    }
+
+    #[test]
+    fn key_files_are_looked_into_except_in_package_trees() {
         use Verdict::*;
         let check = Some(IfPrivateKey(Reason::PrivateKeyFile));
         assert_eq!(verdict("etc/ssl/certs/ISRG_Root_X1.pem"), check);
         assert_eq!(verdict("etc/ssl/private/server.key"), check);
+        assert_eq!(verdict("etc/ssl/private/server.key.orig"), check);
         assert_eq!(verdict("etc/pki/tls/private/LOCALHOST.KEY"), check);
         assert_eq!(verdict("usr/local/etc/app/tls.pem"), check);
         assert_eq!(verdict("usr/lib/python3.12/test/keycert.pem"), None);
-        // Not a PEM name: never opened (the CA bundle of RHEL-like systems).
-        assert_eq!(verdict("etc/pki/tls/certs/ca-bundle.crt"), None);
-        assert_eq!(verdict("etc/ssl/certs/ca-certificates.crt"), None);
-        assert_eq!(verdict("srv/.pem"), None);
+        // Keystores: PKCS#12 and .priv by name, Java keystores unless only certificates.
+        assert_eq!(verdict("opt/app/tls.p12"), Some(Filter(Reason::KeyStore)));
+        assert_eq!(verdict("opt/app/TLS.PFX"), Some(Filter(Reason::KeyStore)));
+        assert_eq!(verdict("root/ec2.priv"), Some(Filter(Reason::KeyStore)));
+        assert_eq!(verdict("opt/app/server.jks"), Some(UnlessTrustStore));
+        assert_eq!(verdict("opt/app/.keystore"), ANY_NAME);
+        assert_eq!(verdict("opt/app/release.keystore"), Some(UnlessTrustStore));
+        assert_eq!(verdict("usr/lib/jvm/x/lib/security/cacerts.jks"), None);
+        // Other names are read only to see whether they are key files.
+        assert_eq!(verdict("etc/pki/tls/certs/ca-bundle.crt"), ANY_NAME);
+        assert_eq!(verdict("srv/.pem"), ANY_NAME);
+        assert_eq!(verdict("var/lib/docker/overlay2/x/diff/etc/key"), None);
+        assert_eq!(verdict("var/lib/dpkg/info/openssh-server.list"), None);
     }
 
     #[test]
@@ -912,52 +1225,18 @@ mod tests {
         assert_eq!(verdict("home/a/.notes.txt.swo"), editor);
         assert_eq!(verdict("home/a/#draft.txt#"), editor);
         assert_eq!(verdict("home/a/.#draft.txt"), editor);
-        assert_eq!(verdict("home/a/notes.swp"), None);
-        assert_eq!(verdict("home/a/.swp"), None);
-        assert_eq!(verdict("etc/fstab~"), None);
+        assert_eq!(verdict("home/a/notes.swp"), ANY_NAME);
+        assert_eq!(verdict("home/a/.swp"), ANY_NAME);
+        // A backup of a file that is no secret is not one either.
+        assert_eq!(verdict("etc/fstab~"), ANY_NAME);
         assert_eq!(
             verdict("etc/udev/rules.d/70-persistent-net.rules"),
             Some(Filter(Reason::PersistentNetRules))
         );
         assert_eq!(
             verdict("srv/etc/udev/rules.d/70-persistent-net.rules"),
-            None
+            ANY_NAME
         );
-        assert_eq!(verdict("etc/ssh/sshd_config"), None);
-    }
-
-    #[test]
-    fn private_key_content() {
-        assert!(holds_private_key(RSA_KEY.as_bytes()));
-        assert!(holds_private_key(OPENSSH_KEY.as_bytes()));
-        assert!(holds_private_key(b"-----BEGIN PRIVATE KEY-----\nMIIE\n"));
-        assert!(holds_private_key(
-            b"-----BEGIN ENCRYPTED PRIVATE KEY-----\r\nMIIE\r\n"
-        ));
-        assert!(holds_private_key(b"-----BEGIN EC PRIVATE KEY-----\n"));
-        assert!(holds_private_key(
-            b"-----BEGIN PGP PRIVATE KEY BLOCK-----\n\nlQOYBF\n"
-        ));
-        assert!(holds_private_key(
-            b"---- BEGIN SSH2 ENCRYPTED PRIVATE KEY ----\nComment: x\n"
-        ));
-        assert!(holds_private_key(b"PuTTY-User-Key-File-3: ssh-ed25519\n"));
-        // A certificate and a key in one file (a combined server .pem).
-        let combined = format!("{CERT}{CERT}{RSA_KEY}");
-        assert!(holds_private_key(combined.as_bytes()));
-
-        assert!(!holds_private_key(CERT.as_bytes()));
-        assert!(!holds_private_key(format!("{CERT}{CERT}{CERT}").as_bytes()));
-        assert!(!holds_private_key(b"-----BEGIN PUBLIC KEY-----\nMFkw\n"));
-        assert!(!holds_private_key(
-            b"-----BEGIN PGP PUBLIC KEY BLOCK-----\n"
-        ));
-        assert!(!holds_private_key(SSH_PUB.as_bytes()));
-        // Prose mentioning a key is not a key.
-        assert!(!holds_private_key(
-            b"# put your PRIVATE KEY in /etc/ssl/private\n"
-        ));
-        assert!(!holds_private_key(b""));
     }
 
     #[test]
@@ -1082,14 +1361,99 @@ mod tests {
             ]
         );
         assert!(report.kept.is_empty());
-        // Only the candidates were opened: id_ed25519, notes (in .ssh), ISRG_Root_X1.pem,
-        // server.key, fullchain-and-key.pem, cert-only.pem. Not the identity's files (the
-        // directory went whole), not /usr, not the .crt bundles, not readme.txt.
-        assert_eq!(report.contents_checked, 6);
+        // Opened: id_ed25519 and notes (in .ssh), .aws/config (for secret keys), the .pem and
+        // .key files (4), and the other regular files of any name (pubring.kbx, the two .crt
+        // bundles, debian.gpg, readme.txt). Not the filtered directories' files, not /usr, not
+        // /etc/ssh, not the public .ssh files, not what a name rule filters outright.
+        assert_eq!(report.contents_checked, 12);
         assert_eq!(
             report.excluded_paths()[0],
             root.join("etc/nginx/fullchain-and-key.pem")
         );
+    }
+
+    /// Issue 12, finding 9: credentials the filter kept before, each next to a look-alike that
+    /// must stay.
+    #[test]
+    fn scan_finds_keys_under_any_name_and_the_credentials_it_missed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let r = tmp.path();
+        let write = |rel: &str, content: &[u8]| {
+            let p = r.join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, content).unwrap();
+        };
+        let der_key: &[u8] = &[0x30, 0x0a, 0x02, 0x01, 0x00, 0x02, 0x05, 1, 2, 3, 4, 5];
+        write("srv/app/signing-material", RSA_KEY.as_bytes());
+        write("srv/app/signing.der", der_key);
+        write(
+            "srv/app/README.md",
+            format!("Install it:\n{RSA_KEY}").as_bytes(),
+        );
+        write("srv/app/tls.p12", b"\x30\x82");
+        write(
+            "srv/app/keys.jks",
+            &[0xfe, 0xed, 0xfe, 0xed, 0, 0, 0, 2, 0, 0, 0, 1, 0, 0, 0, 1],
+        );
+        write(
+            "srv/app/trust.jks",
+            &[0xfe, 0xed, 0xfe, 0xed, 0, 0, 0, 2, 0, 0, 0, 0, 1, 2, 3, 4],
+        );
+        write("etc/ssl/private/server.key.bak", RSA_KEY.as_bytes());
+        write("etc/ssl/private/server.key~", CERT.as_bytes());
+        write("root/.netrc", b"machine example.com login a password b\n");
+        write("home/bob/.pgpass", b"db:5432:*:app:secret\n");
+        write(
+            "home/bob/.git-credentials",
+            b"https://bob:tok@example.com\n",
+        );
+        write("home/bob/.docker/config.json", b"{\"auths\":{}}\n");
+        write("home/bob/.kube/config", b"users: []\n");
+        write("home/bob/.aws/config", b"[p]\naws_secret_access_key = x\n");
+        write("home/carol/.aws/config", b"[default]\nregion = eu-west-1\n");
+        write("root/.my.cnf", b"[client]\npassword=hunter2\n");
+        write("home/carol/.my.cnf", b"[mysql]\nauto-rehash\n");
+        write(
+            "var/lib/cloud/instances/i-1/user-data.txt",
+            b"#cloud-config\n",
+        );
+        write(
+            "var/lib/cloud/instances/i-1/scripts/part-001",
+            b"#!/bin/sh\n",
+        );
+        write("var/lib/cloud/instances/i-1/datasource", b"DataSourceEc2\n");
+        write("root/.ash_history", b"passwd\n");
+        write("etc/ssh/ssh_host_rsa_key", RSA_KEY.as_bytes());
+        write("usr/share/doc/x/test-key", RSA_KEY.as_bytes());
+        let report = scan(r, &FilterOptions::default()).unwrap();
+        let got = rel_paths(r, &report.filtered);
+        let want: Vec<(String, Reason)> = [
+            ("etc/ssl/private/server.key.bak", Reason::PrivateKeyFile),
+            ("home/bob/.aws/config", Reason::AwsCredentials),
+            ("home/bob/.docker/config.json", Reason::Credentials),
+            ("home/bob/.git-credentials", Reason::Credentials),
+            ("home/bob/.kube/config", Reason::Credentials),
+            ("home/bob/.pgpass", Reason::Credentials),
+            ("root/.ash_history", Reason::ShellHistory),
+            ("root/.my.cnf", Reason::Credentials),
+            ("root/.netrc", Reason::Credentials),
+            ("srv/app/keys.jks", Reason::KeyStore),
+            ("srv/app/signing-material", Reason::PrivateKeyFile),
+            ("srv/app/signing.der", Reason::PrivateKeyFile),
+            ("srv/app/tls.p12", Reason::KeyStore),
+            (
+                "var/lib/cloud/instances/i-1/scripts",
+                Reason::CloudInitUserData,
+            ),
+            (
+                "var/lib/cloud/instances/i-1/user-data.txt",
+                Reason::CloudInitUserData,
+            ),
+        ]
+        .iter()
+        .map(|(p, r)| (p.to_string(), *r))
+        .collect();
+        assert_eq!(got, want);
     }
 
     #[test]
