@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Fuzzes the readers with cargo-fuzz (libFuzzer + AddressSanitizer): the manifest parser, the tar
+# Fuzzes the readers with cargo-fuzz (libFuzzer + AddressSanitizer): the manifest parser, the
+# signature check on re-signed input (what a signature can be made to vouch for), the tar
 # reader, the decrypt → gunzip → untar chain of unbundle and the boot check's initramfs lister
 # (fuzz/fuzz_targets/*.rs).
 #
@@ -9,12 +10,12 @@
 # crashes, hangs (-timeout) or runs out of memory (-rss_limit_mb). Crashing inputs are left in
 # fuzz/artifacts/TARGET/; keep each one as a regression test (docs/reliability.md, "Fuzzing").
 # The corpus grows in fuzz/corpus/TARGET and is kept between runs; the seeds are made afresh in
-# fuzz/seeds/TARGET from ../shared/testdata (the reference tools' test vectors). libFuzzer's
+# fuzz/seeds/TARGET from tests/data (the reference tools' test vectors). libFuzzer's
 # output is in fuzz/logs/TARGET.log.
 #
 # Environment: FUZZ_RSS_MB (default 2048), FUZZ_TIMEOUT (seconds per input, default 10),
 # FUZZ_MAX_LEN (bytes, default 65536), FUZZ_JOBS (parallel fuzzing processes per target,
-# default 1), TESTDATA (default ../shared/testdata).
+# default 1), TESTDATA (default tests/data).
 #
 # cargo-fuzz needs nightly-only rustc flags (-Zsanitizer=address); RUSTC_BOOTSTRAP=1 lets the
 # stable toolchain, which ships the ASan runtime, accept them. cargo-fuzz itself is installed from
@@ -26,12 +27,13 @@ root=$PWD
 seconds=${1:-60}
 shift || true
 targets=("$@")
-[[ ${#targets[@]} -gt 0 ]] || targets=(manifest tar unbundle initramfs)
+all_targets=(manifest signature tar unbundle initramfs)
+[[ ${#targets[@]} -gt 0 ]] || targets=("${all_targets[@]}")
 rss_mb=${FUZZ_RSS_MB:-2048}
 timeout=${FUZZ_TIMEOUT:-10}
 max_len=${FUZZ_MAX_LEN:-65536}
 jobs=${FUZZ_JOBS:-1}
-testdata=${TESTDATA:-$root/../shared/testdata}
+testdata=${TESTDATA:-$root/tests/data}
 export RUSTC_BOOTSTRAP=1
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
@@ -42,7 +44,7 @@ fi
 # -a: debug assertions, so arithmetic overflow panics too.
 build_flags=(--debug-assertions)
 echo "fuzz: building ${targets[*]}" >&2
-if [[ ${#targets[@]} -eq 3 ]]; then
+if [[ "${targets[*]}" == "${all_targets[*]}" ]]; then
     (cd fuzz && cargo fuzz build "${build_flags[@]}")
 else
     for target in "${targets[@]}"; do
@@ -63,7 +65,7 @@ iv3=$(json_field "$testdata/peer-bundles/v3-sparse-islands/expected.json" aes_iv
 make_seeds() {
     local seeds=$root/fuzz/seeds
     rm -rf "$seeds"
-    mkdir -p "$seeds/manifest" "$seeds/tar" "$seeds/unbundle" "$seeds/initramfs"
+    mkdir -p "$seeds/manifest" "$seeds/signature" "$seeds/tar" "$seeds/unbundle" "$seeds/initramfs"
     local tmp
     tmp=$(mktemp -d)
     mkdir "$tmp/tars"
@@ -75,6 +77,13 @@ make_seeds() {
         key=$(json_field "$meta" aes_key_hex)
         iv=$(json_field "$meta" aes_iv_hex)
         cat "$dir/$manifest" >"$seeds/manifest/$v.xml"
+        # signature: a choice byte (0: the text span is signed, 1: the canonical form), then
+        # the manifest, as it is and with the signed pair hidden in a comment ahead of an
+        # altered copy (issue 12's bypass).
+        { printf '\000'; cat "$dir/$manifest"; } >"$seeds/signature/$v-text.xml"
+        { printf '\001'; cat "$dir/$manifest"; } >"$seeds/signature/$v-canonical.xml"
+        { printf '\000'; sed -e 's|\(<machine_configuration>.*</image>\)|<!--\1-->\1|' \
+            -e 's|\(.*\)<size>|\1<size>1|' "$dir/$manifest"; } >"$seeds/signature/$v-comment.xml"
         # The parts in index order (the width is the same for all, so a glob sorts them).
         cat "$dir"/*.part.* >"$tmp/$v.enc"
         openssl enc -d -aes-128-cbc -K "$key" -iv "$iv" -in "$tmp/$v.enc" -out "$tmp/$v.tar.gz"

@@ -12,3 +12,10 @@ pub mod cloud;
 pub mod image;
 pub mod interrupt;
 pub mod progress;
+
+/// The repository's test data (`tests/data`: reference vectors and insecure test keys; see its
+/// README), for the unit tests.
+#[cfg(test)]
+pub(crate) fn test_data() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data")
+}

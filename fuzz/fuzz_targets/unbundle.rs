@@ -1,6 +1,6 @@
 //! The unbundle reader chain (`decode_ciphertext`, bundle-format.md §12): AES-128-CBC decrypt
 //! (PKCS#7 checked at EOF) → strict gzip reader → SHA-1 tee → tar reader → extraction, with the
-//! key and IV of test vector v3 (shared/testdata/peer-bundles/v3-sparse-islands).
+//! key and IV of test vector v3 (tests/data/peer-bundles/v3-sparse-islands).
 //!
 //! Random ciphertext almost never decrypts to gzip, so the first byte picks what the rest is
 //! (its value modulo 3):

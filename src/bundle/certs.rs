@@ -1149,7 +1149,7 @@ mod tests {
     use super::*;
 
     fn testdata() -> PathBuf {
-        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/testdata"))
+        crate::test_data()
     }
 
     fn stand_in_path() -> PathBuf {

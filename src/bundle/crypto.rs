@@ -1083,7 +1083,7 @@ mod tests {
     use std::process::Command;
 
     fn testdata() -> PathBuf {
-        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/testdata"))
+        crate::test_data()
     }
 
     fn keys(file: &str) -> PathBuf {

@@ -160,6 +160,19 @@ pub enum ManifestError {
     /// The manifest has no signature.
     #[error("manifest has no signature")]
     Unsigned,
+    /// A manifest fetched, uploaded or deleted under a name that is not its bundle's.
+    #[error(
+        "manifest {file} describes the bundle {image}, not {stem} (a bundle's manifest is \
+         {image}.manifest.xml): refused, since it would act on another bundle's parts"
+    )]
+    NotItsName {
+        /// The manifest's file name or key.
+        file: String,
+        /// The stem of that name.
+        stem: String,
+        /// The image it describes.
+        image: String,
+    },
     /// Neither signature form verified (§9.5).
     #[error(
         "manifest signature does not verify with {key} (neither the raw nor the re-serialized \
@@ -1274,6 +1287,27 @@ pub fn verify_signature(
 // ---------------------------------------------------------------------------------------------
 // Naming and input rules
 
+/// A manifest stored, fetched or deleted as `file_name` (a file name or the last component of
+/// an S3 key) must be `<image name>.manifest.xml` (§2): the commands that act on a bundle in S3
+/// (download, delete, upload, copy) take the parts' names from the manifest, so one under
+/// any other name could make them write or delete another bundle's parts.
+pub fn check_file_name(manifest: &Manifest, file_name: &str) -> Result<(), ManifestError> {
+    let base = file_name.rsplit('/').next().unwrap_or(file_name);
+    if base.strip_suffix(".manifest.xml") == Some(manifest.image.name.as_str()) {
+        return Ok(());
+    }
+    Err(ManifestError::NotItsName {
+        file: file_name.chars().take(200).collect(),
+        stem: base
+            .strip_suffix(".manifest.xml")
+            .unwrap_or(base)
+            .chars()
+            .take(200)
+            .collect(),
+        image: manifest.image.name.chars().take(200).collect(),
+    })
+}
+
 /// Bundle name rule (§2): 1–100 bytes of `[A-Za-z0-9._-]`, first character alphanumeric.
 pub fn validate_bundle_name(name: &str) -> Result<(), ManifestError> {
     let bytes = name.as_bytes();
@@ -1350,7 +1384,7 @@ mod tests {
     ];
 
     fn testdata() -> PathBuf {
-        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/testdata"))
+        crate::test_data()
     }
 
     struct Vector {

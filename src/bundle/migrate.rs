@@ -393,7 +393,7 @@ mod tests {
     ];
 
     fn testdata() -> PathBuf {
-        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/testdata"))
+        crate::test_data()
     }
 
     fn user_key() -> UserKey {

@@ -2315,10 +2315,7 @@ mod tests {
     #[test]
     fn peer_vectors() {
         use sha1::{Digest, Sha1};
-        let root = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../shared/testdata/peer-bundles"
-        );
+        let root = crate::test_data().join("peer-bundles");
         // (vector, typeflag S?, size field, map entries incl. terminal, ext blocks)
         let table = [
             ("v1-small-ext4", true, 634_880, 9, 1),
@@ -2327,7 +2324,7 @@ mod tests {
             ("v4-prefix", false, 3_000, 0, 0),
         ];
         for (vector, sparse, size_field, entries, ext) in table {
-            let dir = std::path::Path::new(root).join(vector);
+            let dir = root.join(vector);
             let expected: serde_json::Value =
                 serde_json::from_slice(&std::fs::read(dir.join("expected.json")).unwrap()).unwrap();
             let text = |k: &str| expected[k].as_str().unwrap().to_owned();

@@ -8,6 +8,7 @@ use serde_json::json;
 
 use super::cloud_args::{self, CloudArgs};
 use super::output;
+use crate::bundle::manifest;
 use crate::bundle::pipeline::LocalBundle;
 use crate::cloud::s3::{self, BundleLocation};
 
@@ -47,6 +48,8 @@ pub fn run(args: DeleteArgs) -> anyhow::Result<()> {
                 .and_then(|n| n.to_str())
                 .unwrap_or_default()
                 .to_string();
+            manifest::check_file_name(&bundle.manifest, &name)
+                .with_context(|| format!("checking {}", local.display()))?;
             (name, bundle.manifest)
         } else {
             let (manifest, _) = s3::fetch_manifest(&client, &location, &args.manifest).await?;

@@ -488,10 +488,9 @@ mod tests {
 
     #[test]
     fn bundle_difference_ignores_only_the_ec2_side_and_signature() {
-        let raw = std::fs::read(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../shared/testdata/peer-bundles/v2-three-parts/random.img.manifest.xml"
-        ))
+        let raw = std::fs::read(
+            crate::test_data().join("peer-bundles/v2-three-parts/random.img.manifest.xml"),
+        )
         .unwrap();
         let base = Manifest::parse(&raw).unwrap();
         let mut same = base.clone();

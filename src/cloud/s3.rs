@@ -799,6 +799,8 @@ pub async fn upload_bundle(
         .and_then(|n| n.to_str())
         .unwrap_or("image.manifest.xml")
         .to_string();
+    crate::bundle::manifest::check_file_name(&bundle.manifest, &manifest_name)
+        .map_err(|e| S3Error::Bundle(Box::new(crate::bundle::Error::from(e))))?;
     let existing = if opts.resume {
         list_objects(s3, &location.bucket, &location.prefix).await?
     } else {
@@ -966,11 +968,16 @@ pub async fn fetch_manifest(
 ) -> Result<(Manifest, Vec<u8>), S3Error> {
     let key = location.key(manifest_name);
     let raw = get_bytes(s3, &location.bucket, &key).await?;
-    let manifest = Manifest::parse(&raw).map_err(|source| S3Error::Manifest {
-        bucket: location.bucket.clone(),
-        key,
-        source: Box::new(source),
-    })?;
+    let manifest = Manifest::parse(&raw)
+        .and_then(|m| {
+            crate::bundle::manifest::check_file_name(&m, manifest_name)?;
+            Ok(m)
+        })
+        .map_err(|source| S3Error::Manifest {
+            bucket: location.bucket.clone(),
+            key,
+            source: Box::new(source),
+        })?;
     Ok((manifest, raw))
 }
 

@@ -1077,3 +1077,55 @@ fn sigint_while_a_part_is_still_downloading_removes_the_partial_image_and_exits_
         dir_names(dest.path())
     );
 }
+
+/// Adversarial pass of issue 12: a manifest stored under another bundle's name. A manifest is
+/// always `<image name>.manifest.xml`; one named `evil.manifest.xml` that describes the bundle
+/// `random.img` (the genuine manifest, copied by anyone who can write to the bucket) made
+/// `delete -m evil.manifest.xml` delete random.img's parts, and `download` write them. The name
+/// it is fetched by must be the name of the bundle it describes.
+#[test]
+fn a_manifest_stored_under_another_name_cannot_act_on_the_bundle_it_describes() {
+    let cloud = Cloud::start();
+    let _bundle = cloud.upload_three_parts("alias/p");
+    let genuine = fs::read(vector_dir("v2-three-parts").join("random.img.manifest.xml")).unwrap();
+    assert_eq!(
+        cloud
+            .raw("PUT", "/alias/p/evil.manifest.xml", &[], &genuine)
+            .status,
+        200
+    );
+    let dest = tempfile::tempdir().unwrap();
+    let d = dest.path().to_str().unwrap();
+    let want = "describes the bundle random.img, not evil";
+    for args in [
+        &["delete", "-b", "alias/p", "-m", "evil.manifest.xml"][..],
+        &[
+            "download",
+            "-b",
+            "alias/p",
+            "-m",
+            "evil.manifest.xml",
+            "-d",
+            d,
+        ][..],
+    ] {
+        let err = run_err(&mut cloud.cmd(args));
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+    assert!(dir_names(dest.path()).is_empty());
+    // random.img is whole: it still downloads and verifies.
+    let got = stdout_of(&mut cloud.cmd(&[
+        "download",
+        "-b",
+        "alias/p",
+        "-m",
+        "random.img.manifest.xml",
+        "-d",
+        d,
+    ]));
+    run_ok(
+        amibundle(cloud.home.path())
+            .args(["verify", "-m", &got, "-k"])
+            .arg(Keys::new().user_key()),
+    );
+}

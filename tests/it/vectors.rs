@@ -1,4 +1,4 @@
-//! The reference-made bundles of ../shared/testdata verify and unbundle to their known answers,
+//! The reference-made bundles of tests/data verify and unbundle to their known answers,
 //! and tampered copies fail with a message naming what is wrong (bundle-format.md §14.3).
 
 use std::fs;

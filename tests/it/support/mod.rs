@@ -16,9 +16,9 @@ use std::process::{Command, Output, Stdio};
 
 use tempfile::TempDir;
 
-/// `../shared/testdata` beside the repository.
+/// `tests/data` (see its README).
 pub fn testdata() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data")
 }
 
 /// The reference-made bundles.
