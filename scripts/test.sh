@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check CI runs: formatting, clippy, and the whole test suite (unit and integration,
 # against the real binary, GNU tar, gzip, openssl and mkfs.ext4). Installs missing Debian
-# packages first when run as root.
+# packages first when run as root. As a normal user, the tests that need root are skipped and
+# listed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,4 +32,15 @@ smoke=${FUZZ_SMOKE_SECONDS:-20}
 if [[ $smoke -gt 0 ]]; then
     scripts/fuzz.sh "$smoke"
 fi
-cargo test --locked
+# Tests that need root (loop devices, mkfs on devices, mounts, namespaces) are marked #[ignore]
+# with that reason, so that a plain `cargo test` as a normal user passes and lists them as
+# ignored; as root, they all run here.
+if [[ $(id -u) -eq 0 ]]; then
+    cargo test --locked -- --include-ignored
+else
+    cargo test --locked
+    skipped=$(cargo test --locked -q -- --list --ignored 2>/dev/null | sed -n 's/: test$//p')
+    echo "test.sh: not root, so these $(grep -c . <<<"$skipped") tests were skipped (they need" \
+        "loop devices and mounts; run scripts/test.sh as root for them):" >&2
+    sed 's/^/  /' <<<"$skipped" >&2
+fi

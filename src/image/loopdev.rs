@@ -735,6 +735,7 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root: loop devices, mounts, namespaces (scripts/test.sh runs it as root)"]
     fn attaches_with_autoclear_and_detaches() {
         require_root();
         let dir = tempfile::tempdir().expect("temp dir");
@@ -774,6 +775,7 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root: loop devices, mounts, namespaces (scripts/test.sh runs it as root)"]
     fn read_only_and_partscan_are_applied() {
         require_root();
         let dir = tempfile::tempdir().expect("temp dir");
@@ -816,6 +818,7 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root: loop devices, mounts, namespaces (scripts/test.sh runs it as root)"]
     fn dropping_the_guard_on_an_error_or_panic_path_detaches() {
         require_root();
         let dir = tempfile::tempdir().expect("temp dir");
@@ -842,6 +845,7 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root: loop devices, mounts, namespaces (scripts/test.sh runs it as root)"]
     fn the_pre_5_8_binding_sets_the_same_flags() {
         require_root();
         let dir = tempfile::tempdir().expect("temp dir");
@@ -866,6 +870,7 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root: loop devices, mounts, namespaces (scripts/test.sh runs it as root)"]
     fn attaching_two_images_gives_two_devices() {
         require_root();
         let dir = tempfile::tempdir().expect("temp dir");

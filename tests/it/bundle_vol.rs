@@ -578,6 +578,7 @@ fn nested_mount(tmp: &Path, src: &Path) -> Mounted {
 // 1. Faithfulness
 
 #[test]
+#[ignore = "needs root: loop devices, mounts, namespaces (scripts/test.sh runs it as root)"]
 fn a_volume_comes_out_of_the_bundle_identical_but_for_the_documented_exclusions() {
     require_root();
     let keys = Keys::new();
@@ -813,6 +814,7 @@ fn clone_only(
 }
 
 #[test]
+#[ignore = "needs root: loop devices, mounts, namespaces (scripts/test.sh runs it as root)"]
 fn clone_only_leaves_a_private_image_and_nothing_else() {
     require_root();
     let tmp = tempfile::tempdir().unwrap();
@@ -863,6 +865,7 @@ fn clone_only_leaves_a_private_image_and_nothing_else() {
 }
 
 #[test]
+#[ignore = "needs root: loop devices, mounts, namespaces (scripts/test.sh runs it as root)"]
 fn exclusions_filter_switches_generated_fstab_and_generalize() {
     require_root();
     let tmp = tempfile::tempdir().unwrap();
@@ -1070,6 +1073,7 @@ fn bundle_small(
 }
 
 #[test]
+#[ignore = "needs root: loop devices, mounts, namespaces (scripts/test.sh runs it as root)"]
 fn instance_metadata_is_inherited_unless_no_inherit_and_off_ec2_the_run_goes_on() {
     require_root();
     let keys = Keys::new();
@@ -1180,6 +1184,7 @@ fn instance_metadata_is_inherited_unless_no_inherit_and_off_ec2_the_run_goes_on(
 // 5. Errors a user can make
 
 #[test]
+#[ignore = "needs root: loop devices, mounts, namespaces (scripts/test.sh runs it as root)"]
 fn user_errors_are_named_and_leave_nothing() {
     require_root();
     let tmp = tempfile::tempdir().unwrap();
@@ -1317,6 +1322,7 @@ fn big_trees() -> Vec<PathBuf> {
 }
 
 #[test]
+#[ignore = "needs root: loop devices, mounts, namespaces (scripts/test.sh runs it as root)"]
 fn this_machines_root_filesystem_clones_and_mounts() {
     require_root();
     let tmp = tempfile::tempdir().unwrap();
@@ -1419,6 +1425,7 @@ fn partitions(image: &Path) -> (String, Vec<(u64, u64, String)>) {
 }
 
 #[test]
+#[ignore = "needs root: loop devices, mounts, namespaces (scripts/test.sh runs it as root)"]
 fn partitioned_images_get_the_table_the_filesystem_at_its_offset_and_grub() {
     require_root();
     let grub_modules = Path::new("/usr/lib/grub/i386-pc");
@@ -1566,6 +1573,7 @@ fn partitioned_images_get_the_table_the_filesystem_at_its_offset_and_grub() {
 }
 
 #[test]
+#[ignore = "needs root: loop devices, mounts, namespaces (scripts/test.sh runs it as root)"]
 fn a_destination_inside_the_volume_comes_out_empty() {
     require_root();
     let tmp = tempfile::tempdir().unwrap();
@@ -1659,6 +1667,7 @@ fn json_of(out: &std::process::Output) -> serde_json::Value {
 }
 
 #[test]
+#[ignore = "needs root: loop devices, mounts, namespaces (scripts/test.sh runs it as root)"]
 fn the_boot_check_passes_a_bootable_image_and_refuses_a_broken_one() {
     require_root();
     let keys = Keys::new();
@@ -1758,6 +1767,7 @@ fn the_boot_check_passes_a_bootable_image_and_refuses_a_broken_one() {
 /// SSL_CERT_FILE/SSL_CERT_DIR, which the SDK honours like OpenSSL; metadata is asked of a
 /// closed port on 127.0.0.1.
 #[test]
+#[ignore = "needs root: loop devices, mounts, namespaces (scripts/test.sh runs it as root)"]
 fn a_system_without_ca_certificates_still_bundles_and_cloud_commands_say_why_not() {
     require_root();
     let tmp = tempfile::tempdir().unwrap();
@@ -1817,6 +1827,7 @@ fn a_system_without_ca_certificates_still_bundles_and_cloud_commands_say_why_not
 /// over it must stop with an error naming the directory: the filter's scan, the copy (with
 /// --no-filter) and the sizing walk (a directory below the mount point, with an exclusion).
 #[test]
+#[ignore = "needs root: loop devices, mounts, namespaces (scripts/test.sh runs it as root)"]
 fn a_directory_the_kernel_cannot_read_stops_every_walk_naming_it() {
     require_root();
     let tmp = tempfile::tempdir().unwrap();

@@ -3038,11 +3038,13 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root: loop devices, mounts, namespaces (scripts/test.sh runs it as root)"]
     fn grub_installs_into_an_mbr_image() {
         grub_installs_into(PartitionStyle::Mbr);
     }
 
     #[test]
+    #[ignore = "needs root: loop devices, mounts, namespaces (scripts/test.sh runs it as root)"]
     fn grub_installs_into_a_gpt_image() {
         grub_installs_into(PartitionStyle::Gpt);
     }
