@@ -6,6 +6,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 
 use super::bundling::{self, BundleArgs};
+use super::output;
 use crate::bundle::manifest;
 use crate::bundle::pipeline::ImageInput;
 use crate::cloud::imds;
@@ -99,6 +100,7 @@ pub fn run(args: Box<BundleImageArgs>, progress: &dyn Progress) -> anyhow::Resul
         .destination
         .clone()
         .unwrap_or_else(|| PathBuf::from("."));
+    output::ensure_dir(&destination, "-d/--destination")?;
     let steps = bundling::plan_steps(&args.bundle, false);
     if steps.len() > 1 {
         progress.plan("bundle-image", &steps);

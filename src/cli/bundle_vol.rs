@@ -162,6 +162,7 @@ fn run_volume(args: BundleVolArgs, save: bool, progress: &dyn Progress) -> anyho
     manifest::validate_bundle_name(&args.prefix).context("checking --prefix")?;
     let volume = std::fs::canonicalize(&args.volume)
         .with_context(|| format!("--volume {}", args.volume.display()))?;
+    output::ensure_dir(&args.destination, "-d/--destination")?;
     let destination = std::fs::canonicalize(&args.destination)
         .with_context(|| format!("--destination {}", args.destination.display()))?;
     if !destination.is_dir() {

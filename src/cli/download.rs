@@ -78,7 +78,7 @@ pub fn run(args: DownloadArgs, progress: &dyn Progress) -> anyhow::Result<()> {
         );
     }
     let location = BundleLocation::parse(&args.bucket).context("checking --bucket")?;
-    ensure_private_dir(&args.directory)?;
+    output::ensure_dir(&args.directory, "-d/--directory")?;
     if args.unbundle {
         return run_unbundle(&args, &location, progress);
     }
@@ -114,22 +114,6 @@ pub fn run(args: DownloadArgs, progress: &dyn Progress) -> anyhow::Result<()> {
         }
         Ok(())
     })
-}
-
-/// The download directory: an existing directory as it is, else created (parents included)
-/// with mode 0700, since what goes into it is a bundle or the image it holds.
-fn ensure_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    match std::fs::metadata(dir) {
-        Ok(md) if md.is_dir() => Ok(()),
-        Ok(_) => anyhow::bail!("-d/--directory {} is not a directory", dir.display()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .with_context(|| format!("creating -d/--directory {}", dir.display())),
-        Err(e) => Err(e).with_context(|| format!("-d/--directory {}", dir.display())),
-    }
 }
 
 /// `download --unbundle`: the manifest is kept in memory, its signature checked as `unbundle`

@@ -379,3 +379,21 @@ pub fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
     writeln!(out)?;
     Ok(())
 }
+
+/// An output directory given by `flag` (`-d/--destination`, `-d/--directory`): an existing
+/// directory as it is, else created with its missing parents, mode 0700 (what goes into it is a
+/// bundle or the image it holds). Every command's `-d` behaves this way.
+pub fn ensure_dir(dir: &std::path::Path, flag: &str) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::metadata(dir) {
+        Ok(md) if md.is_dir() => Ok(()),
+        Ok(_) => anyhow::bail!("{flag} {} is not a directory", dir.display()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating {flag} {}", dir.display())),
+        Err(e) => Err(e).with_context(|| format!("{flag} {}", dir.display())),
+    }
+}

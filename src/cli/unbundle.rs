@@ -63,6 +63,7 @@ pub fn run(args: UnbundleArgs, progress: &dyn Progress) -> anyhow::Result<()> {
         &args.manifest.display().to_string(),
         Some(&key),
     )?;
+    output::ensure_dir(&args.destination, "-d/--destination")?;
     let report = bundle
         .decode(
             &key,

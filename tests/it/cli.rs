@@ -420,3 +420,55 @@ fn sigterm_during_bundling_cleans_up_and_exits_143() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("interrupted"));
     assert!(s.out_is_empty(), "nothing is left in the destination");
 }
+
+/// Issue 13: `unbundle -d` failed on a missing directory (`writing image DIR/.NAME…partial: No
+/// such file or directory`) while `download -d` created it. Every `-d` creates a missing
+/// directory (with its parents, 0700), and one that is a file is an error naming the flag.
+#[test]
+fn every_dash_d_creates_a_missing_directory_privately() {
+    let s = Setup::new();
+    let bundles = s.work.path().join("new/bundles");
+    let mut bundle = amibundle(s.home.path());
+    bundle
+        .args(["bundle-image", "-u", "123456789012", "-r", "x86_64", "-i"])
+        .arg(s.image())
+        .arg("-d")
+        .arg(&bundles)
+        .args(s.keys.bundle_args());
+    run_ok(&mut bundle);
+    let manifest = bundles.join("small.img.manifest.xml");
+    assert!(manifest.is_file());
+    let images = s.work.path().join("new/images/deeper");
+    run_ok(
+        amibundle(s.home.path())
+            .args(["unbundle", "-m"])
+            .arg(&manifest)
+            .arg("-k")
+            .arg(s.keys.user_key())
+            .arg("-d")
+            .arg(&images),
+    );
+    assert_eq!(
+        fs::read(images.join("small.img")).unwrap(),
+        vec![5u8; 100_000]
+    );
+    for dir in [&bundles, &images, &images.parent().unwrap().to_path_buf()] {
+        let mode = fs::metadata(dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{}", dir.display());
+    }
+    let file = s.work.path().join("a-file");
+    fs::write(&file, b"x").unwrap();
+    let err = run_err(
+        amibundle(s.home.path())
+            .args(["unbundle", "-m"])
+            .arg(&manifest)
+            .arg("-k")
+            .arg(s.keys.user_key())
+            .arg("-d")
+            .arg(&file),
+    );
+    assert!(
+        err.contains("-d/--destination") && err.contains("is not a directory"),
+        "{err}"
+    );
+}

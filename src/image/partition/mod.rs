@@ -131,8 +131,8 @@ impl fmt::Display for PartitionStyle {
 /// The `--partition` flag: a fixed style or `auto`, the style of the source volume's disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum PartitionChoice {
-    /// The table of the disk the source volume is on ([`detect`]); none when the volume is not
-    /// on a partition.
+    /// The table of the disk the source volume is on; none when the volume is not on a
+    /// partition.
     #[default]
     Auto,
     /// MBR whatever the source has.
@@ -165,7 +165,7 @@ impl PartitionChoice {
 /// The `--bootloader` flag.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Bootloader {
-    /// GRUB 2 for BIOS (i386-pc) from the image's own GRUB ([`install_grub`]).
+    /// GRUB 2 for BIOS (i386-pc), from the image's own GRUB modules.
     #[default]
     Grub2,
     /// No bootloader: the image's boot sector stays empty.
