@@ -38,3 +38,34 @@ impl Progress for NoProgress {
     fn inc(&self, _bytes: u64) {}
     fn finish(&self) {}
 }
+
+/// A byte count for people, in binary units with two decimals (`512 B`, `3.12 KiB`,
+/// `1.50 GiB`), as the progress bars show them.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.2} {}", UNITS[unit])
+}
+
+#[cfg(test)]
+mod human_bytes_tests {
+    use super::human_bytes;
+
+    #[test]
+    fn binary_units_with_two_decimals() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1024), "1.00 KiB");
+        assert_eq!(human_bytes(3200), "3.12 KiB");
+        assert_eq!(human_bytes(10 << 30), "10.00 GiB");
+        assert_eq!(human_bytes(u64::MAX), "16.00 EiB");
+    }
+}

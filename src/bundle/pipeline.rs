@@ -506,8 +506,8 @@ pub fn bundle_to_dir(
         tracing::warn!(
             "{} has {} free; the bundle may need up to {} (as much if the data does not compress)",
             dest.display(),
-            indicatif::HumanBytes(free),
-            indicatif::HumanBytes(bound)
+            crate::progress::human_bytes(free),
+            crate::progress::human_bytes(bound)
         );
     }
     let staging = StagingDir::create(dest, &spec.name).map_err(|source| Error::Destination {

@@ -40,7 +40,7 @@ impl NoSpace {
 
 impl fmt::Display for NoSpace {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let bytes = |n: u64| indicatif::HumanBytes(n).to_string();
+        let bytes = crate::progress::human_bytes;
         write!(f, "{NO_SPACE}{}: ", self.dir.display())?;
         match (&self.source, self.needed) {
             (None, Some(n)) => write!(f, "{} needs about {}", self.what, bytes(n))?,

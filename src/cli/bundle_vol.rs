@@ -637,7 +637,7 @@ fn report_image(
         c.hardlinks,
         c.devices,
         c.fifos,
-        indicatif::HumanBytes(c.bytes),
+        crate::progress::human_bytes(c.bytes),
         c.xattrs
     );
     if c.sockets_skipped > 0 {

@@ -282,7 +282,7 @@ pub fn bundle_and_report(
             "bundled {} ({} bytes, {} of data) into {} part(s), {} bytes, in {:.1} s",
             report.manifest.image.name,
             report.image_size,
-            indicatif::HumanBytes(report.data_bytes),
+            crate::progress::human_bytes(report.data_bytes),
             report.part_paths.len(),
             report.bundled_bytes,
             secs

@@ -180,7 +180,7 @@ impl CliProgress {
 }
 
 fn human(bytes: u64) -> String {
-    indicatif::HumanBytes(bytes).to_string()
+    crate::progress::human_bytes(bytes)
 }
 
 fn rate(bytes: u64, elapsed: Duration) -> String {

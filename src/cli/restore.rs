@@ -204,7 +204,7 @@ fn restore_into(
             "restored {} files, {} directories, {} of data",
             report.files,
             report.dirs,
-            indicatif::HumanBytes(report.bytes)
+            crate::progress::human_bytes(report.bytes)
         );
         println!("{}", target.display());
     }

@@ -219,7 +219,7 @@ pub fn run(
             "bundled {} ({} bytes, {} of data) into {} part(s) uploaded to s3://{}/{}, {} bytes, in {:.1} s",
             b.manifest.image.name,
             b.image_size,
-            indicatif::HumanBytes(b.data_bytes),
+            crate::progress::human_bytes(b.data_bytes),
             report.parts.len(),
             location.bucket,
             location.prefix,

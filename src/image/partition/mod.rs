@@ -129,7 +129,8 @@ impl fmt::Display for PartitionStyle {
 }
 
 /// The `--partition` flag: a fixed style or `auto`, the style of the source volume's disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum PartitionChoice {
     /// The table of the disk the source volume is on; none when the volume is not on a
     /// partition.
@@ -163,7 +164,8 @@ impl PartitionChoice {
 }
 
 /// The `--bootloader` flag.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum Bootloader {
     /// GRUB 2 for BIOS (i386-pc), from the image's own GRUB modules.
     #[default]
@@ -2438,6 +2440,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "cli")]
     fn flag_values_are_clap_values() {
         use clap::ValueEnum as _;
         assert_eq!(
