@@ -39,6 +39,19 @@ impl Progress for NoProgress {
     fn finish(&self) {}
 }
 
+/// The step names of the multi-step jobs (`save`, `bundle-vol`, `bundle-image --upload
+/// --register`), announced with [`Progress::plan`] and entered with [`Progress::step`].
+pub mod steps {
+    /// Copying a volume into its image.
+    pub const SNAPSHOT: &str = "snapshot";
+    /// Bundling into a local directory.
+    pub const BUNDLE: &str = "bundle";
+    /// Bundling straight into S3.
+    pub const BUNDLE_UPLOAD: &str = "bundle and upload";
+    /// Registering the AMI.
+    pub const REGISTER: &str = "register";
+}
+
 /// A byte count for people, in binary units with two decimals (`512 B`, `3.12 KiB`,
 /// `1.50 GiB`), as the progress bars show them.
 pub fn human_bytes(n: u64) -> String {

@@ -265,7 +265,7 @@ fn run_volume(args: BundleVolArgs, save: bool, progress: &dyn Progress) -> anyho
     if !args.clone_only {
         progress.plan(command, &bundling::plan_steps(&args.bundle, true));
     }
-    progress.step(bundling::STEP_SNAPSHOT);
+    progress.step(crate::progress::steps::SNAPSHOT);
     let snapshot_started = Instant::now();
     let reused = match &work {
         Work::Save(state) => state.reusable_image(),

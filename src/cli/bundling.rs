@@ -15,7 +15,7 @@ use crate::bundle::crypto::{AesIv, AesKey};
 use crate::bundle::manifest::{self, Bundler, Mapping};
 use crate::bundle::pipeline::{self, BundleSpec, Identity, ImageInput, Overrides, PreparedImage};
 use crate::cloud::imds::InheritedFields;
-use crate::progress::Progress;
+use crate::progress::{Progress, steps};
 
 /// Flags of every bundling command.
 #[derive(Debug, Args)]
@@ -170,27 +170,18 @@ pub struct Resume {
 pub fn plan_steps(args: &BundleArgs, snapshot: bool) -> Vec<&'static str> {
     let mut steps = Vec::new();
     if snapshot {
-        steps.push(STEP_SNAPSHOT);
+        steps.push(steps::SNAPSHOT);
     }
     steps.push(if args.stream.enabled() {
-        STEP_BUNDLE_UPLOAD
+        steps::BUNDLE_UPLOAD
     } else {
-        STEP_BUNDLE
+        steps::BUNDLE
     });
     if args.stream.register.is_some() {
-        steps.push(STEP_REGISTER);
+        steps.push(steps::REGISTER);
     }
     steps
 }
-
-/// Step names of [`plan_steps`].
-pub const STEP_SNAPSHOT: &str = "snapshot";
-/// Bundling into a local directory.
-pub const STEP_BUNDLE: &str = "bundle";
-/// Bundling straight into S3.
-pub const STEP_BUNDLE_UPLOAD: &str = "bundle and upload";
-/// Registering the AMI.
-pub const STEP_REGISTER: &str = "register";
 
 /// Bundles `input` into `destination` (or, with `--upload`/`--register`, straight into S3) and
 /// prints the result. `label` names the input in messages; `command` goes into the JSON, with
@@ -209,7 +200,7 @@ pub fn bundle_and_report(
 ) -> anyhow::Result<()> {
     let (user_key, user_cert, _) = keys::load_identity(&args.keys)?;
     if args.stream.enabled() {
-        progress.step(STEP_BUNDLE_UPLOAD);
+        progress.step(steps::BUNDLE_UPLOAD);
         let overrides = Overrides {
             mtime: resume.as_ref().map(|r| r.mtime),
             ..Overrides::default()
@@ -230,7 +221,7 @@ pub fn bundle_and_report(
         return streaming::run(&args.stream, job, image, progress);
     }
     let ec2_cert = keys::load_ec2_cert(&args.ec2, &args.stream.local_region())?;
-    progress.step(STEP_BUNDLE);
+    progress.step(steps::BUNDLE);
     let identity = Identity {
         user_key,
         user_cert,

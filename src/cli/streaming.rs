@@ -160,7 +160,7 @@ pub fn run(
     let register_started = std::time::Instant::now();
     let registered = match &args.register {
         Some(name) => {
-            progress.step(super::bundling::STEP_REGISTER);
+            progress.step(crate::progress::steps::REGISTER);
             let b = &report.bundle.manifest;
             let machine = b.machine.as_ref();
             let target = RegisterTarget {

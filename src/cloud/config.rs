@@ -145,7 +145,7 @@ impl CloudConfig {
         let region = options
             .region
             .as_deref()
-            .map(|r| crate::cloud::s3::region_of_location(Some(r)));
+            .map(|r| region_of_location(Some(r)));
         let region_chain =
             RegionProviderChain::first_try(region.map(Region::new)).or_default_provider();
         loader = loader.region(region_chain);
@@ -225,5 +225,15 @@ impl CloudConfig {
             b = b.endpoint_url(url);
         }
         aws_sdk_sts::Client::from_conf(b.build())
+    }
+}
+
+/// The region of a bucket from its `LocationConstraint`: none, empty or the legacy `US` mean
+/// us-east-1, the legacy `EU` means eu-west-1.
+pub fn region_of_location(constraint: Option<&str>) -> String {
+    match constraint {
+        None | Some("") | Some("US") => "us-east-1".to_string(),
+        Some("EU") => "eu-west-1".to_string(),
+        Some(other) => other.to_string(),
     }
 }

@@ -154,16 +154,6 @@ pub fn default_bucket_name(account: &str, region: &str) -> String {
     format!("amibundle-{account}-{region}")
 }
 
-/// The region of a bucket from its `LocationConstraint`: none, empty or the legacy `US` mean
-/// us-east-1, the legacy `EU` means eu-west-1.
-pub fn region_of_location(constraint: Option<&str>) -> String {
-    match constraint {
-        None | Some("") | Some("US") => "us-east-1".to_string(),
-        Some("EU") => "eu-west-1".to_string(),
-        Some(other) => other.to_string(),
-    }
-}
-
 /// What went wrong talking to S3 (the SDK error rendered with its whole cause chain).
 #[derive(Debug, thiserror::Error)]
 pub enum S3Error {
@@ -419,7 +409,7 @@ pub async fn ensure_bucket(
     validate_bucket_name(bucket)?;
     let state = match s3.get_bucket_location().bucket(bucket).send().await {
         Ok(out) => {
-            let actual = region_of_location(
+            let actual = super::config::region_of_location(
                 out.location_constraint()
                     .map(BucketLocationConstraint::as_str),
             );
@@ -597,7 +587,7 @@ async fn check_ownership(s3: &Client, bucket: &str, fix: bool) -> Result<(), S3E
 /// The region a bucket is in (for commands that work on an existing bucket wherever it is).
 pub async fn bucket_region(s3: &Client, bucket: &str) -> Result<String, S3Error> {
     match s3.get_bucket_location().bucket(bucket).send().await {
-        Ok(out) => Ok(region_of_location(
+        Ok(out) => Ok(super::config::region_of_location(
             out.location_constraint()
                 .map(BucketLocationConstraint::as_str),
         )),
@@ -1618,11 +1608,23 @@ mod tests {
 
     #[test]
     fn legacy_locations_map_to_regions() {
-        assert_eq!(region_of_location(None), "us-east-1");
-        assert_eq!(region_of_location(Some("")), "us-east-1");
-        assert_eq!(region_of_location(Some("US")), "us-east-1");
-        assert_eq!(region_of_location(Some("EU")), "eu-west-1");
-        assert_eq!(region_of_location(Some("eu-central-1")), "eu-central-1");
+        assert_eq!(crate::cloud::config::region_of_location(None), "us-east-1");
+        assert_eq!(
+            crate::cloud::config::region_of_location(Some("")),
+            "us-east-1"
+        );
+        assert_eq!(
+            crate::cloud::config::region_of_location(Some("US")),
+            "us-east-1"
+        );
+        assert_eq!(
+            crate::cloud::config::region_of_location(Some("EU")),
+            "eu-west-1"
+        );
+        assert_eq!(
+            crate::cloud::config::region_of_location(Some("eu-central-1")),
+            "eu-central-1"
+        );
     }
 
     #[test]
