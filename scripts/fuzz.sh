@@ -91,8 +91,8 @@ make_seeds() {
         # large ones.
         gzip -dc "$tmp/$v.tar.gz" | head -c "$max_len" >"$tmp/tars/$v.tar" || true
     done
-    # Third-party tar forms the reader must accept (§3.7): GNU long name, PAX header, POSIX
-    # ustar, GNU tar's own sparse output.
+    # Third-party tar forms the reader must accept (docs/format.md §3.7): GNU long name, PAX
+    # header, POSIX ustar, GNU tar's own sparse output.
     if command -v python3 >/dev/null; then
         python3 - "$tmp/tars" <<'PY'
 import io, sys, tarfile

@@ -1,4 +1,4 @@
-//! The manifest parser (`Manifest::parse`, bundle-format.md §10.1) and the strict checks
+//! The manifest parser (`Manifest::parse`, docs/format.md §10.1) and the strict checks
 //! (`check_strict`, `check_strict_bytes`) on arbitrary bytes.
 //!
 //! Besides "no panic", it checks that serialization is a fixed point: whatever `to_xml` emits

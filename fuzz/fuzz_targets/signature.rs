@@ -1,4 +1,4 @@
-//! The signature check (`manifest::verify_signature`, bundle-format.md §9.5) on arbitrary
+//! The signature check (`manifest::verify_signature`, docs/format.md §9.5) on arbitrary
 //! manifests that are *correctly signed* with the insecure test user key: the input is re-signed
 //! before it is checked, so the fuzzer explores what a key holder's signature can be made to
 //! vouch for, not just how signatures fail.

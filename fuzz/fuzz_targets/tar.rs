@@ -1,4 +1,4 @@
-//! The tar reader (`TarReader`, bundle-format.md §3.7) on arbitrary bytes: GNU long names, PAX
+//! The tar reader (`TarReader`, docs/format.md §3.7) on arbitrary bytes: GNU long names, PAX
 //! records, old-GNU sparse headers with extension blocks, data, end-of-archive checks. The member
 //! is extracted into a reused temporary file, so the sparse writing path runs too.
 //!

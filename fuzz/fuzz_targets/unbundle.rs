@@ -1,4 +1,4 @@
-//! The unbundle reader chain (`decode_ciphertext`, bundle-format.md §12): AES-128-CBC decrypt
+//! The unbundle reader chain (`decode_ciphertext`, docs/format.md §12): AES-128-CBC decrypt
 //! (PKCS#7 checked at EOF) → strict gzip reader → SHA-1 tee → tar reader → extraction, with the
 //! key and IV of test vector v3 (tests/data/peer-bundles/v3-sparse-islands).
 //!

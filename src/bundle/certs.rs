@@ -2,12 +2,14 @@
 //! really Amazon's.
 //!
 //! `ec2_encrypted_key`/`ec2_encrypted_iv` are wrapped with an Amazon certificate that depends on
-//! the partition (bundle-format.md §11.1). Those certificates are Amazon-licensed and MUST NOT be
+//! the partition (docs/format.md §11.1). Those certificates are Amazon-licensed and MUST NOT be
 //! part of this project (§11.2), so this module only pins their SHA-1 and SHA-256 fingerprints,
 //! looks the files up in the places other tools install them, and can copy them out of the
 //! official `ec2-ami-tools.zip` into our own cache on request. Any file that does not match its
 //! pin is skipped; an explicitly given unpinned certificate (test setups, private clouds) is used
 //! only with a separate acknowledgement.
+//!
+//! Bare § numbers in this module refer to docs/format.md.
 
 use std::ffi::OsString;
 use std::fmt;
@@ -25,11 +27,11 @@ use openssl::x509::X509;
 const MAX_CERT_FILE_BYTES: u64 = 64 * 1024;
 
 /// Directory, relative to an ec2-ami-tools installation root, that holds the certificates
-/// (bundle-format.md §11.2 items 2–3; the zip has the same layout under its top directory).
+/// (docs/format.md §11.2 items 2–3; the zip has the same layout under its top directory).
 const AMITOOLS_CERT_SUBDIR: &str = "etc/ec2/amitools";
 
 /// Fixed system directories searched after the environment homes, in order
-/// (bundle-format.md §11.2 items 3–5).
+/// (docs/format.md §11.2 items 3–5).
 const SYSTEM_CERT_DIRS: [(CertSource, &str); 3] = [
     (
         CertSource::AmazonLinuxPackage,
@@ -39,7 +41,7 @@ const SYSTEM_CERT_DIRS: [(CertSource, &str); 3] = [
     (CertSource::Euca2ools, "/usr/share/euca2ools/certs"),
 ];
 
-/// Cache used when running as root (bundle-format.md §11.2 item 6).
+/// Cache used when running as root (docs/format.md §11.2 item 6).
 const ROOT_CACHE_DIR: &str = "/var/cache/amibundle/ec2-certs";
 
 /// Cache location below `$XDG_CACHE_HOME` (or `~/.cache`).
@@ -176,7 +178,7 @@ pub enum CertError {
     },
 }
 
-/// Which of Amazon's three EC2 certificates (bundle-format.md §11.1).
+/// Which of Amazon's three EC2 certificates (docs/format.md §11.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Ec2CertKind {
     /// `cert-ec2.pem`: every commercial region.
@@ -214,7 +216,7 @@ impl fmt::Display for Ec2CertKind {
     }
 }
 
-/// Chooses the EC2 certificate for `region` (bundle-format.md §11.1).
+/// Chooses the EC2 certificate for `region` (docs/format.md §11.1).
 ///
 /// Commercial regions → [`Ec2CertKind::Commercial`], `us-gov-west-1` → [`Ec2CertKind::GovWest1`],
 /// `cn-north-1` → [`Ec2CertKind::CnNorth1`].
@@ -270,7 +272,7 @@ fn is_commercial_region_shape(components: &[&str]) -> bool {
         && number.bytes().all(|b| b.is_ascii_digit())
 }
 
-/// A pinned Amazon EC2 certificate (one row of bundle-format.md §11.1).
+/// A pinned Amazon EC2 certificate (one row of docs/format.md §11.1).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pin {
     /// Which certificate.
@@ -285,7 +287,7 @@ pub struct Pin {
     pub key_bits: u32,
 }
 
-/// The pins, transcribed from bundle-format.md §11.1 (a test re-parses the spec's hex strings).
+/// The pins, transcribed from docs/format.md §11.1 (a test re-parses that table's hex strings).
 static PINS: [Pin; 3] = [
     Pin {
         kind: Ec2CertKind::Commercial,
@@ -331,7 +333,7 @@ static PINS: [Pin; 3] = [
     },
 ];
 
-/// Amazon's three EC2 certificate pins (bundle-format.md §11.1), in [`Ec2CertKind::all`] order.
+/// Amazon's three EC2 certificate pins (docs/format.md §11.1), in [`Ec2CertKind::all`] order.
 pub fn pins() -> &'static [Pin] {
     &PINS
 }
@@ -404,7 +406,7 @@ pub fn fingerprint_hex(bytes: &[u8]) -> String {
         .join(":")
 }
 
-/// Where a certificate was found (bundle-format.md §11.2 lookup order).
+/// Where a certificate was found (docs/format.md §11.2 lookup order).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CertSource {
     /// `--ec2cert PATH`.
@@ -476,9 +478,9 @@ pub struct CertSearch {
     /// `$EC2_HOME` (unset or empty → `None`).
     pub ec2_home: Option<PathBuf>,
     /// Directories holding the certificate files directly, searched in order
-    /// (bundle-format.md §11.2 items 3–5), each with the source it stands for.
+    /// (docs/format.md §11.2 items 3–5), each with the source it stands for.
     pub system_roots: Vec<(CertSource, PathBuf)>,
-    /// Our cache directory (bundle-format.md §11.2 item 6).
+    /// Our cache directory (docs/format.md §11.2 item 6).
     pub cache_dir: PathBuf,
 }
 
@@ -580,7 +582,7 @@ impl fmt::Display for LookedList<'_> {
     }
 }
 
-/// Finds the certificate of `kind` following bundle-format.md §11.2.
+/// Finds the certificate of `kind` following docs/format.md §11.2.
 ///
 /// An explicit path wins: it must exist and parse; a pinned certificate is accepted (with a
 /// warning if it is pinned as a different kind than `kind`, since the user chose it
@@ -622,7 +624,7 @@ pub fn resolve(search: &CertSearch, kind: Ec2CertKind) -> Result<Ec2Cert, CertEr
             Err(e) => LookOutcome::Unusable(super::error_chain(&e)),
         };
         if outcome != LookOutcome::Missing {
-            // bundle-format.md §11.2: a found file that does not match is skipped with a warning
+            // docs/format.md §11.2: a found file that does not match is skipped with a warning
             // naming the path.
             let skipped = LookedAt {
                 source,
@@ -698,7 +700,7 @@ fn resolve_explicit(
             Some(pin.kind)
         }
         None if allow_unpinned => {
-            // bundle-format.md §11.2: unpinned only with an explicit acknowledgement, and a
+            // docs/format.md §11.2: unpinned only with an explicit acknowledgement, and a
             // warning, because EC2 cannot unwrap a key wrapped for another certificate.
             tracing::warn!(
                 "EC2 certificate {} (SHA-256 {}) is not one of Amazon's; EC2 will not be able to decrypt this bundle",
@@ -756,7 +758,7 @@ fn parse_cert(pem: &[u8], path: &Path) -> Result<(X509, Fingerprints), CertError
     Ok((x509, fingerprints))
 }
 
-/// The default cache directory (bundle-format.md §11.2 item 6): `/var/cache/amibundle/ec2-certs`
+/// The default cache directory (docs/format.md §11.2 item 6): `/var/cache/amibundle/ec2-certs`
 /// for root (euid 0); otherwise `$XDG_CACHE_HOME/amibundle/ec2-certs` or
 /// `~/.cache/amibundle/ec2-certs`.
 pub fn default_cache_dir() -> PathBuf {
@@ -897,7 +899,7 @@ fn classify_entry(name: &str) -> EntryClass {
 }
 
 /// Installs the EC2 certificates from the official `ec2-ami-tools.zip` into `cache_dir`
-/// (bundle-format.md §11.2).
+/// (docs/format.md §11.2).
 ///
 /// Only entries `<top>/etc/ec2/amitools/{cert-ec2.pem,cert-ec2-gov.pem,cert-ec2-cn-north-1.pem}`
 /// are read, each is checked against its pin, and pinned ones are written to
@@ -1095,7 +1097,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), CertError> {
     written
 }
 
-/// Test-only pin injection (bundle-format.md §14.1: library tests inject the stand-in EC2
+/// Test-only pin injection (docs/format.md §14.1: library tests inject the stand-in EC2
 /// certificate directly). Compiled only under `cfg(test)`, so production code cannot add pins.
 /// Pins are per thread (each test runs on its own thread) and removed when the guard drops.
 #[cfg(test)]
@@ -1183,7 +1185,7 @@ mod tests {
 
     #[test]
     fn pins_match_spec_table() {
-        // Copied verbatim from bundle-format.md §11.1.
+        // Copied verbatim from docs/format.md §11.1.
         let spec = [
             (
                 "cert-ec2.pem",
@@ -1236,7 +1238,7 @@ mod tests {
     fn stand_in_fingerprint_matches_spec_and_no_pin() {
         let fp = Fingerprints::of(&stand_in()).unwrap();
         let hex = fp.sha256_hex();
-        // bundle-format.md §14.1 gives `03:DE:77:8F:…:DB:03:31`.
+        // docs/format.md §14.1 gives `03:DE:77:8F:…:DB:03:31`.
         assert!(hex.starts_with("03:DE:77:8F:"), "{hex}");
         assert!(hex.ends_with(":DB:03:31"), "{hex}");
         assert_eq!(hex.len(), 32 * 3 - 1);

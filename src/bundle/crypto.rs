@@ -1,10 +1,12 @@
 //! Cryptography of a bundle: the AES-128 key and IV types, the streaming AES-128-CBC/PKCS#7
-//! encryptor and decryptor (bundle-format.md §6), RSA wrapping and unwrapping of the key and IV
+//! encryptor and decryptor (docs/format.md §6), RSA wrapping and unwrapping of the key and IV
 //! text (§7), the manifest signature primitive (§9.5), loading of the user key and of
 //! certificates, and the generation of amibundle's own user identity.
 //!
 //! Secrets (key and IV bytes or their hex text, private keys) never appear in an error message,
 //! a log line or a `Debug` rendering.
+//!
+//! Bare § numbers in this module refer to docs/format.md.
 
 use std::fmt;
 use std::fs;
@@ -277,7 +279,7 @@ macro_rules! secret16 {
 secret16!(
     AesKey,
     "AES key",
-    "AES-128 key K: 16 raw bytes (bundle-format.md §6)."
+    "AES-128 key K: 16 raw bytes (docs/format.md §6)."
 );
 secret16!(
     AesIv,

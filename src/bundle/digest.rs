@@ -1,6 +1,6 @@
 //! Hashing adapters: SHA-1 over every byte that passes through a reader or writer.
 //!
-//! The tar-stream digest (`image/digest`, bundle-format.md §4) is computed by putting a
+//! The tar-stream digest (`image/digest`, docs/format.md §4) is computed by putting a
 //! [`HashingWriter`] between the tar writer and the compressor when bundling, and a
 //! [`HashingReader`] between the decompressor and the tar reader when unbundling, so the stream
 //! is hashed in the same pass that produces or consumes it.

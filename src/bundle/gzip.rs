@@ -1,4 +1,4 @@
-//! Gzip for the bundle stream (bundle-format.md §5): a parallel, pigz-style encoder on libdeflate
+//! Gzip for the bundle stream (docs/format.md §5): a parallel, pigz-style encoder on libdeflate
 //! that writes exactly one gzip member, the matching output-size bound used to fix part-name
 //! widths before streaming (§8.3), and a strict multi-member reader.
 //!
@@ -21,6 +21,8 @@
 //!
 //! All writes to the inner writer happen on the caller's thread, so `W` needs neither `Send` nor
 //! `'static`; only the chunk buffers cross threads.
+//!
+//! Bare § numbers in this module refer to docs/format.md.
 
 mod scan;
 
@@ -47,7 +49,7 @@ use libdeflater::{CompressionLvl, Compressor};
 /// at 48 MiB.
 pub const DEFAULT_CHUNK_BYTES: usize = 1 << 20;
 
-/// Default compression level. The reference tool uses 9 (bundle-format.md §5 allows any).
+/// Default compression level. The reference tool uses 9 (docs/format.md §5 allows any).
 ///
 /// Measured on 200 MB of /usr/lib files, level 6 output is 0.17 % larger than `gzip -9`'s and
 /// 0.43 % smaller than `pigz -6`'s, for about 40 % of pigz's CPU time (and 12 % of `gzip -9`'s).
@@ -77,7 +79,7 @@ const SYNC_MARKER_LEN_NLEN: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 /// may need a new byte (when fewer than 3 bits of the last byte are free), then LEN and NLEN.
 const SYNC_MARKER_MAX_BYTES: usize = 5;
 
-/// The fixed part of our gzip header (bundle-format.md §5): magic, CM = deflate, FLG = 0,
+/// The fixed part of our gzip header (docs/format.md §5): magic, CM = deflate, FLG = 0,
 /// MTIME = 0. XFL and OS follow.
 const HEADER_PREFIX: [u8; 8] = [0x1f, 0x8b, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00];
 
@@ -197,7 +199,7 @@ impl GzipError {
 }
 
 /// Upper bound of the gzip output of [`ParallelGzEncoder`] for `input_len` bytes of input cut
-/// into chunks of `chunk_bytes` (bundle-format.md §8.3, G_max), at any level.
+/// into chunks of `chunk_bytes` (docs/format.md §8.3, G_max), at any level.
 ///
 /// This is the §8.3 formula: zlib's `deflateBound` T + T/2¹² + T/2¹⁴ + T/2²⁵ + 13, plus 18 bytes
 /// of gzip header and trailer, plus 10 bytes per chunk (counting a possible empty final chunk).
@@ -395,7 +397,7 @@ fn run_worker(
     }
 }
 
-/// Parallel gzip encoder producing exactly one gzip member (bundle-format.md §5).
+/// Parallel gzip encoder producing exactly one gzip member (docs/format.md §5).
 ///
 /// Write the uncompressed stream into it, then call [`finish`](Self::finish): that writes the
 /// trailer and returns the inner writer. Dropping the encoder without `finish` stops its threads
@@ -772,7 +774,7 @@ impl<R: Read> Read for CountingReader<R> {
 
 type MemberDecoder<R> = flate2::bufread::GzDecoder<BufReader<CountingReader<R>>>;
 
-/// Strict gzip reader (bundle-format.md §5 Reader).
+/// Strict gzip reader (docs/format.md §5 Reader).
 ///
 /// Decodes one or more concatenated members. Each member's CRC-32 and ISIZE are checked by
 /// flate2; ISIZE is only compared modulo 2³², never used as a length. Truncated input, a corrupt

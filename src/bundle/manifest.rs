@@ -1,7 +1,9 @@
-//! The bundle manifest (bundle-format.md §9, §10): the 2007-10-10 data model, its exact
+//! The bundle manifest (docs/format.md §9, §10): the 2007-10-10 data model, its exact
 //! serializer (§9.2), the lenient parser (§10.1–10.3), the strict check applied to our own
 //! output, signing and signature verification (§9.5), and the small naming and input rules the
 //! manifest depends on (bundle name §2, account §2, part names §8.2, `-B` mappings §9.1).
+//!
+//! Bare § numbers in this module refer to docs/format.md.
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -1,5 +1,6 @@
-//! Manifest migration (bundle-format.md §7, §9, §10.2, §11; reference-tools.md §9.1): moving a
-//! bundle to a region whose EC2 certificate differs, or changing its kernel and ramdisk.
+//! Manifest migration (docs/format.md §7, §9, §10.2, §11; docs/reference-behaviour.md §9.1):
+//! moving a bundle to a region whose EC2 certificate differs, or changing its kernel and
+//! ramdisk.
 //!
 //! The parts never change: they are encrypted with the AES key K and IV V, which the manifest
 //! carries wrapped twice, for the user certificate and for the EC2 certificate. Migrating unwraps
@@ -7,6 +8,8 @@
 //! the user side as it is, applies the kernel/ramdisk changes, writes a 2007-10-10 manifest and
 //! signs it with the user key. The reference ec2-migrate-manifest copied the old `ec2_*` values
 //! unchanged, so its output never worked across partitions; ours does.
+//!
+//! Bare § numbers in this module refer to docs/format.md.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -19,7 +22,7 @@ use super::manifest::{
 };
 
 /// Architecture assumed for version 3 manifests, which have no `machine_configuration`
-/// (bundle-format.md §10.2).
+/// (docs/format.md §10.2).
 const VERSION3_ARCHITECTURE: &str = "i386";
 
 /// Errors of manifest migration.
@@ -136,7 +139,7 @@ pub struct Changes {
     pub ramdisk: IdChange,
 }
 
-/// Re-wraps `source` for `ec2_cert` (bundle-format.md §7 "Consequence for cross-region work"):
+/// Re-wraps `source` for `ec2_cert` (docs/format.md §7 "Consequence for cross-region work"):
 ///
 /// * unwraps `user_encrypted_key` and `user_encrypted_iv` with `user_key`;
 /// * wraps the same key and IV text for `ec2_cert` into `ec2_encrypted_key`/`ec2_encrypted_iv`;

@@ -1,4 +1,4 @@
-//! Cutting the ciphertext into 10 MiB parts and reading them back (bundle-format.md §8).
+//! Cutting the ciphertext into 10 MiB parts and reading them back (docs/format.md §8).
 //!
 //! [`PartWriter`] is the last adapter of the bundling pipeline: it accumulates exactly one part
 //! in memory, hashes it and hands it to a [`PartSink`] (a staging directory, or the S3 uploader of
@@ -8,6 +8,8 @@
 //! [`PartReader`] is the first adapter of the unbundling pipeline: it loads one part at a time,
 //! checks its size and SHA-1 against the manifest **before** any byte of it is decrypted
 //! (§12 step 2), and then serves its bytes.
+//!
+//! Bare § numbers in this module refer to docs/format.md.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};

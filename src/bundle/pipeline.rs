@@ -16,6 +16,8 @@
 //!
 //! Peak memory: one part buffer (10 MiB) + the compressor's in-flight chunks
 //! (2 × threads × 1 MiB in and out, capped at 48 MiB) + the tar read buffer (1 MiB).
+//!
+//! Bare § numbers in this module refer to docs/format.md.
 
 use std::cell::Cell;
 use std::fs::{self, File};
@@ -43,7 +45,7 @@ use crate::bundle::tar::{self, MemberMeta, SparseMap, TarReader};
 use crate::interrupt::Interruptible;
 use crate::progress::Progress;
 
-/// EC2's limit for an instance-store root image (bundle-format.md §2).
+/// EC2's limit for an instance-store root image (docs/format.md §2).
 pub const MAX_IMAGE_BYTES: u64 = 10 * 1024 * 1024 * 1024;
 
 /// Architectures accepted in `machine_configuration/architecture` (§2).

@@ -1,9 +1,11 @@
 //! The tar stage of a bundle: an old-GNU tar writer for the single image member (dense type `0`
 //! or old-GNU sparse type `S`), the sparse map it is driven by, and the matching reader used by
-//! verify/unbundle (bundle-format.md §3).
+//! verify/unbundle (docs/format.md §3).
 //!
 //! We do not use the `tar` crate: golden tests need injectable hole maps and mtimes, and the
 //! stream must have the exact old-GNU layout GNU `tar -c -S --owner 0 --group 0` writes (§3.1).
+//!
+//! Bare § numbers in this module refer to docs/format.md.
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -12,7 +14,7 @@ use std::os::unix::fs::FileExt;
 use nix::errno::Errno;
 use nix::unistd::{Whence, lseek};
 
-/// Size of one tar block (bundle-format.md §3.1).
+/// Size of one tar block (docs/format.md §3.1).
 pub const BLOCK_BYTES: u64 = 512;
 /// Size of one tar record: blocking factor 20, the stream is padded to a multiple (§3.1).
 pub const RECORD_BYTES: u64 = 10_240;
@@ -193,7 +195,7 @@ impl DataRegion {
 
 /// The data regions of an image of `size` bytes; everything else is a hole reading as zeros.
 ///
-/// Invariants (bundle-format.md §3.5 and what the reader needs): regions have `len > 0`, are in
+/// Invariants (docs/format.md §3.5 and what the reader needs): regions have `len > 0`, are in
 /// ascending order, do not overlap, lie within `[0, size)`, and every region except the last has
 /// a length that is a multiple of 512.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -733,7 +735,7 @@ pub struct MemberInfo {
     pub sparse: bool,
 }
 
-/// Reader for a tar stream holding exactly one regular member (bundle-format.md §3.7).
+/// Reader for a tar stream holding exactly one regular member (docs/format.md §3.7).
 #[derive(Debug)]
 pub struct TarReader<R: Read> {
     input: R,
@@ -1680,7 +1682,7 @@ mod tests {
         assert!(extracted.is_empty());
     }
 
-    /// bundle-format.md §3.5 worked example (test vector v3).
+    /// docs/format.md §3.5 worked example (test vector v3).
     #[test]
     fn worked_example_v3() {
         let islands: Vec<DataRegion> = (0..12).map(|k| region((2 + 8 * k) * MIB, 4096)).collect();
@@ -2310,7 +2312,7 @@ mod tests {
         assert_eq!(SparseMap::from_file(&file).unwrap(), SparseMap::dense(0));
     }
 
-    /// bundle-format.md §14.3 item 7 and §14.4 item 1 on the reference vectors: decode each
+    /// docs/format.md §14.3 item 7 and §14.4 item 1 on the reference vectors: decode each
     /// vector's stream, check the member header, extract, and re-create the stream.
     #[test]
     fn peer_vectors() {

@@ -138,7 +138,7 @@ fn target_regions(args: &CopyArgs) -> anyhow::Result<Vec<String>> {
     Ok(regions)
 }
 
-/// Resolves each region's EC2 certificate (bundle-format.md §11) before anything is sent.
+/// Resolves each region's EC2 certificate (docs/format.md §11) before anything is sent.
 fn resolve_targets(args: &CopyArgs, regions: &[String]) -> anyhow::Result<Vec<Target>> {
     let mut explicit = BTreeMap::new();
     for spec in &args.ec2cert {

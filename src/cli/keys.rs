@@ -101,7 +101,7 @@ pub fn load_private_key(path: Option<&Path>, allow_insecure: bool) -> anyhow::Re
 }
 
 /// Resolves the EC2 certificate for the region the AMI will be registered in, per
-/// bundle-format.md §11.
+/// docs/format.md §11.
 pub fn load_ec2_cert(args: &Ec2CertArgs, region: &str) -> anyhow::Result<Certificate> {
     let search = CertSearch::from_env(args.ec2cert.clone(), args.unpinned_ec2cert);
     let found = certs::resolve_for_region(&search, region)?;

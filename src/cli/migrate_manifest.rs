@@ -1,7 +1,7 @@
 //! `amibundle migrate-manifest`: re-wrap a local manifest for another region's EC2 certificate
-//! and change its kernel/ramdisk, in place (the classic ec2-migrate-manifest, reference-tools.md
-//! §9.1, minus its defects: the EC2 side is really re-wrapped, and nothing is looked up over
-//! SigV1).
+//! and change its kernel/ramdisk, in place (the classic ec2-migrate-manifest,
+//! docs/reference-behaviour.md §9.1, minus its defects: the EC2 side is really re-wrapped, and
+//! nothing is looked up over SigV1).
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -57,7 +57,7 @@ fn change(value: &Option<String>, no_mapping: bool) -> IdChange {
     }
 }
 
-/// The EC2 certificate for `region` (bundle-format.md §11), or the explicit one.
+/// The EC2 certificate for `region` (docs/format.md §11), or the explicit one.
 fn ec2_cert(args: &Ec2CertArgs, region: Option<&str>) -> anyhow::Result<(Ec2Cert, Certificate)> {
     let found = match (region, &args.ec2cert) {
         (Some(region), _) => {

@@ -1,7 +1,7 @@
 //! Our own instance-metadata reads over IMDSv2: the instance identity document (account,
 //! region, architecture…) and the items ec2-bundle-vol inherits into the manifest (ancestor AMI
 //! ids, kernel, ramdisk, product codes, block-device mapping), plus the pure rules that turn
-//! them into manifest fields (reference-tools.md §4).
+//! them into manifest fields (docs/reference-behaviour.md §4).
 //!
 //! Reads go through aws-config's IMDS client, which is IMDSv2 only (a session token from
 //! `PUT /latest/api/token` on every read), so instances with `HttpTokens=required` work, unlike
@@ -531,7 +531,7 @@ pub fn read_account_id(options: &ImdsOptions) -> Result<String, ImdsError> {
     block_on(imds.account_id())
 }
 
-/// The manifest fields instance metadata can fill (reference-tools.md §4).
+/// The manifest fields instance metadata can fill (docs/reference-behaviour.md §4).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct InheritedFields {
     /// `machine_configuration/kernel_id` (`--kernel`).
@@ -546,8 +546,8 @@ pub struct InheritedFields {
     pub ancestry: Vec<String>,
 }
 
-/// ec2-bundle-vol's inheritance (reference-tools.md §4): what the user gave wins, field by
-/// field; metadata fills the rest.
+/// ec2-bundle-vol's inheritance (docs/reference-behaviour.md §4): what the user gave wins,
+/// field by field; metadata fills the rest.
 ///
 /// * ancestry: the instance's `ancestor-ami-ids`, then its `ami-id` appended unless already
 ///   listed; empty when the instance has neither;

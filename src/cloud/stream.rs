@@ -1,4 +1,4 @@
-//! Streaming upload (bundle-format.md §8.3, streaming mode): parts go to S3 while the image is
+//! Streaming upload (docs/format.md §8.3, streaming mode): parts go to S3 while the image is
 //! still being bundled, so nothing of the bundle is ever written to local disk.
 //!
 //! The bundling pipeline is synchronous and runs on the caller's thread; its last adapter hands
@@ -13,6 +13,8 @@
 //! part is confirmed: it is the commit point. On failure (an S3 error, a bundling error or a
 //! signal), in-flight uploads are stopped and the parts already stored are deleted again, so no
 //! half bundle is left behind.
+//!
+//! Bare § numbers in this module refer to docs/format.md.
 
 use std::collections::HashMap;
 use std::io;

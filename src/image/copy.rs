@@ -1,8 +1,8 @@
 //! The faithful tree copy behind `bundle-vol`: copies a live root filesystem or any directory
 //! into a (mounted) image, keeping everything `rsync -aHAXS --numeric-ids` keeps and more, and
-//! failing loudly where the classic tool silently lost data (reference-tools.md §2.8, §12.3
-//! "Inconsistent copies": hard links duplicated, ACLs lost, SELinux labels and capabilities
-//! dropped on an `-X` retry, root dot-files skipped).
+//! failing loudly where the classic tool silently lost data (docs/reference-behaviour.md §2.8,
+//! §12.3 "Inconsistent copies": hard links duplicated, ACLs lost, SELinux labels and
+//! capabilities dropped on an `-X` retry, root dot-files skipped).
 //!
 //! What is kept, for every entry: the type (regular file, directory, symlink, character and
 //! block device, fifo; sockets are skipped and counted), the data with its holes (SEEK_DATA /
@@ -170,7 +170,7 @@ pub enum CopyError {
         source: io::Error,
     },
     /// An exclusion or empty-directory path does not lie inside the source, so it could never
-    /// match (the mis-anchoring bug of reference-tools.md §2.4).
+    /// match (the mis-anchoring bug of docs/reference-behaviour.md §2.4).
     #[error("{option} path {path} is not inside the copy source {source_root}")]
     OutsideSource {
         /// `exclude` or `empty_dirs`.
@@ -451,8 +451,8 @@ fn copy_file(shared: &Shared<'_>, job: FileJob, buf: &mut Vec<u8>) -> Result<(),
             }
         }
     })?;
-    // A live file may change under us (reference-tools.md §2.8: no snapshot); keep what was
-    // read and say so.
+    // A live file may change under us (docs/reference-behaviour.md §2.8: no snapshot); keep
+    // what was read and say so.
     let changed = data.short
         || fstat(&job.src).is_ok_and(|now| {
             now.st_size != job.stat.st_size

@@ -9,7 +9,7 @@
 //!   device is the mountinfo source when that is the device node with the mount's
 //!   `major:minor`, otherwise the node named by `/sys/dev/block/MAJ:MIN/uevent` — `/dev/root`,
 //!   which many kernels show for the root filesystem, does not exist, and NVMe roots are found
-//!   the same way (reference-tools.md §2.6: the classic tool accepted only
+//!   the same way (docs/reference-behaviour.md §2.6: the classic tool accepted only
 //!   `/dev/sd*`/`/dev/xvd*`).
 //! * **Label, UUID and on-disk type**: `blkid -p -o udev DEVICE`. Low-level probing (`-p`)
 //!   reads the device rather than blkid's cache. The udev format's `ID_FS_LABEL_ENC` encodes

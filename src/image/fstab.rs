@@ -3,7 +3,7 @@
 //! user with `--fstab FILE`.
 //!
 //! The classic `--generate-fstab` wrote `/dev/sda1 / ext3` and `/dev/sdb /mnt ext3` whatever
-//! the image was, without `nofail` (reference-tools.md §2.9; users-and-peers.md pain 14), and
+//! the image was, without `nofail` (docs/reference-behaviour.md §2.9 and §14, pain 14), and
 //! crashed after writing on any modern Ruby. [`generate`] writes instead:
 //! * the root by `UUID=` (the image's filesystem carries the source's UUID unless `--new-uuid`,
 //!   which the caller passes here), else by `LABEL=`, with the image's real filesystem type;
@@ -857,7 +857,8 @@ tmpfs /tmp tmpfs defaults 0 0
 ";
         let warnings = Fstab::parse(text).unwrap().review(&root_fs());
         let lines: Vec<usize> = warnings.iter().map(|w| w.line).collect();
-        // The EFI partition (pain 11's "comment out /boot/efi"), an extra disk, a swap file.
+        // The EFI partition (docs/reference-behaviour.md §14, pain 11: "comment out /boot/efi"),
+        // an extra disk, a swap file.
         assert_eq!(lines, [2, 4, 5]);
         assert!(warnings[0].to_string().starts_with(
             "/etc/fstab line 2: UUID=AAAA-BBBB is mounted on /boot/efi at boot without nofail"

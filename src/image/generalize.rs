@@ -1,6 +1,6 @@
 //! `--generalize`: turns the copied image (never the source) into a template for new machines
 //! by removing what identifies this one, so clones do not share SSH host keys, a machine ID or
-//! cloud-init's idea of which instance they are (users-and-peers.md pain 13).
+//! cloud-init's idea of which instance they are (docs/reference-behaviour.md §14, pain 13).
 //!
 //! On the mounted image root it:
 //! * removes the SSH host keys, `/etc/ssh/ssh_host_*` (keys, public keys and certificates).

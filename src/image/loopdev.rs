@@ -1,7 +1,8 @@
 //! Loop devices for `bundle-vol`: attaching an image file to a kernel-assigned free loop device
 //! through the kernel interface (`/dev/loop-control` and the `LOOP_*` ioctls of
-//! `linux/loop.h`), with no `losetup` and no fixed device names (reference-tools.md §2.7 and
-//! §12.3: the classic tool took "the first free loop device" by name and could not run twice).
+//! `linux/loop.h`), with no `losetup` and no fixed device names (docs/reference-behaviour.md
+//! §2.7 and §12.3: the classic tool took "the first free loop device" by name and could not run
+//! twice).
 //!
 //! A [`LoopDevice`] is a guard: [`LoopDevice::detach`] detaches explicitly and reports
 //! failures, dropping it detaches best-effort. Every device is also attached with

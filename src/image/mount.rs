@@ -3,13 +3,13 @@
 //!
 //! The classic tool mounted the image at the fixed `/mnt/img-mnt` in the host's namespace,
 //! where every other process saw it, two runs clashed, and a crash left it mounted
-//! (reference-tools.md §2.8, §12.3). Here [`enter_private_namespace`] first moves the process
-//! into a mount namespace of its own whose mounts never propagate back to the host; everything
-//! mounted afterwards is invisible outside the process and disappears with it, whatever way it
-//! ends. [`Mount`] is a guard on top: explicit [`Mount::unmount`], best-effort lazy detach when
-//! dropped. It never removes its mount point: the caller owns that directory and must not
-//! delete it unless the unmount succeeded (deleting through a live mount would delete the
-//! mounted files).
+//! (docs/reference-behaviour.md §2.8, §12.3). Here [`enter_private_namespace`] first moves the
+//! process into a mount namespace of its own whose mounts never propagate back to the host;
+//! everything mounted afterwards is invisible outside the process and disappears with it,
+//! whatever way it ends. [`Mount`] is a guard on top: explicit [`Mount::unmount`], best-effort
+//! lazy detach when dropped. It never removes its mount point: the caller owns that directory
+//! and must not delete it unless the unmount succeeded (deleting through a live mount would
+//! delete the mounted files).
 
 use std::io;
 use std::path::{Path, PathBuf};

@@ -262,7 +262,7 @@ fn extra_bytes_in_a_part_are_refused() {
     scene.refuse("bundled_size is 3200");
 }
 
-/// bundle-format.md §10.2: an unknown version MAY be unbundled from the common fields with a
+/// docs/format.md §10.2: an unknown version MAY be unbundled from the common fields with a
 /// warning, and migration MUST refuse it.
 #[test]
 fn unknown_manifest_version_warns_on_unbundle_and_is_refused_by_migration() {

@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 use crate::cloud::Cloud;
 use crate::support::*;
 
-/// Packer's `bundle_vol_command` default (users-and-peers.md §2.2), verbatim.
+/// Packer's `bundle_vol_command` default (docs/reference-behaviour.md §13.1), verbatim.
 const BUNDLE_VOL_COMMAND: &str = "sudo -i -n ec2-bundle-vol -k {{.KeyPath}} -u {{.AccountId}} -c {{.CertPath}} -r {{.Architecture}} -e {{.PrivatePath}}/* -d {{.Destination}} -p {{.Prefix}} --batch --no-filter";
 
 /// Packer's `bundle_upload_command` default without an instance profile, verbatim.

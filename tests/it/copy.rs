@@ -60,7 +60,7 @@ fn openssl_unwrap(xml: &str, field: &str, key: &Path, work: &Path) -> Option<Str
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// The signature of `xml` (bundle-format.md §9.5) checked by `openssl dgst -sha1 -verify` with
+/// The signature of `xml` (docs/format.md §9.5) checked by `openssl dgst -sha1 -verify` with
 /// the user certificate's public key over the raw `machine_configuration` ‖ `image` bytes.
 fn openssl_signature_verifies(xml: &str, user_cert: &Path, work: &Path) -> bool {
     let raw = |tag: &str| {

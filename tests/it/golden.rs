@@ -1,4 +1,4 @@
-//! Writer checks against the reference vectors (bundle-format.md §14.4) through the library:
+//! Writer checks against the reference vectors (docs/format.md §14.4) through the library:
 //! the cipher and splitter reproduce the reference parts from the reference gzip stream, and our
 //! whole pipeline, given the vector's mtime and hole map, produces the reference tar digest and a
 //! bundle that unbundles to the reference image.

@@ -1,6 +1,6 @@
 //! `bundle-image --upload/--register`: the bundle goes to S3 (moto through the recording proxy)
 //! while it is being made, nothing of it lands on local disk, the part-name width is fixed up
-//! front (bundle-format.md §8.3), the manifest is the last object, a failure removes what was
+//! front (docs/format.md §8.3), the manifest is the last object, a failure removes what was
 //! uploaded, and the result unbundles to the original image.
 
 use std::fs;

@@ -1,5 +1,5 @@
 //! The reference-made bundles of tests/data verify and unbundle to their known answers,
-//! and tampered copies fail with a message naming what is wrong (bundle-format.md §14.3).
+//! and tampered copies fail with a message naming what is wrong (docs/format.md §14.3).
 
 use std::fs;
 use std::path::{Path, PathBuf};

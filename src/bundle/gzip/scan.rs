@@ -3,7 +3,7 @@
 //!
 //! The parallel encoder needs this because libdeflate always ends a stream with a final block and
 //! has no sync-flush API: to join independently compressed chunks into one stream
-//! (bundle-format.md §5), the encoder clears the final block's BFINAL bit and appends an empty
+//! (docs/format.md §5), the encoder clears the final block's BFINAL bit and appends an empty
 //! stored block, which requires knowing the exact bit positions of that block's header and of its
 //! end. Walking the stream also validates it completely (block types, stored lengths, Huffman
 //! code lengths, every symbol, every distance, the decoded length and the padding after the final

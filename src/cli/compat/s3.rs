@@ -51,7 +51,7 @@ pub(crate) fn location_region(location: &str) -> String {
     }
 }
 
-/// The region a classic S3 URL names (reference-tools.md §10): `s3.amazonaws.com` and
+/// The region a classic S3 URL names (docs/reference-behaviour.md §10): `s3.amazonaws.com` and
 /// `s3-external-1` are us-east-1, `s3-REGION.…` and `s3.REGION.amazonaws.com` name theirs; any
 /// other host (an emulator, another store) names none.
 pub(crate) fn url_region(url: &str) -> Option<String> {

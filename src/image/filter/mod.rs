@@ -2,11 +2,11 @@
 //! the image because they are secrets or this machine's private state, and the report listing
 //! every one of them with its reason (the filter is never silent).
 //!
-//! The classic tool filtered by name alone (`*.pem`, `*.gpg`, `*id_rsa*` …, reference-tools.md
-//! §2.4), which removed CA bundles and package keyrings while keeping `~/.aws/credentials` and
-//! most shell histories. This filter is path-aware and looks inside files: a name that can hold
-//! either a secret or public data is only filtered after reading it, and a private key is found
-//! under any name. docs/security.md lists every rule.
+//! The classic tool filtered by name alone (`*.pem`, `*.gpg`, `*id_rsa*` …,
+//! docs/reference-behaviour.md §2.4), which removed CA bundles and package keyrings while
+//! keeping `~/.aws/credentials` and most shell histories. This filter is path-aware and looks
+//! inside files: a name that can hold either a secret or public data is only filtered after
+//! reading it, and a private key is found under any name. docs/security.md lists every rule.
 //!
 //! Filtered (see [`classify`] and [`Reason`]):
 //! * Private keys, by content, under any name ([`content::is_key_file`]: PEM, OpenSSH, PuTTY,
@@ -37,7 +37,8 @@
 //!   (`.*.swp` … `.*.swa`, `#*#`, `.#*`), which hold unsaved copies of files being edited
 //!   (possibly secrets) and are stale on a new machine; and the udev
 //!   `/etc/udev/rules.d/70-persistent-net.rules`, which binds interface names to this
-//!   machine's MAC addresses and leaves a clone without network (users-and-peers.md pain 10).
+//!   machine's MAC addresses and leaves a clone without network (docs/reference-behaviour.md
+//!   §14, pain 10).
 //! * The files the run itself was given ([`FilterOptions::tool_inputs`]: signing key,
 //!   certificate, credential files), always, even with `--no-filter` and `--include`.
 //!
@@ -603,7 +604,7 @@ pub enum FilterError {
         source: io::Error,
     },
     /// An `include` or `not_copied` path does not lie inside the source, so it could never
-    /// match (the mis-anchoring bug of reference-tools.md §2.4).
+    /// match (the mis-anchoring bug of docs/reference-behaviour.md §2.4).
     #[error("{option} path {path} is not inside the source {root}")]
     OutsideSource {
         /// `include` or `not_copied`.

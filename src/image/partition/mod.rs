@@ -3,11 +3,12 @@
 //! written into the image file in pure Rust, and GRUB 2 for BIOS (i386-pc) installed into the
 //! image from the image's own GRUB modules.
 //!
-//! Why not the classic way (reference-tools.md §2.6, §2.7, §2.10): ec2-bundle-vol recognised
-//! only `/dev/sd*` and `/dev/xvd*` names by pattern ("Non-standard volume device" on every NVMe
-//! build host), euca2ools passed `/dev/xvda1` to parted as if it were a disk, both shelled out
-//! to parted/sgdisk/kpartx/dmsetup with fixed device names, and the only bootloader was GRUB
-//! Legacy, which current distributions no longer ship (users-and-peers.md §6, items 11 and 12).
+//! Why not the classic way (docs/reference-behaviour.md §2.6, §2.7, §2.10): ec2-bundle-vol
+//! recognised only `/dev/sd*` and `/dev/xvd*` names by pattern ("Non-standard volume device" on
+//! every NVMe build host), euca2ools passed `/dev/xvda1` to parted as if it were a disk, both
+//! shelled out to parted/sgdisk/kpartx/dmsetup with fixed device names, and the only bootloader
+//! was GRUB Legacy, which current distributions no longer ship (docs/reference-behaviour.md
+//! §14, pains 11 and 12).
 //!
 //! * Detection ([`detect`], [`Sysfs`]) follows `/sys/dev/block/MAJ:MIN` to the device's sysfs
 //!   directory: a `partition` file there means a partition, whose parent directory is its disk;

@@ -274,7 +274,7 @@ pub fn random_file(path: &Path, mib: usize, seed: u64) {
 }
 
 /// `xml` with its signature replaced by openssl's over machine_configuration ‖ image as they
-/// stand in the file (bundle-format.md §9), made with the private key at `key`.
+/// stand in the file (docs/format.md §9), made with the private key at `key`.
 pub fn signed_with(xml: &str, key: &Path) -> String {
     let scratch = tempfile::tempdir().unwrap();
     let signed = &xml[xml.find("<machine_configuration>").unwrap()
