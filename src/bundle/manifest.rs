@@ -778,7 +778,7 @@ pub fn check_strict_bytes(raw: &[u8]) -> Result<Manifest, ManifestError> {
     if manifest.to_xml()?.as_bytes() != raw {
         return Err(ManifestError::Strict {
             problem: "the file is not in the exact 2007-10-10 form (element order, quoting or \
-                      whitespace differ from bundle-format.md §9.2)"
+                      whitespace differ from the exact form, docs/format.md §9.2)"
                 .to_owned(),
         });
     }

@@ -150,7 +150,7 @@ pub fn run(
     let natural = crate::bundle::parts::part_width(report.parts.len() as u64);
     if report.width > natural {
         tracing::info!(
-            "part names carry {} digits where a local bundle of {} part(s) would carry {}: the width is fixed before the part count is known when streaming (bundle-format.md §8.3); the manifest lists the names used",
+            "part names carry {} digits where a local bundle of {} part(s) would carry {}: the width is fixed before the part count is known when streaming (docs/format.md §8.3); the manifest lists the names used",
             report.width,
             report.parts.len(),
             natural
