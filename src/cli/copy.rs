@@ -15,14 +15,16 @@ use serde_json::json;
 use super::cloud_args::{self, CloudArgs};
 use super::keys::{self, UserKeyArgs};
 use super::output;
-use super::register::{self, AmiArgs, RegisterTarget};
+use super::register::AmiArgs;
 use crate::bundle::certs::{self, CertSearch};
 use crate::bundle::crypto::{Certificate, UserKey};
 use crate::bundle::manifest;
 use crate::bundle::migrate::{Changes, IdChange};
 use crate::cloud::config::CloudConfig;
 use crate::cloud::copy::{self, CopySource, CopyTarget, RegionCopy};
-use crate::cloud::ec2::{self, RegisterRequest, Registered, SourceImage};
+use crate::cloud::ec2::{
+    self, AmiOptions, RegisterRequest, RegisterTarget, Registered, SourceImage,
+};
 use crate::cloud::s3::{self, BucketPolicy, BundleLocation};
 
 /// Regions worked on at once. Each runs its own part copies (`--concurrency`), so this bounds
@@ -278,7 +280,7 @@ fn id_change(what: &str, source: Option<&String>, wanted: &Option<String>, flag:
 
 /// Runs `copy`.
 pub fn run(args: CopyArgs) -> anyhow::Result<()> {
-    let tags = args.ami_args.check()?;
+    let ami_options = args.ami_args.options()?;
     if let Some(name) = &args.name {
         ec2::validate_ami_name(name)?;
     }
@@ -353,7 +355,7 @@ pub fn run(args: CopyArgs) -> anyhow::Result<()> {
             account: &account,
             user_key: &user_key,
             user_cert: &user_cert,
-            tags: &tags,
+            ami: &ami_options,
             changes: &changes,
             policy,
         };
@@ -375,7 +377,7 @@ struct RegionContext<'a> {
     account: &'a str,
     user_key: &'a UserKey,
     user_cert: &'a Certificate,
-    tags: &'a [(String, String)],
+    ami: &'a AmiOptions,
     changes: &'a Changes,
     policy: BucketPolicy,
 }
@@ -416,16 +418,9 @@ async fn copy_region(ctx: &RegionContext<'_>, target: &Target) -> (String, anyho
             }
         );
         crate::interrupt::check()?;
-        let registered = register(
-            ctx.args,
-            ctx.cloud,
-            &region,
-            ctx.source,
-            &copy,
-            ctx.tags.to_vec(),
-        )
-        .await
-        .with_context(|| format!("registering {}", copy.image_location))?;
+        let registered = register(ctx.args, ctx.cloud, &region, ctx.source, &copy, ctx.ami)
+            .await
+            .with_context(|| format!("registering {}", copy.image_location))?;
         Ok::<_, anyhow::Error>(Done { copy, registered })
     }
     .await
@@ -441,7 +436,7 @@ async fn register(
     region: &str,
     source: &Source,
     copy: &RegionCopy,
-    tags: Vec<(String, String)>,
+    ami_options: &AmiOptions,
 ) -> anyhow::Result<Registered> {
     let client = cloud.ec2_client(region);
     let machine = copy.manifest.machine.as_ref();
@@ -459,8 +454,7 @@ async fn register(
             kernel_id: args.kernel_id.clone(),
             ramdisk_id: args.ramdisk_id.clone(),
         };
-        let (_, registered) =
-            register::register_and_wait(&client, region, target, &args.ami_args, tags).await?;
+        let (_, registered) = ec2::register_and_wait(&client, region, target, ami_options).await?;
         return Ok(registered);
     };
     let req = RegisterRequest {
@@ -473,7 +467,7 @@ async fn register(
         virtualization_type: ami
             .virtualization_type
             .clone()
-            .unwrap_or_else(|| args.ami_args.virtualization_type.clone()),
+            .unwrap_or_else(|| ami_options.virtualization_type.clone()),
         root_device_name: ami
             .root_device_name
             .clone()
@@ -483,11 +477,11 @@ async fn register(
         sriov_net_support: ami.sriov_net_support,
         kernel_id: args.kernel_id.clone(),
         ramdisk_id: args.ramdisk_id.clone(),
-        tags,
-        force: args.ami_args.force,
+        tags: ami_options.tags.clone(),
+        force: ami_options.force,
     };
     let registered = ec2::register_image(&client, region, &req).await?;
-    if !args.ami_args.no_wait {
+    if ami_options.wait {
         ec2::wait_available(
             &client,
             region,

@@ -1,7 +1,6 @@
 //! `amibundle register`: RegisterImage for a bundle in S3, idempotent, waiting for `available`.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
@@ -10,7 +9,7 @@ use serde_json::json;
 use super::cloud_args::{self, CloudArgs};
 use super::output;
 use crate::bundle::pipeline::LocalBundle;
-use crate::cloud::ec2::{self, RegisterRequest};
+use crate::cloud::ec2::{self, AmiOptions, RegisterTarget};
 use crate::cloud::s3::{self, BundleLocation};
 
 /// Arguments of `register`.
@@ -89,8 +88,9 @@ pub struct AmiArgs {
 }
 
 impl AmiArgs {
-    /// Refuses what instance-store AMIs cannot use and parses the tags.
-    pub fn check(&self) -> anyhow::Result<Vec<(String, String)>> {
+    /// The registration options, after refusing what instance-store AMIs cannot use and
+    /// parsing the tags.
+    pub fn options(&self) -> anyhow::Result<AmiOptions> {
         if self.boot_mode.is_some() {
             return Err(ec2::Ec2Error::NotForInstanceStore {
                 option: "--boot-mode",
@@ -105,75 +105,30 @@ impl AmiArgs {
             }
             .into());
         }
-        self.tags
+        let tags = self
+            .tags
             .iter()
             .map(|t| match t.split_once('=') {
                 Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
                 _ => bail!("--tag {t:?} is not KEY=VALUE"),
             })
-            .collect()
+            .collect::<anyhow::Result<_>>()?;
+        Ok(AmiOptions {
+            description: self.description.clone(),
+            virtualization_type: self.virtualization_type.clone(),
+            root_device_name: self.root_device_name.clone(),
+            ena_support: self.ena_support,
+            sriov_net_support: self.sriov_net_support,
+            tags,
+            force: self.force,
+            wait: !self.no_wait,
+        })
     }
-}
-
-/// A bundle in S3 to register.
-#[derive(Debug, Clone)]
-pub struct RegisterTarget {
-    /// `bucket/prefix/name.manifest.xml`.
-    pub image_location: String,
-    /// AMI name.
-    pub name: String,
-    /// From the manifest.
-    pub architecture: String,
-    /// PV kernel.
-    pub kernel_id: Option<String>,
-    /// PV ramdisk.
-    pub ramdisk_id: Option<String>,
-}
-
-/// Registers (idempotently) and, unless `--no-wait`, waits for `available`. `tags` come from
-/// [`AmiArgs::check`].
-pub async fn register_and_wait(
-    client: &aws_sdk_ec2::Client,
-    region: &str,
-    target: RegisterTarget,
-    ami: &AmiArgs,
-    tags: Vec<(String, String)>,
-) -> anyhow::Result<(RegisterRequest, ec2::Registered)> {
-    ec2::validate_ami_name(&target.name)?;
-    if ami.virtualization_type == "hvm" {
-        tracing::info!("registering as HVM (EC2's own default would be paravirtual)");
-    }
-    let req = RegisterRequest {
-        image_location: target.image_location,
-        name: target.name,
-        description: ami.description.clone(),
-        architecture: target.architecture,
-        virtualization_type: ami.virtualization_type.clone(),
-        root_device_name: ami.root_device_name.clone(),
-        ephemeral_mappings: ec2::default_ephemeral_mappings(),
-        ena_support: ami.ena_support,
-        sriov_net_support: ami.sriov_net_support,
-        kernel_id: target.kernel_id,
-        ramdisk_id: target.ramdisk_id,
-        tags,
-        force: ami.force,
-    };
-    let registered = ec2::register_image(client, region, &req).await?;
-    if !ami.no_wait {
-        ec2::wait_available(
-            client,
-            region,
-            &registered.image_id,
-            Duration::from_secs(ec2::WAIT_TIMEOUT_SECS),
-        )
-        .await?;
-    }
-    Ok((req, registered))
 }
 
 /// Runs `register`.
 pub fn run(args: RegisterArgs) -> anyhow::Result<()> {
-    let tags = args.ami.check()?;
+    let ami = args.ami.options()?;
     if let Some(name) = &args.name {
         ec2::validate_ami_name(name)?;
     }
@@ -229,8 +184,7 @@ pub fn run(args: RegisterArgs) -> anyhow::Result<()> {
             ramdisk_id: args.ramdisk_id.clone(),
         };
         let client = cloud.ec2_client(&region);
-        let (req, registered) =
-            register_and_wait(&client, &region, target, &args.ami, tags).await?;
+        let (req, registered) = ec2::register_and_wait(&client, &region, target, &ami).await?;
         if args.json {
             output::print_json(&json!({
                 "version": 1,

@@ -8,9 +8,10 @@ use serde_json::json;
 use super::cloud_args::{self, CloudArgs};
 use super::keys::{self, Ec2CertArgs};
 use super::output;
-use super::register::{self, AmiArgs, RegisterTarget};
+use super::register::AmiArgs;
 use crate::bundle::crypto::{AesIv, AesKey, Certificate, UserKey};
 use crate::bundle::pipeline::{BundleSpec, Identity, PreparedImage};
+use crate::cloud::ec2::{self, RegisterTarget};
 use crate::cloud::s3::{self, BucketPolicy, BundleLocation};
 use crate::cloud::stream::{self, StreamTarget};
 use crate::progress::Progress;
@@ -91,9 +92,9 @@ pub fn run(
     image: PreparedImage,
     progress: &dyn Progress,
 ) -> anyhow::Result<()> {
-    let tags = args.ami.check()?;
+    let ami = args.ami.options()?;
     if let Some(name) = &args.register {
-        crate::cloud::ec2::validate_ami_name(name).context("checking --register")?;
+        ec2::validate_ami_name(name).context("checking --register")?;
     }
     let location = match args.upload.as_deref() {
         Some(url) if !url.is_empty() => {
@@ -174,9 +175,7 @@ pub fn run(
             };
             let client = cloud.ec2_client(&region);
             let (_, registered) = runtime
-                .block_on(register::register_and_wait(
-                    &client, &region, target, &args.ami, tags,
-                ))
+                .block_on(ec2::register_and_wait(&client, &region, target, &ami))
                 .with_context(|| format!("registering {}", report.image_location))?;
             Some(registered)
         }

@@ -462,6 +462,84 @@ fn source_image(image: &Image, image_id: &str, region: &str) -> Result<SourceIma
     })
 }
 
+/// How an AMI is registered (the `register` command and the `--register` of the bundling
+/// commands).
+#[derive(Debug, Clone)]
+pub struct AmiOptions {
+    /// AMI description.
+    pub description: Option<String>,
+    /// `hvm` or `paravirtual`.
+    pub virtualization_type: String,
+    /// Root device name.
+    pub root_device_name: String,
+    /// ENA.
+    pub ena_support: bool,
+    /// SR-IOV "simple" networking.
+    pub sriov_net_support: bool,
+    /// Tags on the AMI.
+    pub tags: Vec<(String, String)>,
+    /// Deregister an AMI of the same name registered from another location.
+    pub force: bool,
+    /// Wait for `available`.
+    pub wait: bool,
+}
+
+/// A bundle in S3 to register.
+#[derive(Debug, Clone)]
+pub struct RegisterTarget {
+    /// `bucket/prefix/name.manifest.xml`.
+    pub image_location: String,
+    /// AMI name.
+    pub name: String,
+    /// From the manifest.
+    pub architecture: String,
+    /// PV kernel.
+    pub kernel_id: Option<String>,
+    /// PV ramdisk.
+    pub ramdisk_id: Option<String>,
+}
+
+/// Registers `target` (idempotently, [`register_image`]) and, if `ami.wait`, waits for
+/// `available` ([`wait_available`], [`WAIT_TIMEOUT_SECS`]). Returns the request made and its
+/// result.
+pub async fn register_and_wait(
+    client: &Client,
+    region: &str,
+    target: RegisterTarget,
+    ami: &AmiOptions,
+) -> Result<(RegisterRequest, Registered), Ec2Error> {
+    validate_ami_name(&target.name)?;
+    if ami.virtualization_type == "hvm" {
+        tracing::info!("registering as HVM (EC2's own default would be paravirtual)");
+    }
+    let req = RegisterRequest {
+        image_location: target.image_location,
+        name: target.name,
+        description: ami.description.clone(),
+        architecture: target.architecture,
+        virtualization_type: ami.virtualization_type.clone(),
+        root_device_name: ami.root_device_name.clone(),
+        ephemeral_mappings: default_ephemeral_mappings(),
+        ena_support: ami.ena_support,
+        sriov_net_support: ami.sriov_net_support,
+        kernel_id: target.kernel_id,
+        ramdisk_id: target.ramdisk_id,
+        tags: ami.tags.clone(),
+        force: ami.force,
+    };
+    let registered = register_image(client, region, &req).await?;
+    if ami.wait {
+        wait_available(
+            client,
+            region,
+            &registered.image_id,
+            Duration::from_secs(WAIT_TIMEOUT_SECS),
+        )
+        .await?;
+    }
+    Ok((req, registered))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
