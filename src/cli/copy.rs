@@ -5,32 +5,21 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use futures::stream::{self, StreamExt};
 use serde_json::json;
 
 use super::cloud_args::{self, CloudArgs};
 use super::keys::{self, UserKeyArgs};
 use super::output;
 use super::register::AmiArgs;
-use crate::bundle::certs::{self, CertSearch};
-use crate::bundle::crypto::{Certificate, UserKey};
+use crate::bundle::crypto::Certificate;
 use crate::bundle::manifest;
-use crate::bundle::migrate::{Changes, IdChange};
 use crate::cloud::config::CloudConfig;
-use crate::cloud::copy::{self, CopySource, CopyTarget, RegionCopy};
-use crate::cloud::ec2::{
-    self, AmiOptions, RegisterRequest, RegisterTarget, Registered, SourceImage,
-};
+use crate::cloud::copy::{self, CopyRegistration, FanOut, RegionDone, RegionTarget, Source};
+use crate::cloud::ec2;
 use crate::cloud::s3::{self, BucketPolicy, BundleLocation};
-
-/// Regions worked on at once. Each runs its own part copies (`--concurrency`), so this bounds
-/// the requests in flight to `MAX_PARALLEL_REGIONS × concurrency`; four is what Bottlerocket's
-/// pubsys uses for its multi-region copies.
-const MAX_PARALLEL_REGIONS: usize = 4;
 
 /// The AMI attributes `--ami` takes from the source AMI, which therefore cannot be given too.
 const ATTRIBUTES_FROM_SOURCE_AMI: [&str; 5] = [
@@ -96,28 +85,6 @@ pub struct CopyArgs {
     pub json: bool,
 }
 
-/// One target region, resolved before any request.
-struct Target {
-    region: String,
-    ec2_cert: Certificate,
-    ec2_cert_sha256: String,
-}
-
-/// What was copied and registered in one region.
-struct Done {
-    copy: RegionCopy,
-    registered: Registered,
-}
-
-/// Where the source is and, for `--ami`, what it looks like.
-struct Source {
-    copy: CopySource,
-    /// `bucket/prefix/name.manifest.xml`.
-    image_location: String,
-    ami: Option<SourceImage>,
-    region: Option<String>,
-}
-
 /// The target regions: deduplicated, in the order given, each shaped like a region name.
 fn target_regions(args: &CopyArgs) -> anyhow::Result<Vec<String>> {
     let mut seen = HashSet::new();
@@ -140,8 +107,9 @@ fn target_regions(args: &CopyArgs) -> anyhow::Result<Vec<String>> {
     Ok(regions)
 }
 
-/// Resolves each region's EC2 certificate (docs/format.md §11) before anything is sent.
-fn resolve_targets(args: &CopyArgs, regions: &[String]) -> anyhow::Result<Vec<Target>> {
+/// Each region's EC2 certificate (`--ec2cert REGION=PATH`, else the pinned one), before
+/// anything is sent.
+fn resolve_targets(args: &CopyArgs, regions: &[String]) -> anyhow::Result<Vec<RegionTarget>> {
     let mut explicit = BTreeMap::new();
     for spec in &args.ec2cert {
         let Some((region, path)) = spec
@@ -163,15 +131,8 @@ fn resolve_targets(args: &CopyArgs, regions: &[String]) -> anyhow::Result<Vec<Ta
     regions
         .iter()
         .map(|region| {
-            let search = CertSearch::from_env(explicit.get(region).cloned(), args.unpinned_ec2cert);
-            let found = certs::resolve_for_region(&search, region)
-                .with_context(|| format!("copying to {region}"))?;
-            tracing::info!("{region}: EC2 certificate {}", found.path.display());
-            Ok(Target {
-                region: region.clone(),
-                ec2_cert: Certificate::from_der(&found.x509.to_der()?)?,
-                ec2_cert_sha256: found.fingerprints.sha256_hex(),
-            })
+            RegionTarget::resolve(region, explicit.get(region).cloned(), args.unpinned_ec2cert)
+                .map_err(anyhow::Error::from)
         })
         .collect()
 }
@@ -190,21 +151,21 @@ fn split_image_location(text: &str) -> anyhow::Result<(BundleLocation, String)> 
     Ok((location, file.to_string()))
 }
 
-/// Finds, fetches and checks the source bundle.
+/// Finds the source (an AMI is looked up in --region), and loads and checks it.
 async fn load_source(
     args: &CopyArgs,
     cloud: &CloudConfig,
     user_cert: &Certificate,
 ) -> anyhow::Result<Source> {
-    let (text, ami, region) = match (&args.image_location, &args.ami) {
-        (Some(location), _) => (location.clone(), None, None),
+    let (text, ami) = match (&args.image_location, &args.ami) {
+        (Some(location), _) => (location.clone(), None),
         (None, Some(ami_id)) => {
             let region = cloud
                 .require_region()
                 .context("--ami is looked up in --region")?
                 .to_string();
             let image = ec2::describe_image(&cloud.ec2_client(&region), &region, ami_id).await?;
-            (image.image_location.clone(), Some(image), Some(region))
+            (image.image_location.clone(), Some((image, region)))
         }
         (None, None) => bail!("pass --image-location or --ami"),
     };
@@ -213,74 +174,15 @@ async fn load_source(
         .cloud
         .client_for_bucket(cloud, &location.bucket)
         .await?;
-    let (manifest, raw) = s3::fetch_manifest(&client, &location, &manifest_name)
+    let what = location.image_location(&manifest_name);
+    Source::load(&client, location, manifest_name, ami, user_cert)
         .await
-        .with_context(|| {
-            format!(
-                "reading the source manifest {}",
-                location.image_location(&manifest_name)
-            )
-        })?;
-    manifest::verify_signature(&raw, &manifest, user_cert).with_context(|| {
-        format!(
-            "checking the source manifest {} with the user certificate (--cert): copies are re-signed with the user key, so it must be the bundle's own",
-            location.image_location(&manifest_name)
-        )
-    })?;
-    let objects = s3::list_objects(&client, &location.bucket, &location.prefix).await?;
-    let copy = CopySource {
-        location,
-        manifest_name,
-        manifest,
-        objects,
-    };
-    copy.check_complete()?;
-    Ok(Source {
-        image_location: copy.location.image_location(&copy.manifest_name),
-        copy,
-        ami,
-        region,
-    })
-}
-
-/// The destination in `region`: the template expanded, or our default bucket with the source's
-/// prefix.
-fn destination(
-    template: Option<&str>,
-    account: &str,
-    region: &str,
-    source: &BundleLocation,
-) -> anyhow::Result<BundleLocation> {
-    let text = match template {
-        Some(t) => t.replace("{region}", region).replace("{account}", account),
-        None => format!(
-            "{}/{}",
-            s3::default_bucket_name(account, region),
-            source.prefix
-        ),
-    };
-    BundleLocation::parse(&text)
-        .with_context(|| format!("checking the destination {text:?} (--bucket-template)"))
-}
-
-/// The kernel or ramdisk change for the manifest: the override, else removal of the source's id
-/// (ids differ per region and are never mapped automatically).
-fn id_change(what: &str, source: Option<&String>, wanted: &Option<String>, flag: &str) -> IdChange {
-    match (wanted, source) {
-        (Some(id), _) => IdChange::Set(id.clone()),
-        (None, Some(old)) => {
-            tracing::warn!(
-                "the source names {what} {old}, which does not exist under that id in other regions; the copies' manifests leave it out (pass {flag} to set one)"
-            );
-            IdChange::Remove
-        }
-        (None, None) => IdChange::Keep,
-    }
+        .with_context(|| format!("reading the source manifest {what}"))
 }
 
 /// Runs `copy`.
 pub fn run(args: CopyArgs) -> anyhow::Result<()> {
-    let ami_options = args.ami_args.options()?;
+    let ami = args.ami_args.options()?;
     if let Some(name) = &args.name {
         ec2::validate_ami_name(name)?;
     }
@@ -291,206 +193,35 @@ pub fn run(args: CopyArgs) -> anyhow::Result<()> {
     runtime.block_on(async {
         let cloud = args.cloud.load().await?;
         let source = load_source(&args, &cloud, &user_cert).await?;
-        let manifest = &source.copy.manifest;
-        let account = manifest::normalize_account(&manifest.image.user)
+        let account = manifest::normalize_account(&source.copy.manifest.image.user)
             .context("reading the source manifest's account (image/user)")?;
-        let machine = manifest.machine.as_ref();
-        if let Some(ami) = &source.ami {
-            if ami.virtualization_type.as_deref() == Some("paravirtual")
-                && ami.kernel_id.is_some()
-                && args.kernel_id.is_none()
-            {
-                bail!(
-                    "source AMI {} is paravirtual and boots kernel {}, whose id differs in other regions: pass --kernel-id (and --ramdisk-id) with the ids in the target region",
-                    ami.image_id,
-                    ami.kernel_id.as_deref().unwrap_or_default()
-                );
-            }
-            for device in &ami.other_mappings {
-                tracing::warn!(
-                    "source AMI {} maps {device} to something other than an instance-store volume; the copies register instance-store mappings only",
-                    ami.image_id
-                );
-            }
-        }
-        // Refused before anything is copied, not after (register_image refuses it too).
-        let virtualization = source
-            .ami
-            .as_ref()
-            .and_then(|a| a.virtualization_type.clone())
-            .unwrap_or_else(|| args.ami_args.virtualization_type.clone());
-        if virtualization == "hvm" && (args.kernel_id.is_some() || args.ramdisk_id.is_some()) {
-            bail!(
-                "--kernel-id/--ramdisk-id are for paravirtual AMIs, and the copies would be HVM (which boot their own kernel){}",
-                if source.ami.is_some() {
-                    ""
-                } else {
-                    ": add --virtualization-type paravirtual"
-                }
-            );
-        }
-        let changes = Changes {
-            kernel: id_change(
-                "kernel",
-                machine.and_then(|m| m.kernel_id.as_ref()),
-                &args.kernel_id,
-                "--kernel-id",
-            ),
-            ramdisk: id_change(
-                "ramdisk",
-                machine.and_then(|m| m.ramdisk_id.as_ref()),
-                &args.ramdisk_id,
-                "--ramdisk-id",
-            ),
-        };
-        let policy = BucketPolicy {
-            create: true,
-            fix_ownership: args.fix_ownership,
-        };
-
-        let ctx = RegionContext {
-            args: &args,
-            cloud: &cloud,
-            source: &source,
-            account: &account,
-            user_key: &user_key,
-            user_cert: &user_cert,
-            ami: &ami_options,
-            changes: &changes,
-            policy,
-        };
-        let results: Vec<(String, anyhow::Result<Done>)> = stream::iter(targets.iter())
-            .map(|target| copy_region(&ctx, target))
-            .buffer_unordered(MAX_PARALLEL_REGIONS)
-            .collect()
-            .await;
-        let mut by_region: BTreeMap<String, anyhow::Result<Done>> = results.into_iter().collect();
-        report(&args, &source, &regions, &mut by_region)
-    })
-}
-
-/// What every region's copy shares.
-struct RegionContext<'a> {
-    args: &'a CopyArgs,
-    cloud: &'a CloudConfig,
-    source: &'a Source,
-    account: &'a str,
-    user_key: &'a UserKey,
-    user_cert: &'a Certificate,
-    ami: &'a AmiOptions,
-    changes: &'a Changes,
-    policy: BucketPolicy,
-}
-
-/// Copies the bundle into one region and registers it there; errors name the region.
-async fn copy_region(ctx: &RegionContext<'_>, target: &Target) -> (String, anyhow::Result<Done>) {
-    let region = target.region.clone();
-    let result = async {
-        let location = destination(
-            ctx.args.bucket_template.as_deref(),
-            ctx.account,
-            &region,
-            &ctx.source.copy.location,
-        )?;
-        let copy_target = CopyTarget {
-            region: region.clone(),
-            client: ctx.cloud.s3_client(&region),
-            location,
-            account: ctx.account.to_string(),
-            bucket_policy: ctx.policy,
-            acl: s3::DEFAULT_ACL.to_string(),
-            concurrency: ctx.args.concurrency,
-            user_key: ctx.user_key,
-            user_cert: ctx.user_cert,
-            ec2_cert: &target.ec2_cert,
-            ec2_cert_sha256: target.ec2_cert_sha256.clone(),
-            changes: ctx.changes.clone(),
-        };
-        let copy = copy::copy_bundle(&ctx.source.copy, &copy_target).await?;
-        tracing::info!(
-            "{region}: {} part(s) copied, {} already there; manifest {}",
-            copy.copied.len(),
-            copy.skipped.len(),
-            if copy.manifest_uploaded {
-                "uploaded"
-            } else {
-                "already there"
-            }
-        );
-        crate::interrupt::check()?;
-        let registered = register(ctx.args, ctx.cloud, &region, ctx.source, &copy, ctx.ami)
-            .await
-            .with_context(|| format!("registering {}", copy.image_location))?;
-        Ok::<_, anyhow::Error>(Done { copy, registered })
-    }
-    .await
-    .with_context(|| format!("copying {} to {region}", ctx.source.image_location));
-    (region, result)
-}
-
-/// Registers the copy in `region`: like the source AMI (`--ami`), else from the manifest and the
-/// AMI flags. Idempotent: an AMI of the same name from the same location is reused.
-async fn register(
-    args: &CopyArgs,
-    cloud: &CloudConfig,
-    region: &str,
-    source: &Source,
-    copy: &RegionCopy,
-    ami_options: &AmiOptions,
-) -> anyhow::Result<Registered> {
-    let client = cloud.ec2_client(region);
-    let machine = copy.manifest.machine.as_ref();
-    let architecture = machine
-        .map(|m| m.architecture.clone())
-        .unwrap_or_else(|| "i386".into());
-    let Some(ami) = &source.ami else {
-        let target = RegisterTarget {
-            image_location: copy.image_location.clone(),
-            name: args
-                .name
-                .clone()
-                .unwrap_or_else(|| copy.manifest.image.name.clone()),
-            architecture,
+        let registration = CopyRegistration {
+            name: args.name.clone(),
             kernel_id: args.kernel_id.clone(),
             ramdisk_id: args.ramdisk_id.clone(),
+            ami,
         };
-        let (_, registered) = ec2::register_and_wait(&client, region, target, ami_options).await?;
-        return Ok(registered);
-    };
-    let req = RegisterRequest {
-        image_location: copy.image_location.clone(),
-        name: args.name.clone().unwrap_or_else(|| ami.name.clone()),
-        description: ami.description.clone(),
-        // EC2 always describes both; where a source does not (emulators), the manifest's
-        // architecture and amibundle's default virtualization type stand in.
-        architecture: ami.architecture.clone().unwrap_or(architecture),
-        virtualization_type: ami
-            .virtualization_type
-            .clone()
-            .unwrap_or_else(|| ami_options.virtualization_type.clone()),
-        root_device_name: ami
-            .root_device_name
-            .clone()
-            .unwrap_or_else(|| ec2::DEFAULT_ROOT_DEVICE.to_string()),
-        ephemeral_mappings: ami.ephemeral_mappings.clone(),
-        ena_support: ami.ena_support,
-        sriov_net_support: ami.sriov_net_support,
-        kernel_id: args.kernel_id.clone(),
-        ramdisk_id: args.ramdisk_id.clone(),
-        tags: ami_options.tags.clone(),
-        force: ami_options.force,
-    };
-    let registered = ec2::register_image(&client, region, &req).await?;
-    if ami_options.wait {
-        ec2::wait_available(
-            &client,
-            region,
-            &registered.image_id,
-            Duration::from_secs(ec2::WAIT_TIMEOUT_SECS),
-        )
-        .await?;
-    }
-    Ok(registered)
+        let job = FanOut {
+            source: &source,
+            account,
+            user_key: &user_key,
+            user_cert: &user_cert,
+            changes: copy::plan(&source, &registration)?,
+            policy: BucketPolicy {
+                create: true,
+                fix_ownership: args.fix_ownership,
+            },
+            concurrency: args.concurrency,
+            bucket_template: args.bucket_template.clone(),
+            registration,
+        };
+        let results = copy::copy_to_regions(&cloud, &job, &targets).await;
+        let mut by_region: BTreeMap<String, anyhow::Result<RegionDone>> = results
+            .into_iter()
+            .map(|(region, r)| (region, r.map_err(anyhow::Error::from)))
+            .collect();
+        report(&args, &source, &regions, &mut by_region)
+    })
 }
 
 /// Prints every region's outcome (successes on stdout, failures logged), then fails if any
@@ -499,7 +230,7 @@ fn report(
     args: &CopyArgs,
     source: &Source,
     regions: &[String],
-    results: &mut BTreeMap<String, anyhow::Result<Done>>,
+    results: &mut BTreeMap<String, anyhow::Result<RegionDone>>,
 ) -> anyhow::Result<()> {
     let failed: Vec<String> = regions
         .iter()

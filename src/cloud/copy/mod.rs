@@ -23,6 +23,12 @@ use crate::bundle::manifest::{self, Manifest, PartEntry};
 use crate::bundle::migrate::{self, Changes, MigrateError};
 use crate::cloud::s3::{self, BucketPolicy, BucketState, BundleLocation, S3Error};
 
+mod regions;
+pub use regions::{
+    CopyRegistration, FanOut, MAX_PARALLEL_REGIONS, RegionDone, RegionTarget, Source,
+    copy_to_regions, destination, plan,
+};
+
 /// User metadata on a copied manifest naming the EC2 certificate its `ec2_*` fields are
 /// wrapped for (SHA-256 of the certificate's DER, uppercase colon-separated as `certs` prints
 /// it). Sent as `x-amz-meta-amibundle-ec2cert-sha256`.
@@ -69,6 +75,90 @@ pub enum CopyError {
         /// Manifest key.
         key: String,
     },
+    /// A region's EC2 certificate could not be chosen.
+    #[error("copying to {region}")]
+    Ec2Cert {
+        /// The region.
+        region: String,
+        /// Why.
+        #[source]
+        source: crate::bundle::certs::CertError,
+    },
+    /// A region's EC2 certificate could not be used.
+    #[error("copying to {region}: reading the EC2 certificate {}", path.display())]
+    Ec2CertUnusable {
+        /// The region.
+        region: String,
+        /// The certificate file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The source manifest is not signed by the user's key.
+    #[error(
+        "checking the source manifest {location} with the user certificate (--cert): copies are \
+         re-signed with the user key, so it must be the bundle's own"
+    )]
+    SourceSignature {
+        /// `bucket/prefix/name.manifest.xml`.
+        location: String,
+        /// Why.
+        #[source]
+        source: crate::bundle::manifest::ManifestError,
+    },
+    /// A paravirtual source AMI boots a kernel whose id differs in other regions.
+    #[error(
+        "source AMI {ami} is paravirtual and boots kernel {kernel}, whose id differs in other \
+         regions: pass --kernel-id (and --ramdisk-id) with the ids in the target region"
+    )]
+    PvKernel {
+        /// The source AMI.
+        ami: String,
+        /// Its kernel.
+        kernel: String,
+    },
+    /// Kernel or ramdisk ids for HVM copies.
+    #[error(
+        "--kernel-id/--ramdisk-id are for paravirtual AMIs, and the copies would be HVM (which \
+         boot their own kernel){hint}"
+    )]
+    KernelForHvm {
+        /// How to make them paravirtual, when that is possible.
+        hint: &'static str,
+    },
+    /// The destination template does not expand to a bucket.
+    #[error("checking the destination {text:?} (--bucket-template)")]
+    Destination {
+        /// The expanded text.
+        text: String,
+        /// Why.
+        #[source]
+        source: S3Error,
+    },
+    /// Registering a copy failed.
+    #[error("registering {image_location}")]
+    Register {
+        /// The copy's location.
+        image_location: String,
+        /// Why.
+        #[source]
+        source: crate::cloud::ec2::Ec2Error,
+    },
+    /// A signal arrived between the copy and its registration.
+    #[error(transparent)]
+    Interrupted(std::io::Error),
+    /// One region's copy failed.
+    #[error("copying {image_location} to {region}")]
+    InRegion {
+        /// The region.
+        region: String,
+        /// The source's location.
+        image_location: String,
+        /// Why.
+        #[source]
+        source: Box<CopyError>,
+    },
     /// Another bundle's manifest is at the destination.
     #[error(
         "s3://{bucket}/{key} already holds a different bundle ({why}); refusing to replace it, since an AMI registered from it would stop working: delete it (amibundle delete) or choose another --bucket-template"
@@ -86,7 +176,11 @@ pub enum CopyError {
 impl CopyError {
     /// Bucket ownership and access problems (exit code 3).
     pub fn is_access_problem(&self) -> bool {
-        matches!(self, Self::S3(e) if e.is_access_problem())
+        match self {
+            Self::S3(e) => e.is_access_problem(),
+            Self::InRegion { source, .. } => source.is_access_problem(),
+            _ => false,
+        }
     }
 }
 
