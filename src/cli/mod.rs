@@ -44,6 +44,8 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
                 .is_some_and(crate::cloud::stream::StreamError::is_access_problem)
             || e.downcast_ref::<crate::cloud::copy::CopyError>()
                 .is_some_and(crate::cloud::copy::CopyError::is_access_problem)
+            || e.downcast_ref::<crate::cloud::publish::PublishError>()
+                .is_some_and(crate::cloud::publish::PublishError::is_access_problem)
     });
     if access {
         EXIT_BUCKET_ACCESS

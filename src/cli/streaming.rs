@@ -1,5 +1,5 @@
 //! `--upload` and `--register` of the bundling commands: bundle straight into S3 and register the
-//! AMI, in one run (cloud::stream does the work).
+//! AMI, in one run (`cloud::publish` does the work).
 
 use anyhow::Context;
 use clap::Args;
@@ -11,9 +11,9 @@ use super::output;
 use super::register::AmiArgs;
 use crate::bundle::crypto::{AesIv, AesKey, Certificate, UserKey};
 use crate::bundle::pipeline::{BundleSpec, Identity, PreparedImage};
-use crate::cloud::ec2::{self, RegisterTarget};
+use crate::cloud::ec2;
+use crate::cloud::publish::{self, Publish};
 use crate::cloud::s3::{self, BucketPolicy, BundleLocation};
-use crate::cloud::stream::{self, StreamTarget};
 use crate::progress::Progress;
 
 /// Streaming upload and registration flags.
@@ -84,8 +84,8 @@ pub struct StreamJob<'a> {
     pub extra_json: Option<serde_json::Value>,
 }
 
-/// Bundles `image` into S3 and, with --register, registers it; prints the image location (and
-/// the AMI id).
+/// Bundles `image` into S3 and, with --register, registers it ([`publish::publish`]); prints
+/// the image location (and the AMI id).
 pub fn run(
     args: &StreamArgs,
     job: StreamJob<'_>,
@@ -105,84 +105,34 @@ pub fn run(
     let runtime = cloud_args::runtime()?;
     let cloud = runtime.block_on(args.cloud.load())?;
     let region = cloud.require_region()?.to_string();
-    let ec2_cert = keys::load_ec2_cert(job.ec2, &region)?;
     let identity = Identity {
         user_key: job.user_key,
         user_cert: job.user_cert,
-        ec2_cert,
+        ec2_cert: keys::load_ec2_cert(job.ec2, &region)?,
     };
-    let account = crate::bundle::manifest::normalize_account(&job.spec.account)?;
-    let location = match location {
-        Some(l) => l,
-        None => BundleLocation::parse(&s3::default_bucket_name(&account, &region))?,
-    };
-    let client = cloud.s3_client(&region);
-    let policy = BucketPolicy {
-        create: true,
-        fix_ownership: args.fix_ownership,
-    };
-    let state = runtime.block_on(s3::ensure_bucket(
-        &client,
-        &location.bucket,
-        &region,
-        Some(&account),
-        policy,
-    ))?;
-    tracing::info!("bucket {} in {region}: {state:?}", location.bucket);
-
-    let target = StreamTarget {
-        client,
-        location: location.clone(),
+    let options = Publish {
+        region: region.clone(),
+        location,
         acl: args.acl.clone(),
         concurrency: args.concurrency,
+        bucket_policy: BucketPolicy {
+            create: true,
+            fix_ownership: args.fix_ownership,
+        },
         overwrite: job.overwrite,
-        resume: job.resume.is_some(),
+        register: args.register.clone().map(|name| (name, ami)),
+        resume: job.resume,
     };
-    let report = stream::bundle_to_s3(
+    let done = publish::publish(
         runtime.handle(),
+        &cloud,
         image,
         job.spec,
         &identity,
-        job.resume,
-        &target,
+        options,
         progress,
-    )
-    .with_context(|| format!("bundling {} into {location}", job.spec.name))?;
-    let natural = crate::bundle::parts::part_width(report.parts.len() as u64);
-    if report.width > natural {
-        tracing::info!(
-            "part names carry {} digits where a local bundle of {} part(s) would carry {}: the width is fixed before the part count is known when streaming (docs/format.md §8.3); the manifest lists the names used",
-            report.width,
-            report.parts.len(),
-            natural
-        );
-    }
-
-    let register_started = std::time::Instant::now();
-    let registered = match &args.register {
-        Some(name) => {
-            progress.step(crate::progress::steps::REGISTER);
-            let b = &report.bundle.manifest;
-            let machine = b.machine.as_ref();
-            let target = RegisterTarget {
-                image_location: report.image_location.clone(),
-                name: name.clone(),
-                architecture: machine
-                    .map(|m| m.architecture.clone())
-                    .unwrap_or_else(|| "i386".into()),
-                kernel_id: machine.and_then(|m| m.kernel_id.clone()),
-                ramdisk_id: machine.and_then(|m| m.ramdisk_id.clone()),
-            };
-            let client = cloud.ec2_client(&region);
-            let (_, registered) = runtime
-                .block_on(ec2::register_and_wait(&client, &region, target, &ami))
-                .with_context(|| format!("registering {}", report.image_location))?;
-            Some(registered)
-        }
-        None => None,
-    };
-
-    let register_seconds = register_started.elapsed().as_secs_f64();
+    )?;
+    let (report, location, registered) = (&done.report, &done.location, &done.registered);
     let b = &report.bundle;
     if job.json {
         output::print_json(&output::with_fields(
@@ -209,7 +159,7 @@ pub fn run(
             "parts_skipped": report.skipped,
             "ami_id": registered.as_ref().map(|r| r.image_id.clone()),
             "ami_created": registered.as_ref().map(|r| r.created),
-            "register_seconds": registered.as_ref().map(|_| register_seconds),
+            "register_seconds": registered.as_ref().map(|_| done.register_time.as_secs_f64()),
             }),
             job.extra_json,
         ))?;
@@ -226,7 +176,7 @@ pub fn run(
             report.elapsed.as_secs_f64()
         );
         println!("{}", report.image_location);
-        if let Some(r) = &registered {
+        if let Some(r) = registered {
             println!("{}", r.image_id);
         }
     }

@@ -5,5 +5,6 @@ pub mod config;
 pub mod copy;
 pub mod ec2;
 pub mod imds;
+pub mod publish;
 pub mod s3;
 pub mod stream;
