@@ -31,7 +31,7 @@ pub struct StreamArgs {
     pub concurrency: usize,
     /// Canned ACL of every object (EC2 needs aws-exec-read; public-read makes the bundle public)
     #[arg(long, value_name = "ACL", default_value = s3::DEFAULT_ACL,
-          value_parser = ["aws-exec-read", "public-read"])]
+          value_parser = s3::ACLS)]
     pub acl: String,
     /// If the bucket has ACLs disabled, enable them (Object Ownership BucketOwnerPreferred)
     #[arg(long)]

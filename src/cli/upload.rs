@@ -29,7 +29,7 @@ pub struct UploadArgs {
     pub concurrency: usize,
     /// Canned ACL of every object (EC2 needs aws-exec-read; public-read makes the bundle public)
     #[arg(long, value_name = "ACL", default_value = s3::DEFAULT_ACL,
-          value_parser = ["aws-exec-read", "public-read"])]
+          value_parser = s3::ACLS)]
     pub acl: String,
     /// Upload only the parts from this index on
     #[arg(long, value_name = "N", default_value_t = 0)]

@@ -39,6 +39,10 @@ pub const DEFAULT_CONCURRENCY: usize = 8;
 /// EC2's AMI service (RegisterImage documentation).
 pub const DEFAULT_ACL: &str = "aws-exec-read";
 
+/// The canned ACLs a bundle may be uploaded with: [`DEFAULT_ACL`], or `public-read` (anyone may
+/// read the parts, as the reference tools allowed).
+pub const ACLS: [&str; 2] = [DEFAULT_ACL, "public-read"];
+
 /// Objects removed per DeleteObjects call (the S3 maximum).
 const DELETE_BATCH: usize = 1000;
 

@@ -158,8 +158,8 @@ pub(crate) struct Upload {
     #[arg(short = 'd', long = "directory", value_name = "DIR")]
     pub directory: Option<PathBuf>,
     /// Canned ACL of every object
-    #[arg(long, value_name = "ACL", default_value = "aws-exec-read",
-          value_parser = ["aws-exec-read", "public-read"])]
+    #[arg(long, value_name = "ACL", default_value = crate::cloud::s3::DEFAULT_ACL,
+          value_parser = crate::cloud::s3::ACLS)]
     pub acl: String,
     /// Upload only the parts from this index on
     #[arg(long, value_name = "N")]
