@@ -20,8 +20,9 @@ pub struct AtomicWriteError {
 
 /// Writes `bytes` to `path` so that readers see either the old file or the complete new one,
 /// never a partial one: the bytes go to a temporary file `.<file name><tmp_suffix>` in the same
-/// directory, created exclusively with exactly `mode` (the umask does not apply), then fsynced
-/// and renamed over `path`.
+/// directory, created exclusively (a planted file or link is never followed) with mode `mode`,
+/// set exactly whatever the umask, fsynced, and renamed over `path`. The directory itself is not
+/// fsynced, so after a crash the rename may not have reached the disk yet.
 ///
 /// `tmp_suffix` should make the name unique per process, for example
 /// `format!(".tmp.{}", std::process::id())`. A temporary file of that name left over by a
