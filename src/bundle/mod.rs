@@ -4,6 +4,7 @@
 pub mod certs;
 pub mod crypto;
 pub mod digest;
+pub mod fsutil;
 pub mod gzip;
 pub mod lock;
 pub mod manifest;

@@ -1,0 +1,200 @@
+//! The staging directory of a local bundle (§8.3 staged mode): parts written under temporary
+//! names, renamed to their final names and the manifest committed last; and the clean-up of what
+//! killed runs left behind.
+//!
+//! Bare § numbers in this module refer to docs/format.md.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use super::{PartInfo, PartSink, part_name, part_width};
+
+/// Writes parts into a private staging directory under temporary names; see
+/// [`StagingDir`] for how they get their final names.
+#[derive(Debug)]
+pub struct StagingSink {
+    dir: PathBuf,
+}
+
+impl PartSink for StagingSink {
+    fn put_part(&mut self, info: &PartInfo, data: Vec<u8>) -> io::Result<()> {
+        let path = self.dir.join(format!("part.{}", info.index));
+        let mut f = create_private_file(&path)?;
+        f.write_all(&data)?;
+        // Parts are renamed into place only at the end; make their bytes durable first so a
+        // crash after the manifest rename never exposes a manifest whose parts are not on disk.
+        f.sync_all()?;
+        Ok(())
+    }
+}
+
+/// Creates `path` exclusively with mode 0600.
+pub fn create_private_file(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+}
+
+/// Removes what runs killed before they could clean up (SIGKILL, power loss) left in `dir`:
+/// entries named `{prefix}{pid}{suffix}`, or `{prefix}{pid}-{n}{suffix}` when `numbered`, whose
+/// process no longer exists. Best effort: what cannot be read or removed is left, with a debug
+/// line. An entry of a live process (another run working there) is left alone, and a pid
+/// reused by an unrelated process only defers the removal to a later run. Without `/proc`
+/// nothing is removed, since no process could be told to be gone.
+pub fn remove_stale(dir: &Path, prefix: &str, suffix: &str, numbered: bool) {
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| stale_pid(n, prefix, suffix, numbered))
+        else {
+            continue;
+        };
+        if pid == std::process::id() || Path::new("/proc").join(pid.to_string()).exists() {
+            continue;
+        }
+        let path = entry.path();
+        let removed = match entry.file_type() {
+            Ok(t) if t.is_dir() => fs::remove_dir_all(&path),
+            _ => fs::remove_file(&path),
+        };
+        match removed {
+            Ok(()) => tracing::info!("removed {}, left by a run that was killed", path.display()),
+            Err(e) => tracing::debug!("could not remove {}: {e}", path.display()),
+        }
+    }
+}
+
+/// The pid in `name` if it is exactly `{prefix}{pid}{suffix}` (`{prefix}{pid}-{n}{suffix}` when
+/// `numbered`).
+pub(super) fn stale_pid(name: &str, prefix: &str, suffix: &str, numbered: bool) -> Option<u32> {
+    let middle = name.strip_prefix(prefix)?.strip_suffix(suffix)?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let pid = if numbered {
+        let (pid, n) = middle.split_once('-')?;
+        digits(n).then_some(pid)?
+    } else {
+        middle
+    };
+    if !digits(pid) {
+        return None;
+    }
+    pid.parse().ok()
+}
+
+/// A 0700 directory inside the destination that holds parts while they are produced.
+///
+/// Part names depend on the part count, known only at the end (§8.3 staged mode), so parts are
+/// written here as `part.<i>` and renamed into the destination by [`StagingDir::commit`], the
+/// manifest last. If the run fails, dropping the guard removes the directory and everything in
+/// it (all of which this run created), so nothing that looks like a complete bundle is left.
+#[derive(Debug)]
+pub struct StagingDir {
+    dir: PathBuf,
+    dest: PathBuf,
+    committed: bool,
+}
+
+impl StagingDir {
+    /// Creates `<dest>/.amibundle-<name>-<pid>-<n>` with mode 0700, first removing those of
+    /// this name that killed runs left (see [`remove_stale`]).
+    pub fn create(dest: &Path, name: &str) -> io::Result<Self> {
+        remove_stale(dest, &format!(".amibundle-{name}-"), "", true);
+        let pid = std::process::id();
+        for n in 0..1000u32 {
+            let dir = dest.join(format!(".amibundle-{name}-{pid}-{n}"));
+            match fs::DirBuilder::new().mode(0o700).create(&dir) {
+                Ok(()) => {
+                    return Ok(Self {
+                        dir,
+                        dest: dest.to_path_buf(),
+                        committed: false,
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "too many staging directories already exist",
+        ))
+    }
+
+    /// The staging directory itself.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A sink writing into this directory.
+    pub fn sink(&self) -> StagingSink {
+        StagingSink {
+            dir: self.dir.clone(),
+        }
+    }
+
+    /// Renames every part to its final name `<dest>/<name>.part.<i>`, then writes the manifest
+    /// through a temporary file, fsyncs it and renames it to `<dest>/<name>.manifest.xml` — the
+    /// commit point — and removes the staging directory. Returns the manifest path. A failure
+    /// before the commit point (a full filesystem: a directory may need a new block for the
+    /// names) removes the parts already renamed, so no final-named part set is left without
+    /// its manifest.
+    pub fn commit(
+        mut self,
+        name: &str,
+        parts: &[PartInfo],
+        manifest_xml: &[u8],
+    ) -> io::Result<PathBuf> {
+        let width = part_width(parts.len() as u64);
+        let mut renamed = Vec::with_capacity(parts.len());
+        let manifest_path = self.dest.join(format!("{name}.manifest.xml"));
+        let staged = (|| {
+            for p in parts {
+                let to = self.dest.join(part_name(name, p.index, width));
+                fs::rename(self.dir.join(format!("part.{}", p.index)), &to)?;
+                renamed.push(to);
+            }
+            let tmp = self.dir.join("manifest.xml");
+            let mut f = create_private_file(&tmp)?;
+            f.write_all(manifest_xml)?;
+            f.sync_all()?;
+            drop(f);
+            fs::rename(&tmp, &manifest_path)
+        })();
+        if let Err(e) = staged {
+            for path in &renamed {
+                let _ = fs::remove_file(path);
+            }
+            return Err(e);
+        }
+        // Make the renames themselves durable.
+        File::open(&self.dest)?.sync_all()?;
+        fs::remove_dir(&self.dir)?;
+        self.committed = true;
+        Ok(manifest_path)
+    }
+}
+
+impl Drop for StagingDir {
+    fn drop(&mut self) {
+        if !self.committed {
+            // Best effort: everything in here was created by this run.
+            if let Err(e) = fs::remove_dir_all(&self.dir) {
+                tracing::warn!(
+                    "could not remove staging directory {}: {e}",
+                    self.dir.display()
+                );
+            }
+        }
+    }
+}
