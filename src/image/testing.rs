@@ -83,11 +83,19 @@ impl TestChild {
     pub fn spawn(test: &str, env: &[(&str, &OsStr)]) -> Self {
         let exe = std::env::current_exe().expect("test binary path");
         let mut cmd = Command::new(exe);
-        cmd.args([test, "--exact", "--nocapture", "--test-threads=1"])
-            .env(CHILD_ENV, test)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+        // `--include-ignored`: the tests that re-execute themselves need root and are
+        // `#[ignore]`d; the child must run its part even so (the parent runs only when asked).
+        cmd.args([
+            test,
+            "--exact",
+            "--include-ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, test)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
         for (key, value) in env {
             cmd.env(key, value);
         }
