@@ -49,10 +49,12 @@ use std::io;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::str::FromStr;
 
 use nix::errno::Errno;
+
+use super::cmd;
 
 /// Images are sized in whole MiB (the classic `--size` unit), which also keeps the loop device
 /// a whole number of sectors.
@@ -1259,46 +1261,23 @@ const MKFS_XFS: Tool = Tool {
     package: "xfsprogs (or choose --fs-type ext4)",
 };
 
-/// Directories searched after `PATH`: a non-root login's `PATH` often lacks them, and that is
-/// where every distribution installs mkfs, blkid and dumpe2fs.
-const SBIN_DIRS: [&str; 2] = ["/usr/sbin", "/sbin"];
-
-/// Finds `program` in the directories of `path_var` (a `PATH` value), then in
-/// [`SBIN_DIRS`].
-fn find_program(program: &str, path_var: Option<&OsStr>) -> Option<PathBuf> {
-    let from_path = path_var
-        .map(|p| std::env::split_paths(p).collect::<Vec<_>>())
-        .unwrap_or_default();
-    from_path
-        .into_iter()
-        .chain(SBIN_DIRS.iter().map(PathBuf::from))
-        .map(|dir| dir.join(program))
-        .find(|candidate| {
-            std::fs::metadata(candidate).is_ok_and(|md| md.is_file() && md.mode() & 0o111 != 0)
-        })
-}
-
 /// Runs `tool` with `args`; returns its command line (for errors) and output, whatever the
-/// exit status.
+/// exit status. The program is looked for on `PATH`, then in `/usr/sbin` and `/sbin`
+/// ([`cmd::SearchPath::path_then_sbin`]).
 fn run_tool(tool: &Tool, args: &[&OsStr]) -> Result<(String, Output), FsError> {
-    let program = find_program(tool.program, std::env::var_os("PATH").as_deref()).ok_or(
-        FsError::ToolMissing {
+    let program = cmd::SearchPath::path_then_sbin(std::env::var_os("PATH").as_deref())
+        .find(tool.program)
+        .ok_or(FsError::ToolMissing {
             program: tool.program,
             package: tool.package,
-        },
-    )?;
-    let command = std::iter::once(tool.program.to_owned())
-        .chain(args.iter().map(|a| quote(a)))
-        .collect::<Vec<_>>()
-        .join(" ");
-    let output = Command::new(&program)
-        .args(args)
-        .env("LC_ALL", "C")
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|source| FsError::ToolStart {
-            command: command.clone(),
-            source,
+        })?;
+    let command = cmd::shell_line(tool.program, args);
+    let output =
+        cmd::output(Command::new(&program).args(args).env("LC_ALL", "C")).map_err(|source| {
+            FsError::ToolStart {
+                command: command.clone(),
+                source,
+            }
         })?;
     Ok((command, output))
 }
@@ -1312,32 +1291,11 @@ fn run_checked(tool: &Tool, args: &[&OsStr]) -> Result<(String, Output), FsError
     Ok((command, output))
 }
 
-/// An argument as it would be typed in a shell, for error messages.
-fn quote(arg: &OsStr) -> String {
-    let text = arg.to_string_lossy();
-    let plain = !text.is_empty()
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,^@%+".contains(&b));
-    if plain {
-        text.into_owned()
-    } else {
-        format!("'{}'", text.replace('\'', r"'\''"))
-    }
-}
-
 fn failed(command: String, output: &Output) -> FsError {
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let stderr = stderr.trim();
-    let start = stderr
-        .char_indices()
-        .map(|(i, _)| i)
-        .find(|&i| stderr.len() - i <= STDERR_TAIL_BYTES)
-        .unwrap_or(stderr.len());
     FsError::ToolFailed {
         command,
         status: output.status,
-        stderr: stderr[start..].replace('\n', "; "),
+        stderr: cmd::stderr_tail(&output.stderr, cmd::Tail::Bytes(STDERR_TAIL_BYTES)),
     }
 }
 
@@ -1849,30 +1807,6 @@ mod tests {
     }
 
     #[test]
-    fn finds_programs_on_path_then_in_sbin() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let bin = dir.path().join("bin");
-        std::fs::create_dir(&bin).expect("bin");
-        let tool = bin.join("mytool");
-        std::fs::write(&tool, "#!/bin/sh\n").expect("tool");
-        std::fs::write(bin.join("notexec"), "").expect("file");
-        let path = std::env::join_paths([Path::new("/nonexistent"), &bin]).expect("PATH");
-        assert_eq!(
-            find_program("mytool", Some(&path)),
-            None,
-            "not executable yet"
-        );
-        std::fs::set_permissions(&tool, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .expect("chmod");
-        assert_eq!(find_program("mytool", Some(&path)), Some(tool));
-        assert_eq!(find_program("notexec", Some(&path)), None);
-        // Found in /usr/sbin or /sbin even with an empty PATH.
-        let blkid = find_program("blkid", Some(OsStr::new(""))).expect("blkid in sbin");
-        assert!(blkid.starts_with("/usr/sbin") || blkid.starts_with("/sbin"));
-        assert_eq!(find_program("no-such-program-xyz", None), None);
-    }
-
-    #[test]
     fn tool_errors_carry_the_command_line_and_stderr() {
         let missing = Tool {
             program: "no-such-program-xyz",
@@ -1900,9 +1834,9 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("No such file or directory"), "{text}");
-        assert_eq!(quote(OsStr::new("it's")), r"'it'\''s'");
-        assert_eq!(quote(OsStr::new("")), "''");
-        assert_eq!(quote(OsStr::new("uuid=0b6c-x,^a")), "uuid=0b6c-x,^a");
+        assert_eq!(cmd::quote(OsStr::new("it's")), r"'it'\''s'");
+        assert_eq!(cmd::quote(OsStr::new("")), "''");
+        assert_eq!(cmd::quote(OsStr::new("uuid=0b6c-x,^a")), "uuid=0b6c-x,^a");
     }
 
     #[test]

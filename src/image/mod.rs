@@ -7,6 +7,7 @@
 
 pub mod bootcheck;
 pub mod bootrefs;
+mod cmd;
 pub mod copy;
 pub mod filter;
 pub mod fs;

@@ -45,6 +45,7 @@ use std::process::{Command, ExitStatus};
 
 mod source;
 
+use super::cmd::{self, SearchPath};
 use super::root::{ImageRoot, Lookup};
 pub use source::{MAX_GPT_NUMBER, MAX_MBR_NUMBER};
 
@@ -1403,9 +1404,10 @@ fn install_grub_with_path(
     if !kernel_img.is_file() {
         return Err(BootloaderError::NoImageGrub { path: kernel_img });
     }
+    let search = SearchPath::path(search_path);
     let program = GRUB_INSTALL_PROGRAMS
         .iter()
-        .find_map(|name| find_program(name, search_path))
+        .find_map(|name| search.find(name))
         .ok_or(BootloaderError::NoHostGrub)?;
     // Fedora-family builds (grub2-install) keep everything in boot/grub2.
     let grub_dir_name = if program
@@ -1441,12 +1443,12 @@ fn install_grub_with_path(
         .arg(format!("--modules={}", modules.join(" ")))
         .arg("--no-floppy")
         .arg(disk_device);
-    let output = cmd.output().map_err(|source| BootloaderError::Spawn {
+    let output = cmd::output(&mut cmd).map_err(|source| BootloaderError::Spawn {
         program: program.clone(),
         source,
     })?;
     if !output.status.success() {
-        let hint = if find_program("udevadm", search_path).is_none() {
+        let hint = if search.find("udevadm").is_none() {
             "; GRUB finds the partitions of a loop device through udevadm, which is not on PATH: \
              install udev (systemd-udev) on this host"
                 .to_owned()
@@ -1454,9 +1456,9 @@ fn install_grub_with_path(
             String::new()
         };
         return Err(BootloaderError::Failed {
-            command: command_line(&cmd),
+            command: cmd::command_line(&cmd),
             status: output.status,
-            stderr: stderr_tail(&output.stderr),
+            stderr: cmd::stderr_tail(&output.stderr, cmd::Tail::Lines(STDERR_TAIL_LINES)),
             hint,
         });
     }
@@ -1740,7 +1742,7 @@ fn filesystem_module(root: &Path) -> Option<&'static str> {
 /// The version `program --version` reports (`grub-install (GRUB) 2.06-13+deb12u2` →
 /// `2.06-13+deb12u2`).
 fn installer_version(program: &Path) -> Option<String> {
-    let out = Command::new(program).arg("--version").output().ok()?;
+    let out = cmd::output(Command::new(program).arg("--version")).ok()?;
     parse_installer_version(&String::from_utf8_lossy(&out.stdout))
 }
 
@@ -1765,41 +1767,10 @@ fn parse_modinfo_version(text: &str) -> Option<String> {
     })
 }
 
-/// The first executable file called `name` in the `PATH`-style `search_path`.
-fn find_program(name: &str, search_path: &OsStr) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt as _;
-    std::env::split_paths(search_path)
-        .filter(|dir| !dir.as_os_str().is_empty())
-        .map(|dir| dir.join(name))
-        .find(|p| {
-            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
-}
-
 fn concat_os(prefix: &str, path: &Path) -> OsString {
     let mut s = OsString::from(prefix);
     s.push(path);
     s
-}
-
-fn command_line(cmd: &Command) -> String {
-    std::iter::once(cmd.get_program())
-        .chain(cmd.get_args())
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn stderr_tail(stderr: &[u8]) -> String {
-    let text = String::from_utf8_lossy(stderr);
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    let start = lines.len().saturating_sub(STDERR_TAIL_LINES);
-    let tail = lines[start..].join("; ");
-    if tail.is_empty() {
-        "no error output".to_owned()
-    } else {
-        tail
-    }
 }
 
 #[cfg(test)]
@@ -1839,9 +1810,7 @@ mod tests {
     }
 
     fn run_tool(cmd: &str, args: &[&OsStr]) -> String {
-        let out = Command::new(cmd)
-            .args(args)
-            .output()
+        let out = cmd::output(Command::new(cmd).args(args))
             .unwrap_or_else(|e| panic!("running {cmd} (scripts/install-deps.sh installs it): {e}"));
         assert!(
             out.status.success(),
