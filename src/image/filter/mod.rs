@@ -11,10 +11,10 @@
 //! Filtered (see [`classify`] and [`Reason`]):
 //! * Private keys, by content, under any name ([`content::is_key_file`]: PEM, OpenSSH, PuTTY,
 //!   DER PKCS#1/PKCS#8/SEC 1, PKCS#12, Java keystores with a key), in every file of at most
-//!   1 MiB outside the exempt places ([`content_exempt`](rules::content_exempt): package-managed `/usr`, `/etc/ssh`
-//!   whose host keys are the machine's identity, container and package stores). Files whose
-//!   name marks them (`*.pem`, `*.key`, any file in `.ssh`, `id_rsa*` …) are searched more
-//!   widely: a key after a certificate chain counts.
+//!   1 MiB outside the exempt places ([`content_exempt`](rules::content_exempt):
+//!   package-managed `/usr`, `/etc/ssh` whose host keys are the machine's identity, container
+//!   and package stores). Files whose name marks them (`*.pem`, `*.key`, any file in `.ssh`,
+//!   `id_rsa*` …) are searched more widely: a key after a certificate chain counts.
 //! * SSH private keys (reason `ssh-private-key`): such keys in a `.ssh` directory or named
 //!   `id_rsa*`, `id_dsa*`, `id_ecdsa*`, `id_ed25519*`, `id_xmss*`.
 //! * Keystores: `*.p12`, `*.pfx` and `*.priv` by name, `*.jks`, `*.jceks`, `*.keystore` unless
