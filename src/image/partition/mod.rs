@@ -33,7 +33,7 @@
 //! devices. A second loop device with an offset is not an alternative: `grub-install` must
 //! find the filesystem holding `/boot` as a partition of the disk it installs to.
 //!
-//! The parts: `detect` reads the source disk's table, `source` its identifiers, `table` lays
+//! The parts: `detection` reads the source disk's table, `source` its identifiers, `table` lays
 //! out and writes the image's table, `bootloader` installs GRUB. This module holds the shared
 //! types and constants and the errors, and re-exports each part's public items.
 
@@ -43,14 +43,14 @@ use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 
 mod bootloader;
-mod detect;
+mod detection;
 mod source;
 mod table;
 #[cfg(test)]
 mod tests;
 
 pub use bootloader::{BootWarning, GRUB_I386_PC_DIR, GrubReport, has_boot_code, install_grub};
-pub use detect::{Detection, Sysfs, detect, root_partition};
+pub use detection::{Detection, Sysfs, detect, root_partition};
 pub use source::{MAX_GPT_NUMBER, MAX_MBR_NUMBER};
 pub use table::{PartitionLayout, TableSpec, write_table};
 
