@@ -4,9 +4,12 @@
 //! live root filesystem or any directory ([`copy`]), the sensitive-file filter that decides what
 //! the copy leaves out ([`filter`]), `--generalize` ([`generalize`]), the image's
 //! `/etc/fstab` ([`fstab`]), and the partition table and GRUB of HVM images ([`partition`]).
+//! The external programs they run (mkfs, blkid, grub-install …) are found and run through one
+//! private module, `cmd`.
 
 pub mod bootcheck;
 pub mod bootrefs;
+mod cmd;
 pub mod copy;
 pub mod filter;
 pub mod fs;

@@ -83,6 +83,8 @@ impl TestChild {
     pub fn spawn(test: &str, env: &[(&str, &OsStr)]) -> Self {
         let exe = std::env::current_exe().expect("test binary path");
         let mut cmd = Command::new(exe);
+        // `--include-ignored`: the tests that re-execute themselves need root and are
+        // `#[ignore]`d; the child must run its part even so (the parent runs only when asked).
         cmd.args([
             test,
             "--exact",

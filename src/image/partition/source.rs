@@ -55,7 +55,7 @@ impl TableSpec {
             Ok(buf)
         };
         let head = read(0, 2 * block)?;
-        match super::table_style(&head, block as usize) {
+        match super::detection::table_style(&head, block as usize) {
             Some(PartitionStyle::Gpt) => {
                 gpt_spec(disk, &head[block as usize..], block, number, read)
             }

@@ -15,24 +15,23 @@
 //!
 //! The caller enters the private namespace first ([`crate::image::mount::enter_private_namespace`]) and owns
 //! the work directory.
+//!
+//! The parts: `tree` (the mounts below the volume, its used space, the private view of it,
+//! swap files) and `pattern` (`--exclude`/`--include` wildcards, [`expand_pattern`]); this
+//! module holds the options, the results, the errors and the steps themselves.
 
-use std::collections::{BTreeSet, HashSet};
-use std::ffi::OsString;
+use std::collections::BTreeSet;
 use std::fs;
 use std::io;
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::MetadataExt;
-use std::path::{Component, Path, PathBuf};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use nix::errno::Errno;
-use nix::fcntl::{OFlag, open};
 use nix::mount::MsFlags;
-use nix::sys::stat::Mode;
 
 use crate::image::copy::{self, CopyOptions, CopyReport};
 use crate::image::filter::{self, FilterOptions, FilterReport};
-use crate::image::fs::{self as imgfs, FsType, MkfsSpec, SourceUsage, VolumeRole};
+use crate::image::fs::{self as imgfs, FsType, MkfsSpec, VolumeRole};
 use crate::image::fstab::{self, FstabWarning, RootFs};
 use crate::image::generalize::{self, GeneralizeReport};
 use crate::image::loopdev::{LoopDevice, LoopOptions};
@@ -42,6 +41,12 @@ use crate::image::partition::{
 };
 use crate::image::{bootcheck, bootrefs};
 use crate::progress::Progress;
+
+mod pattern;
+mod tree;
+
+pub use pattern::expand_pattern;
+use tree::{in_view, mounts_below, read_mounts, swap_files, volume_usage};
 
 /// Directories of a root volume whose contents are runtime state, never part of an image: they
 /// are created empty with their own mode, owner and times. With the non-recursive bind these
@@ -848,343 +853,5 @@ fn plan_filesystem(
             }
             Ok(spec)
         }
-    }
-}
-
-/// Mount points and types of this thread's namespace (the private one).
-fn read_mounts() -> Result<Vec<(PathBuf, String)>, VolumeError> {
-    Ok(imgfs::mounts()?
-        .into_iter()
-        .map(|m| (m.mount_point, m.fs_type))
-        .collect())
-}
-
-/// Mounts strictly below `volume`.
-fn mounts_below(mounts: &[(PathBuf, String)], volume: &Path) -> Vec<(PathBuf, String)> {
-    let mut below: Vec<(PathBuf, String)> = mounts
-        .iter()
-        .filter(|(mp, _)| mp != volume && mp.starts_with(volume))
-        .cloned()
-        .collect();
-    below.sort();
-    below.dedup();
-    below
-}
-
-/// The used space to size the image for: the filesystem's own figures when the volume is its
-/// mount point and nothing is excluded (cheap and exact), else a walk of the volume's tree
-/// without the excluded paths (a directory on a large filesystem must not get an image the
-/// size of that filesystem, and `--exclude` must be able to bring a root volume under EC2's
-/// 10 GiB limit).
-fn volume_usage(
-    volume: &Path,
-    mounts: &[(PathBuf, String)],
-    all: bool,
-    exclude: &[PathBuf],
-    empty_dirs: &[PathBuf],
-) -> Result<SourceUsage, VolumeError> {
-    let is_mount_point = mounts.iter().any(|(mp, _)| mp == volume);
-    if is_mount_point && !all && exclude.is_empty() {
-        return Ok(imgfs::source_usage(volume)?);
-    }
-    tree_usage(
-        volume,
-        all,
-        &exclude.iter().collect(),
-        &empty_dirs.iter().collect(),
-    )
-}
-
-/// Allocated bytes and inodes of the tree at `root` (hard links counted once), staying on its
-/// filesystem unless `all`, without the `exclude`d paths (host paths under `root`) and what is
-/// below them, and without the contents of `empty_dirs`.
-fn tree_usage(
-    root: &Path,
-    all: bool,
-    exclude: &HashSet<&PathBuf>,
-    empty_dirs: &HashSet<&PathBuf>,
-) -> Result<SourceUsage, VolumeError> {
-    let root_dev = fs::metadata(root).map_err(io_err("reading", root))?.dev();
-    let mut seen = HashSet::new();
-    let mut usage = SourceUsage {
-        used_bytes: 0,
-        used_inodes: 0,
-    };
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let names = match list_dir(&dir) {
-            Ok(names) => names,
-            // Vanished while walking a live tree; the copy reports what it finds.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(io_err("reading", &dir)(e)),
-        };
-        for name in names {
-            let path = dir.join(name);
-            if exclude.contains(&path) {
-                continue;
-            }
-            let Ok(meta) = fs::symlink_metadata(&path) else {
-                continue;
-            };
-            if meta.nlink() > 1 && !meta.is_dir() && !seen.insert((meta.dev(), meta.ino())) {
-                continue;
-            }
-            usage.used_inodes += 1;
-            usage.used_bytes += meta.blocks() * 512;
-            if meta.is_dir() && (all || meta.dev() == root_dev) && !empty_dirs.contains(&path) {
-                stack.push(path);
-            }
-        }
-    }
-    Ok(usage)
-}
-
-/// The names in the directory `dir`, listed without moving its atime: the volume is live,
-/// and its atimes are what the copy puts into the image (under `relatime` a plain listing
-/// would update them). `O_NOATIME` is retried without where the kernel refuses it (not the
-/// owner and no CAP_FOWNER).
-fn list_dir(dir: &Path) -> io::Result<Vec<OsString>> {
-    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
-    let fd = match open(dir, flags | OFlag::O_NOATIME, Mode::empty()) {
-        Err(Errno::EPERM) => open(dir, flags, Mode::empty())?,
-        r => r?,
-    };
-    Ok(super::root::read_dir_entries(&fs::File::from(fd))?
-        .into_iter()
-        .map(|(name, _)| OsString::from_vec(name.into_bytes()))
-        .collect())
-}
-
-/// `host` (a path under the volume) as seen in the copy's view of the volume; `None` when it
-/// is not under the volume.
-fn in_view(volume: &Path, view: &Path, host: &Path) -> Option<PathBuf> {
-    let rel = host.strip_prefix(volume).ok()?;
-    Some(if rel.as_os_str().is_empty() {
-        view.to_path_buf()
-    } else {
-        view.join(rel)
-    })
-}
-
-/// Swap files in use (`/proc/swaps`, type `file`): never copied.
-fn swap_files() -> Vec<PathBuf> {
-    let Ok(text) = fs::read("/proc/swaps") else {
-        return Vec::new();
-    };
-    text.split(|&b| b == b'\n')
-        .skip(1)
-        .filter_map(|line| {
-            let mut fields = line
-                .split(|b| b.is_ascii_whitespace())
-                .filter(|f| !f.is_empty());
-            let path = fields.next()?;
-            (fields.next()? == b"file")
-                .then(|| PathBuf::from(OsString::from_vec(imgfs::unescape_octal(path))))
-        })
-        .collect()
-}
-
-/// Expands `--exclude`/`--include` patterns into host paths under `volume`. A pattern is a path
-/// anchored at the volume's root (`/var/cache` with `--volume /data` means `/data/var/cache`;
-/// a path already under the volume is taken as it is); its components may hold the shell
-/// wildcards `*`, `?` and `[…]` (so Packer's `-e /tmp/*` leaves `/tmp` itself and drops its
-/// contents). Returns the matches and whether the pattern matched nothing.
-pub fn expand_pattern(volume: &Path, pattern: &Path) -> (Vec<PathBuf>, bool) {
-    let rel: PathBuf = if volume != Path::new("/") && pattern.starts_with(volume) {
-        pattern
-            .strip_prefix(volume)
-            .map(Path::to_path_buf)
-            .unwrap_or_default()
-    } else {
-        pattern
-            .components()
-            .filter(|c| !matches!(c, Component::RootDir | Component::CurDir))
-            .collect()
-    };
-    let mut current = vec![volume.to_path_buf()];
-    for comp in rel.components() {
-        let Component::Normal(name) = comp else {
-            // `..` could leave the volume: such a pattern matches nothing.
-            return (Vec::new(), true);
-        };
-        let name = name.as_bytes();
-        let mut next = Vec::new();
-        for dir in &current {
-            if has_wildcard(name) {
-                let Ok(entries) = list_dir(dir) else {
-                    continue;
-                };
-                let mut names: Vec<OsString> = entries
-                    .into_iter()
-                    .filter(|n| glob_match(name, n.as_bytes()))
-                    .collect();
-                names.sort();
-                next.extend(names.into_iter().map(|n| dir.join(n)));
-            } else {
-                let p = dir.join(std::ffi::OsStr::from_bytes(name));
-                if fs::symlink_metadata(&p).is_ok() {
-                    next.push(p);
-                }
-            }
-        }
-        current = next;
-    }
-    let none = current.is_empty() || current == [volume.to_path_buf()];
-    if current == [volume.to_path_buf()] {
-        current.clear();
-    }
-    (current, none)
-}
-
-fn has_wildcard(name: &[u8]) -> bool {
-    name.iter().any(|b| matches!(b, b'*' | b'?' | b'['))
-}
-
-/// Shell-style match of one path component: `*`, `?`, `[abc]`, `[a-z]`, `[!x]`. A leading `.`
-/// must be matched literally, as in the shell, so a pattern means what it would have meant had
-/// the shell expanded it (`/tmp/*` does not take `/tmp/.X11-unix`).
-fn glob_match(pattern: &[u8], name: &[u8]) -> bool {
-    if name.first() == Some(&b'.') && pattern.first() != Some(&b'.') {
-        return false;
-    }
-    glob_from(pattern, name)
-}
-
-fn glob_from(p: &[u8], n: &[u8]) -> bool {
-    match p.first() {
-        None => n.is_empty(),
-        Some(b'*') => (0..=n.len()).any(|i| glob_from(&p[1..], &n[i..])),
-        Some(b'?') => !n.is_empty() && glob_from(&p[1..], &n[1..]),
-        Some(b'[') => {
-            let Some(&c) = n.first() else { return false };
-            match class_match(&p[1..], c) {
-                Some((matched, rest)) => matched && glob_from(rest, &n[1..]),
-                // An unclosed `[` is a literal.
-                None => c == b'[' && glob_from(&p[1..], &n[1..]),
-            }
-        }
-        Some(&c) => n.first() == Some(&c) && glob_from(&p[1..], &n[1..]),
-    }
-}
-
-/// Matches `c` against a bracket class starting after `[`; returns the result and the pattern
-/// after `]`, or `None` when the class is not closed.
-fn class_match(p: &[u8], c: u8) -> Option<(bool, &[u8])> {
-    let (negate, mut i) = match p.first() {
-        Some(b'!' | b'^') => (true, 1),
-        _ => (false, 0),
-    };
-    let mut matched = false;
-    let mut first = true;
-    while i < p.len() {
-        if p[i] == b']' && !first {
-            return Some((matched != negate, &p[i + 1..]));
-        }
-        first = false;
-        if i + 2 < p.len() && p[i + 1] == b'-' && p[i + 2] != b']' {
-            if (p[i]..=p[i + 2]).contains(&c) {
-                matched = true;
-            }
-            i += 3;
-        } else {
-            if p[i] == c {
-                matched = true;
-            }
-            i += 1;
-        }
-    }
-    None
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn glob_matches_like_the_shell() {
-        assert!(glob_match(b"*", b"x509-key.pem"));
-        assert!(!glob_match(b"*", b".hidden"));
-        assert!(glob_match(b".*", b".hidden"));
-        assert!(glob_match(b"*.pem", b"a.pem"));
-        assert!(!glob_match(b"*.pem", b"a.pem.bak"));
-        assert!(glob_match(b"id_?sa", b"id_rsa"));
-        assert!(glob_match(b"[a-c]x", b"bx"));
-        assert!(!glob_match(b"[!a-c]x", b"bx"));
-        assert!(glob_match(b"[]x]", b"]"));
-        assert!(glob_match(b"a[", b"a["));
-        assert!(glob_match(b"**a", b"bba"));
-    }
-
-    #[test]
-    fn patterns_are_anchored_at_the_volume_and_expanded() {
-        let dir = tempfile::tempdir().unwrap();
-        let vol = dir.path();
-        fs::create_dir_all(vol.join("tmp/sub")).unwrap();
-        fs::write(vol.join("tmp/key.pem"), b"k").unwrap();
-        fs::write(vol.join("tmp/.hidden"), b"h").unwrap();
-        fs::create_dir_all(vol.join("var/cache")).unwrap();
-
-        let (m, none) = expand_pattern(vol, Path::new("/tmp/*"));
-        assert!(!none);
-        assert_eq!(m, [vol.join("tmp/key.pem"), vol.join("tmp/sub")]);
-        // Anchored at the volume, or already a path under it.
-        assert_eq!(
-            expand_pattern(vol, Path::new("/var/cache")).0,
-            [vol.join("var/cache")]
-        );
-        assert_eq!(
-            expand_pattern(vol, &vol.join("var/cache")).0,
-            [vol.join("var/cache")]
-        );
-        assert!(expand_pattern(vol, Path::new("/nothing/*")).1);
-        assert!(expand_pattern(vol, Path::new("/tmp/../etc")).1);
-        // The volume itself is never an exclusion.
-        assert!(expand_pattern(vol, Path::new("/")).1);
-    }
-
-    #[test]
-    fn usage_leaves_out_exclusions_and_the_contents_of_emptied_directories() {
-        let dir = tempfile::tempdir().unwrap();
-        let vol = dir.path();
-        for (path, len) in [("keep/a", 40_000), ("big/b", 400_000), ("tmp/c", 400_000)] {
-            fs::create_dir_all(vol.join(path).parent().unwrap()).unwrap();
-            fs::write(vol.join(path), vec![1u8; len]).unwrap();
-        }
-        let all = tree_usage(vol, false, &HashSet::new(), &HashSet::new()).unwrap();
-        assert_eq!(all.used_inodes, 6);
-        let (big, tmp) = (vol.join("big"), vol.join("tmp"));
-        let some = tree_usage(vol, false, &HashSet::from([&big]), &HashSet::from([&tmp])).unwrap();
-        // keep, keep/a and tmp (its contents not counted); big not at all.
-        assert_eq!(some.used_inodes, 3);
-        assert!(some.used_bytes < 100_000, "{some:?}");
-        assert!(all.used_bytes > 800_000, "{all:?}");
-    }
-
-    #[test]
-    fn views_and_mounts_below() {
-        assert_eq!(
-            in_view(
-                Path::new("/"),
-                Path::new("/w/volume"),
-                Path::new("/var/tmp/x")
-            ),
-            Some(PathBuf::from("/w/volume/var/tmp/x"))
-        );
-        assert_eq!(
-            in_view(Path::new("/data"), Path::new("/w/v"), Path::new("/etc")),
-            None
-        );
-        let mounts = vec![
-            (PathBuf::from("/"), "ext4".to_string()),
-            (PathBuf::from("/proc"), "proc".to_string()),
-            (PathBuf::from("/data"), "xfs".to_string()),
-            (PathBuf::from("/database"), "xfs".to_string()),
-            (PathBuf::from("/data/x"), "nfs".to_string()),
-        ];
-        assert_eq!(
-            mounts_below(&mounts, Path::new("/data")),
-            [(PathBuf::from("/data/x"), "nfs".to_string())]
-        );
-        assert_eq!(mounts_below(&mounts, Path::new("/")).len(), 4);
     }
 }
