@@ -4,7 +4,7 @@
 //! quickly, and nothing is written anywhere: the whole directory tree the run happens in (the
 //! bundle, the destination and what surrounds them) is the same afterwards.
 //!
-//! The parser's rules are unit-tested in src/bundle/manifest.rs, and tampered digests,
+//! The parser's rules are unit-tested in src/bundle/manifest/, and tampered digests,
 //! signatures, missing and truncated parts and wrong keys in tests/it/vectors.rs; these tests
 //! prove the binary turns the same inputs into a clear failure without side effects.
 
