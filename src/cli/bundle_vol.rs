@@ -10,7 +10,6 @@ use serde_json::json;
 
 use super::bundling::{self, BundleArgs};
 use super::output;
-use crate::bundle::crypto::{AesIv, AesKey};
 use crate::bundle::manifest;
 use crate::bundle::pipeline::ImageInput;
 use crate::cloud::imds::{self, ImdsOptions, InstanceMetadata};
@@ -18,6 +17,7 @@ use crate::image::bootcheck::{CheckOptions, Virtualization};
 use crate::image::fs::{self as imgfs, FsType};
 use crate::image::mount;
 use crate::image::partition::{Bootloader, PartitionChoice};
+use crate::image::save::SaveState;
 use crate::image::volume::{self, FstabChoice, VolumeImage, VolumeOptions};
 use crate::progress::Progress;
 
@@ -382,7 +382,7 @@ fn run_volume(args: BundleVolArgs, save: bool, progress: &dyn Progress) -> anyho
             Ok(()) => state.remove()?,
             Err(_) => tracing::warn!(
                 "the image is kept in {} so that rerunning the same `amibundle save` resumes (parts already in S3 are not sent again); remove that directory to start over",
-                state.dir.display()
+                state.dir().display()
             ),
         }
     }
@@ -406,174 +406,8 @@ impl Work {
     fn path(&self) -> &Path {
         match self {
             Work::Temp(dir) => dir.path(),
-            Work::Save(state) => &state.dir,
+            Work::Save(state) => state.dir(),
         }
-    }
-}
-
-/// The fixed work directory of `save` and its record of a complete image.
-struct SaveState {
-    dir: PathBuf,
-    name: String,
-    fingerprint: String,
-    /// Held for the run: a second `save` of the same prefix and destination fails at once.
-    _lock: crate::bundle::lock::RunLock,
-}
-
-/// `save`'s record, written only once the image is complete and synced.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct SaveRecord {
-    version: u32,
-    fingerprint: String,
-    size: u64,
-    inode: u64,
-    mtime_ns: i128,
-    tar_mtime: u64,
-    key: String,
-    iv: String,
-}
-
-const SAVE_RECORD: &str = "complete.json";
-
-impl SaveState {
-    /// `<destination>/.amibundle-save-<prefix>`, 0700 (created if missing; an existing one must
-    /// be a directory of ours that others cannot use).
-    fn open(destination: &Path, name: &str, opts: &VolumeOptions) -> anyhow::Result<Self> {
-        use std::os::unix::fs::{DirBuilderExt, MetadataExt};
-        let dir = destination.join(format!(".amibundle-save-{name}"));
-        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                let md = std::fs::symlink_metadata(&dir)?;
-                if !md.is_dir() || md.uid() != 0 || md.mode() & 0o077 != 0 {
-                    bail!(
-                        "{} is not a private (0700, root-owned) directory: remove it",
-                        dir.display()
-                    );
-                }
-            }
-            Err(e) => return Err(e).with_context(|| format!("creating {}", dir.display())),
-        }
-        let lock = crate::bundle::lock::RunLock::dir(
-            &dir,
-            &format!(
-                "the save state of --prefix {name} in {}",
-                destination.display()
-            ),
-        )?;
-        // What decides the image's contents: a rerun with other options starts over.
-        let fingerprint = hex::encode(<sha1::Sha1 as sha1::Digest>::digest(
-            format!(
-                "{:?} {:?}",
-                (
-                    &opts.volume,
-                    &opts.image_name,
-                    opts.size_mib,
-                    opts.fs_type,
-                    opts.new_uuid,
-                    opts.all,
-                    &opts.exclude,
-                    &opts.include,
-                ),
-                (
-                    opts.filter,
-                    &opts.tool_inputs,
-                    &opts.fstab,
-                    &opts.ephemeral,
-                    opts.generalize,
-                    opts.partition,
-                    opts.bootloader,
-                )
-            )
-            .as_bytes(),
-        ));
-        Ok(Self {
-            dir,
-            name: name.to_string(),
-            fingerprint,
-            _lock: lock,
-        })
-    }
-
-    fn image(&self) -> PathBuf {
-        self.dir.join(&self.name)
-    }
-
-    /// The record's resume data when it describes exactly the image file there now.
-    fn reusable_image(&self) -> Option<bundling::Resume> {
-        use std::os::unix::fs::MetadataExt;
-        let text = std::fs::read(self.dir.join(SAVE_RECORD)).ok()?;
-        let rec: SaveRecord = serde_json::from_slice(&text).ok()?;
-        let md = std::fs::symlink_metadata(self.image()).ok()?;
-        let mtime_ns = i128::from(md.mtime()) * 1_000_000_000 + i128::from(md.mtime_nsec());
-        let same = rec.version == 1
-            && rec.fingerprint == self.fingerprint
-            && md.is_file()
-            && md.len() == rec.size
-            && md.ino() == rec.inode
-            && mtime_ns == rec.mtime_ns;
-        if !same {
-            tracing::info!(
-                "the image left by an earlier run does not match this one: starting over"
-            );
-            return None;
-        }
-        Some(bundling::Resume {
-            key: AesKey::from_hex(&rec.key).ok()?,
-            iv: AesIv::from_hex(&rec.iv).ok()?,
-            mtime: rec.tar_mtime,
-        })
-    }
-
-    /// Removes what an earlier run left (an incomplete image, a stale record).
-    fn clear(&self) -> anyhow::Result<()> {
-        for entry in std::fs::read_dir(&self.dir)? {
-            let path = entry?.path();
-            let md = std::fs::symlink_metadata(&path)?;
-            if md.is_dir() {
-                std::fs::remove_dir_all(&path)
-            } else {
-                std::fs::remove_file(&path)
-            }
-            .with_context(|| format!("removing {}", path.display()))?;
-        }
-        Ok(())
-    }
-
-    /// Records the finished image (synced first) with a fresh key, IV and tar mtime: from now
-    /// on a rerun makes the same bundle bytes.
-    fn mark_complete(&self, image: &Path) -> anyhow::Result<bundling::Resume> {
-        use std::os::unix::fs::MetadataExt;
-        std::fs::File::open(image)?.sync_all()?;
-        let md = std::fs::metadata(image)?;
-        let (key, iv) = (AesKey::random()?, AesIv::random()?);
-        let tar_mtime = u64::try_from(md.mtime()).unwrap_or(0);
-        let rec = SaveRecord {
-            version: 1,
-            fingerprint: self.fingerprint.clone(),
-            size: md.len(),
-            inode: md.ino(),
-            mtime_ns: i128::from(md.mtime()) * 1_000_000_000 + i128::from(md.mtime_nsec()),
-            tar_mtime,
-            key: key.to_hex(),
-            iv: iv.to_hex(),
-        };
-        let tmp = self.dir.join(format!("{SAVE_RECORD}.tmp"));
-        let mut f = crate::bundle::parts::create_private_file(&tmp)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        std::io::Write::write_all(&mut f, &serde_json::to_vec(&rec)?)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, self.dir.join(SAVE_RECORD))?;
-        Ok(bundling::Resume {
-            key,
-            iv,
-            mtime: tar_mtime,
-        })
-    }
-
-    fn remove(self) -> anyhow::Result<()> {
-        std::fs::remove_dir_all(&self.dir)
-            .with_context(|| format!("removing {}", self.dir.display()))
     }
 }
 

@@ -11,7 +11,6 @@ use serde_json::json;
 use super::keys::{self, Ec2CertArgs, UserKeyArgs};
 use super::output;
 use super::streaming::{self, StreamArgs, StreamJob};
-use crate::bundle::crypto::{AesIv, AesKey};
 use crate::bundle::manifest::{self, Bundler, Mapping};
 use crate::bundle::pipeline::{self, BundleSpec, Identity, ImageInput, Overrides, PreparedImage};
 use crate::cloud::imds::InheritedFields;
@@ -153,16 +152,7 @@ impl BundleArgs {
     }
 }
 
-/// A `save` picking up where an interrupted one stopped: the same key, IV and tar mtime make
-/// the same bundle bytes, so the parts S3 already holds need not be sent again.
-pub struct Resume {
-    /// The AES key of the first attempt.
-    pub key: AesKey,
-    /// Its IV.
-    pub iv: AesIv,
-    /// The tar member's mtime.
-    pub mtime: u64,
-}
+pub use crate::image::save::Resume;
 
 /// The steps of a bundling job for one progress display ([`Progress::plan`]): the snapshot
 /// of a volume (`snapshot`), then the bundle (made locally, or streamed to S3), then the

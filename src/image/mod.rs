@@ -19,6 +19,7 @@ pub mod loopdev;
 pub mod mount;
 pub mod partition;
 mod root;
+pub mod save;
 pub mod volume;
 
 #[cfg(test)]

@@ -117,6 +117,16 @@ pub enum PartitionChoice {
 }
 
 impl PartitionChoice {
+    /// The flag value (`auto`, `mbr`, `gpt`, `none`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Mbr => "mbr",
+            Self::Gpt => "gpt",
+            Self::None => "none",
+        }
+    }
+
     /// The style to build. A fixed choice is returned as is; `auto` detects the table of the
     /// disk holding `device` (the source volume's block device, see [`detect`]), and is
     /// [`PartitionStyle::None`] when there is no block device (a volume on tmpfs, overlayfs,
@@ -144,6 +154,16 @@ pub enum Bootloader {
     Grub2,
     /// No bootloader: the image's boot sector stays empty.
     None,
+}
+
+impl Bootloader {
+    /// The flag value (`grub2`, `none`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Grub2 => "grub2",
+            Self::None => "none",
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -118,6 +118,18 @@ fn flag_values_are_clap_values() {
     assert!(PartitionChoice::from_str("msdos", false).is_err());
     assert_eq!(Bootloader::from_str("grub2", false), Ok(Bootloader::Grub2));
     assert!(Bootloader::from_str("grub", false).is_err());
+    // `name()` (the save fingerprint's form) is the flag value.
+    for v in [
+        PartitionChoice::Auto,
+        PartitionChoice::Mbr,
+        PartitionChoice::Gpt,
+        PartitionChoice::None,
+    ] {
+        assert_eq!(PartitionChoice::from_str(v.name(), false), Ok(v));
+    }
+    for v in [Bootloader::Grub2, Bootloader::None] {
+        assert_eq!(Bootloader::from_str(v.name(), false), Ok(v));
+    }
 }
 
 // --- GRUB on a real loop device (root) ---------------------------------------------------

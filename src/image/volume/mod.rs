@@ -171,7 +171,7 @@ pub enum FstabChoice {
 }
 
 /// What image to make of which volume.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct VolumeOptions {
     /// The directory to snapshot (canonical, absolute).
     pub volume: PathBuf,
