@@ -22,7 +22,7 @@ pub const ATTEMPT_TIMEOUT_SECS: u64 = 120;
 /// A transfer (request body sent, response body received) that moves no bytes for this long is
 /// abandoned, or for the attempt timeout when that is shorter: the SDK's stalled-stream
 /// protection, set explicitly so that it does not depend on the behaviour version's defaults.
-/// An abandoned GET body is retried by amibundle (`cloud::s3::retry_body`).
+/// An abandoned GET body is retried by amibundle (`cloud::s3`'s `download::retry_body`).
 pub const STALL_GRACE_SECS: u64 = 20;
 /// Test-only: an environment variable giving the SDK's initial retry backoff in milliseconds
 /// (default one second). The fault-injection tests set it so that hundreds of injected
