@@ -438,16 +438,18 @@ fn every_dash_d_creates_a_missing_directory_privately() {
     run_ok(&mut bundle);
     let manifest = bundles.join("small.img.manifest.xml");
     assert!(manifest.is_file());
-    let images = s.work.path().join("new/images/deeper");
-    run_ok(
-        amibundle(s.home.path())
-            .args(["unbundle", "-m"])
+    let unbundle_into = |dest: &Path| {
+        let mut cmd = amibundle(s.home.path());
+        cmd.args(["unbundle", "-m"])
             .arg(&manifest)
             .arg("-k")
             .arg(s.keys.user_key())
             .arg("-d")
-            .arg(&images),
-    );
+            .arg(dest);
+        cmd
+    };
+    let images = s.work.path().join("new/images/deeper");
+    run_ok(&mut unbundle_into(&images));
     assert_eq!(
         fs::read(images.join("small.img")).unwrap(),
         vec![5u8; 100_000]
@@ -458,15 +460,7 @@ fn every_dash_d_creates_a_missing_directory_privately() {
     }
     let file = s.work.path().join("a-file");
     fs::write(&file, b"x").unwrap();
-    let err = run_err(
-        amibundle(s.home.path())
-            .args(["unbundle", "-m"])
-            .arg(&manifest)
-            .arg("-k")
-            .arg(s.keys.user_key())
-            .arg("-d")
-            .arg(&file),
-    );
+    let err = run_err(&mut unbundle_into(&file));
     assert!(
         err.contains("-d/--destination") && err.contains("is not a directory"),
         "{err}"

@@ -226,12 +226,14 @@ pub fn has_setting(head: &[u8], needles: &[&str]) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    const CERT: &str =
+    /// A certificate's armour (not a real certificate: the detectors read armour lines).
+    pub(in crate::image::filter) const CERT: &str =
         "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIU\n-----END CERTIFICATE-----\n";
-    const RSA_KEY: &str =
+    /// A private key's armour.
+    pub(in crate::image::filter) const RSA_KEY: &str =
         "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA\n-----END RSA PRIVATE KEY-----\n";
 
     fn holds(bytes: &[u8]) -> bool {
