@@ -111,6 +111,10 @@ fn save_registers_in_one_pass_keeping_only_the_image_on_disk_and_resumes() {
             .is_some_and(|(_, i)| i.parse::<u32>() == Ok(1));
         if f.load(Ordering::Relaxed) && req.method == "PUT" && part_1 {
             r.fetch_add(1, Ordering::Relaxed);
+            // Refused only after the other parts had time to be stored (this runs on part 1's
+            // own connection): on a loaded machine an immediate refusal could abort the run
+            // before any part is in S3, leaving the rerun nothing to skip.
+            std::thread::sleep(std::time::Duration::from_secs(3));
             Action::Respond(
                 403,
                 b"<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>"
@@ -157,6 +161,10 @@ fn save_registers_in_one_pass_keeping_only_the_image_on_disk_and_resumes() {
         .filter(|p| p.status == 200)
         .map(|p| p.path)
         .collect();
+    assert!(
+        first_puts.iter().any(|p| p.ends_with("web-save.part.0")),
+        "the first run stored part 0 before part 1 was refused: {first_puts:?}"
+    );
 
     // The rerun: the image is taken up again, the parts S3 holds are not sent again, and the
     // work area never holds more than the image (nothing of the bundle touches the disk).
