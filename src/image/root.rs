@@ -234,6 +234,20 @@ pub(crate) fn kind(st: &FileStat) -> SFlag {
     SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits())
 }
 
+/// `openat` with `O_NOATIME`, so that reading the live volume does not change the atimes the
+/// copy puts into the image, retried without it where the kernel refuses (EPERM: not the
+/// owner and no CAP_FOWNER). `dir` may be `AT_FDCWD`.
+pub(crate) fn open_noatime<Fd: std::os::fd::AsFd, P: ?Sized + nix::NixPath>(
+    dir: Fd,
+    path: &P,
+    flags: OFlag,
+) -> nix::Result<std::os::fd::OwnedFd> {
+    match openat(&dir, path, flags | OFlag::O_NOATIME, Mode::empty()) {
+        Err(Errno::EPERM) => openat(&dir, path, flags, Mode::empty()),
+        r => r,
+    }
+}
+
 /// Every entry of the open directory `dir` but `.` and `..`, with the type the filesystem
 /// reports (`Unknown` where it reports none), in directory order. The directory is read
 /// through a new descriptor with `dir`'s flags (so `O_NOATIME` stays). A failing read is an

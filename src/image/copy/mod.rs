@@ -44,8 +44,8 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Mutex, mpsc};
 
 use nix::errno::Errno;
-use nix::fcntl::{AT_FDCWD, OFlag, openat};
-use nix::sys::stat::{Mode, fstat};
+use nix::fcntl::{AT_FDCWD, OFlag};
+use nix::sys::stat::fstat;
 use xattr::FileExt as _;
 
 use crate::progress::Progress;
@@ -413,8 +413,5 @@ fn open_noatime<Fd: AsFd, P: ?Sized + nix::NixPath>(
     path: &P,
     flags: OFlag,
 ) -> io::Result<OwnedFd> {
-    match openat(&dir, path, flags | OFlag::O_NOATIME, Mode::empty()) {
-        Err(Errno::EPERM) => Ok(openat(&dir, path, flags, Mode::empty())?),
-        r => Ok(r?),
-    }
+    Ok(crate::image::root::open_noatime(dir, path, flags)?)
 }

@@ -11,6 +11,8 @@ use super::attrs::CAPABILITY_XATTR;
 use super::worker::copy_data;
 use super::*;
 use crate::image::testing::require_root;
+use nix::fcntl::openat;
+use nix::sys::stat::Mode;
 use nix::sys::stat::{SFlag, UtimensatFlags, mkdirat, utimensat};
 use nix::sys::time::TimeSpec;
 use nix::unistd::symlinkat;

@@ -7,18 +7,18 @@ use std::collections::HashSet;
 use std::ffi::{CString, OsStr};
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use nix::dir::Type;
 use nix::errno::Errno;
-use nix::fcntl::{AT_FDCWD, AtFlags, OFlag, openat};
-use nix::sys::stat::{Mode, SFlag, fstat, fstatat};
+use nix::fcntl::{AT_FDCWD, AtFlags, OFlag};
+use nix::sys::stat::{SFlag, fstat, fstatat};
 
 use super::{
     FilterError, FilterOptions, FilterReport, Filtered, Reason, Verdict, classify, content,
 };
+use crate::image::root::open_noatime;
 
 /// How much of a candidate file is searched for a private key. A PEM file may hold a
 /// certificate chain before its key (a few KiB per certificate); 1 MiB covers any realistic
@@ -351,19 +351,6 @@ fn may_be_key_file(head: &[u8]) -> bool {
 
 fn dir_flags() -> OFlag {
     OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC
-}
-
-/// `openat` with `O_NOATIME` (scanning must not change the source's atimes, like the copy),
-/// retried without it where the kernel refuses (not the owner and no CAP_FOWNER).
-fn open_noatime<Fd: std::os::fd::AsFd, P: ?Sized + nix::NixPath>(
-    dir: Fd,
-    path: &P,
-    flags: OFlag,
-) -> nix::Result<OwnedFd> {
-    match openat(&dir, path, flags | OFlag::O_NOATIME, Mode::empty()) {
-        Err(Errno::EPERM) => openat(&dir, path, flags, Mode::empty()),
-        r => r,
-    }
 }
 
 fn type_of(st: &nix::sys::stat::FileStat) -> Type {

@@ -10,9 +10,7 @@ use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use nix::errno::Errno;
-use nix::fcntl::{OFlag, open};
-use nix::sys::stat::Mode;
+use nix::fcntl::OFlag;
 
 use super::{VolumeError, io_err};
 use crate::image::fs::{self as imgfs, SourceUsage};
@@ -111,10 +109,7 @@ fn tree_usage(
 /// owner and no CAP_FOWNER).
 pub(super) fn list_dir(dir: &Path) -> io::Result<Vec<OsString>> {
     let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
-    let fd = match open(dir, flags | OFlag::O_NOATIME, Mode::empty()) {
-        Err(Errno::EPERM) => open(dir, flags, Mode::empty())?,
-        r => r?,
-    };
+    let fd = crate::image::root::open_noatime(nix::fcntl::AT_FDCWD, dir, flags)?;
     Ok(crate::image::root::read_dir_entries(&fs::File::from(fd))?
         .into_iter()
         .map(|(name, _)| OsString::from_vec(name.into_bytes()))
