@@ -87,7 +87,7 @@ pub fn load_private_key(path: Option<&Path>, allow_insecure: bool) -> anyhow::Re
     let path = match path {
         Some(p) => p.to_path_buf(),
         None => {
-            let p = default_identity_dir()?.join("user-key.pem");
+            let p = default_identity_dir()?.join(crypto::GENERATED_KEY_FILE);
             if !p.exists() {
                 bail!(
                     "no --privatekey given and amibundle has no key of its own at {}",

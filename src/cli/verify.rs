@@ -84,7 +84,7 @@ pub fn run(args: VerifyArgs, progress: &dyn Progress) -> anyhow::Result<()> {
         // Neither -c nor -k: amibundle's own certificate, if it has one.
         let own = keys::default_identity_dir()
             .ok()
-            .map(|d| d.join("user-cert.pem"))
+            .map(|d| d.join(crate::bundle::crypto::GENERATED_CERT_FILE))
             .filter(|p| p.exists());
         match own {
             Some(path) => check = SignatureCheck::from_args(Some(&path), false)?,

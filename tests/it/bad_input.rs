@@ -668,8 +668,15 @@ fn an_image_size_beyond_ec2s_limit_is_refused_unless_allowed() {
             .arg("-d")
             .arg(scene.path("out")),
     );
+    // Past the ceiling, the stream is checked as usual: its 3000-byte member is not the
+    // declared image.
     assert!(!err.contains("--allow-oversize"), "{err}");
-    assert!(err.contains("size"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "the bundled image is 3000 bytes but the manifest's image size is {HUGE}"
+        )),
+        "{err}"
+    );
     assert_eq!(fs::read_dir(scene.path("out")).unwrap().count(), 0);
 }
 

@@ -24,8 +24,10 @@ const GENERATED_KEY_BITS: u32 = 2048;
 const GENERATED_CERT_DAYS: u32 = 20 * 365 + 5;
 
 /// File names of the generated identity inside its directory.
-const GENERATED_KEY_FILE: &str = "user-key.pem";
-const GENERATED_CERT_FILE: &str = "user-cert.pem";
+/// The generated private key's file name in the identity directory.
+pub const GENERATED_KEY_FILE: &str = "user-key.pem";
+/// The generated certificate's file name in the identity directory.
+pub const GENERATED_CERT_FILE: &str = "user-cert.pem";
 
 /// Common name for the generated certificate: the host name, else the numeric uid.
 fn identity_common_name() -> String {

@@ -21,7 +21,7 @@ mod tests;
 mod wrap;
 
 pub use self::aes::{AesIv, AesKey, CbcDecryptReader, CbcEncryptWriter};
-pub use self::identity::ensure_generated_identity;
+pub use self::identity::{GENERATED_CERT_FILE, GENERATED_KEY_FILE, ensure_generated_identity};
 pub use self::keys::{Certificate, UserKey, check_pair};
 pub use self::signature::{SignatureKey, sign_sha1_hex, verify_sha1_hex};
 pub use self::wrap::{unwrap_hex, unwrap_iv, unwrap_key, wrap_hex};

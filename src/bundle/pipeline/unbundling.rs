@@ -193,7 +193,6 @@ impl LocalBundle {
         options: DecodeOptions<'_>,
         progress: &dyn Progress,
     ) -> Result<DecodeReport, Error> {
-        check_declared_size(&self.manifest, options.allow_oversize)?;
         self.check_part_sizes()?;
         let parts = PartReader::new(self.expected_parts());
         let part_failure = parts.failure();

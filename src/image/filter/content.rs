@@ -43,16 +43,8 @@ pub fn is_key_file(head: &[u8], file_len: u64) -> bool {
         return true;
     }
     let mut lines = head.split(|&b| b == b'\n').map(<[u8]>::trim_ascii);
-    let first = lines.find(|l| {
-        !(l.is_empty()
-            || l.starts_with(b"Bag Attributes")
-            || l.starts_with(b"Key Attributes")
-            || l.starts_with(b"subject=")
-            || l.starts_with(b"issuer=")
-            || l.starts_with(b"localKeyID:")
-            || l.starts_with(b"friendlyName:")
-            || l.starts_with(b"<No Attributes>"))
-    });
+    let first =
+        lines.find(|l| !(l.is_empty() || OPENSSL_PREAMBLE.iter().any(|p| l.starts_with(p))));
     match first {
         Some(first) if is_armour_begin(first) => {
             mentions_private_key(first)
@@ -60,6 +52,28 @@ pub fn is_key_file(head: &[u8], file_len: u64) -> bool {
         }
         _ => false,
     }
+}
+
+/// The lines `openssl pkcs12 -nodes` writes before each PEM block.
+const OPENSSL_PREAMBLE: &[&[u8]] = &[
+    b"Bag Attributes",
+    b"Key Attributes",
+    b"subject=",
+    b"issuer=",
+    b"localKeyID:",
+    b"friendlyName:",
+    b"<No Attributes>",
+];
+
+/// Whether a file whose first bytes are `head` could be a key file ([`is_key_file`]): it starts
+/// with a binary key's first byte, an armour line or `openssl`'s preamble, or a PuTTY or SSH1
+/// header. Lets a scan decide most files on their first few KiB.
+pub fn may_be_key_file(head: &[u8]) -> bool {
+    let text = head.trim_ascii_start();
+    matches!(head.first(), Some(0x30 | 0xfe | 0xce))
+        || is_armour_begin(text)
+        || OPENSSL_PREAMBLE.iter().any(|p| text.starts_with(p))
+        || line_format_key(head)
 }
 
 /// PuTTY (`PuTTY-User-Key-File-N:`) and SSH1 (`SSH PRIVATE KEY FILE FORMAT`) key files.
@@ -416,6 +430,63 @@ pub(super) mod tests {
         assert_eq!(java_keystore_holds_key(b"PK\x03\x04"), None);
         assert!(binary_key(&jks(&[1], 2), 0));
         assert!(!binary_key(&full, full.len() as u64));
+    }
+
+    /// The scan reads 4 KiB of most files and decides on [`may_be_key_file`]: it must never
+    /// turn away a file [`is_key_file`] would call a key. Checked on keys in every format and on
+    /// seeded edits of them (truncated, bytes changed, preambles added), which also feeds the
+    /// detectors hostile input: none may panic or read past what it is given.
+    #[test]
+    fn the_quick_look_never_hides_a_key_and_nothing_panics() {
+        let rsa_pem = openssl(&["genrsa", "1024"], None);
+        let der = openssl(&["rsa", "-outform", "DER", "-traditional"], Some(&rsa_pem));
+        let pkcs8 = openssl(
+            &["pkcs8", "-topk8", "-nocrypt", "-outform", "DER"],
+            Some(&rsa_pem),
+        );
+        let bag = [b"Bag Attributes\n    localKeyID: 01\n".as_slice(), &rsa_pem].concat();
+        let mut inputs = vec![
+            rsa_pem.clone(),
+            der,
+            pkcs8,
+            bag,
+            b"PuTTY-User-Key-File-3: ssh-rsa\n".to_vec(),
+            [CERT.as_bytes(), RSA_KEY.as_bytes()].concat(),
+            jks(&[2, 1], 2),
+            jks(&[2, 2], 1),
+        ];
+        let mut rng: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut next = move |n: usize| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng % n.max(1) as u64) as usize
+        };
+        for base in inputs.clone() {
+            for _ in 0..200 {
+                let mut b = base.clone();
+                match next(3) {
+                    0 => b.truncate(next(b.len())),
+                    1 => {
+                        let i = next(b.len());
+                        b[i] = next(256) as u8;
+                    }
+                    _ => b.splice(0..0, b"\n  \n".iter().copied()).for_each(drop),
+                }
+                inputs.push(b);
+            }
+        }
+        for b in &inputs {
+            for len in [b.len() as u64, b.len() as u64 + 7, 0, u64::MAX] {
+                let key = is_key_file(b, len);
+                let _ = holds_private_key(b, len);
+                let _ = java_keystore_holds_key(b);
+                if key {
+                    let head = &b[..b.len().min(4096)];
+                    assert!(may_be_key_file(head), "the quick look hides {b:?}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -305,7 +305,7 @@ impl Scanner<'_> {
                     .take(CONTENT_HEAD_BYTES)
                     .read_to_end(&mut self.buf)
                     .map_err(self.read_err(rel))?;
-                if may_be_key_file(&self.buf) {
+                if content::may_be_key_file(&self.buf) {
                     file.read_to_end(&mut self.buf).map_err(read_err)?;
                     content::is_key_file(&self.buf, len).then_some(Reason::PrivateKeyFile)
                 } else {
@@ -329,24 +329,6 @@ impl Scanner<'_> {
         };
         Ok(verdict)
     }
-}
-
-/// Whether a file starting with `head` could be a key file: it starts with a binary key's
-/// first byte, a PEM armour or the text `openssl` writes before one, or a PuTTY or SSH1
-/// header. Anything else is decided on its first 4 KiB alone.
-fn may_be_key_file(head: &[u8]) -> bool {
-    let text = head.trim_ascii_start();
-    matches!(head.first(), Some(0x30 | 0xfe | 0xce))
-        || [
-            &b"-----BEGIN "[..],
-            b"---- BEGIN ",
-            b"Bag Attributes",
-            b"Key Attributes",
-        ]
-        .iter()
-        .any(|p| text.starts_with(p))
-        || head.starts_with(b"PuTTY-User-Key-File-")
-        || head.starts_with(b"SSH PRIVATE KEY FILE FORMAT")
 }
 
 fn dir_flags() -> OFlag {
