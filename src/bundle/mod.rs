@@ -13,6 +13,7 @@ pub mod parts;
 pub mod pipeline;
 pub mod space;
 pub mod tar;
+pub mod trust;
 
 use std::io;
 use std::path::PathBuf;

@@ -9,7 +9,8 @@ use serde_json::json;
 
 use super::keys::{self, SignatureArgs, SignatureCheck};
 use super::output;
-use crate::bundle::pipeline::{DecodeOptions, LocalBundle};
+use crate::bundle::pipeline::DecodeOptions;
+use crate::cloud::unbundle::{BundleRef, unbundle};
 use crate::image::bootcheck::{self, BootReport, CheckOptions, Severity, Virtualization};
 use crate::image::fs as imgfs;
 use crate::image::mount;
@@ -73,27 +74,20 @@ pub fn run(args: CheckImageArgs, progress: &dyn Progress) -> anyhow::Result<()> 
         .is_some_and(|n| n.to_string_lossy().ends_with(".manifest.xml"));
     let image = if is_manifest {
         let key = keys::load_private_key(args.private_key.as_deref(), args.allow_insecure_key)?;
-        let bundle = LocalBundle::open(target, None)?;
-        SignatureCheck::from_args(
+        let check = SignatureCheck::new(
             args.signature.cert.as_deref(),
             args.signature.skip_signature,
-        )?
-        .check(
-            &bundle.raw,
-            &bundle.manifest,
-            &target.display().to_string(),
-            Some(&key),
         )?;
-        bundle
-            .decode(
-                &key,
-                DecodeOptions {
-                    allow_oversize: args.allow_oversize,
-                    ..DecodeOptions::into_dir(work.path())
-                },
-                progress,
-            )
-            .with_context(|| format!("unbundling {}", target.display()))?
+        let bundle = BundleRef::Local {
+            manifest: target.clone(),
+            parts: None,
+        };
+        let options = DecodeOptions {
+            allow_oversize: args.allow_oversize,
+            ..DecodeOptions::into_dir(work.path())
+        };
+        unbundle(&bundle, None, &key, &check, options, progress)?
+            .decode
             .image_path
             .context("the unbundled image has no path")?
     } else {

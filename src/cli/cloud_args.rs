@@ -69,23 +69,6 @@ impl CloudArgs {
     pub async fn load(&self) -> anyhow::Result<CloudConfig> {
         Ok(CloudConfig::load(self.options()).await?)
     }
-
-    /// An S3 client for an existing bucket, in the bucket's own region (found with
-    /// GetBucketLocation when it differs from the configured one, or none is configured).
-    pub async fn client_for_bucket(
-        &self,
-        cloud: &CloudConfig,
-        bucket: &str,
-    ) -> anyhow::Result<aws_sdk_s3::Client> {
-        let configured = cloud.region().unwrap_or("us-east-1").to_string();
-        let client = cloud.s3_client(&configured);
-        let actual = crate::cloud::s3::bucket_region(&client, bucket).await?;
-        if actual == configured {
-            return Ok(client);
-        }
-        tracing::info!("bucket {bucket} is in {actual}");
-        Ok(cloud.s3_client(&actual))
-    }
 }
 
 /// A multi-threaded runtime for one command.

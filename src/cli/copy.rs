@@ -3,7 +3,7 @@
 //! re-wrapped for the region's EC2 certificate, and a registration with the same attributes.
 //! Regions run in parallel (bounded); every region's outcome is reported before any failure.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
@@ -14,12 +14,10 @@ use super::cloud_args::{self, CloudArgs};
 use super::keys::{self, UserKeyArgs};
 use super::output;
 use super::register::AmiArgs;
-use crate::bundle::crypto::Certificate;
 use crate::bundle::manifest;
-use crate::cloud::config::CloudConfig;
-use crate::cloud::copy::{self, CopyRegistration, FanOut, RegionDone, RegionTarget, Source};
+use crate::cloud::copy::{self, CopyRegistration, FanOut, RegionDone, Source, SourceRef};
 use crate::cloud::ec2;
-use crate::cloud::s3::{self, BucketPolicy, BundleLocation};
+use crate::cloud::s3::{self, BucketPolicy};
 
 /// The AMI attributes `--ami` takes from the source AMI, which therefore cannot be given too.
 const ATTRIBUTES_FROM_SOURCE_AMI: [&str; 5] = [
@@ -85,42 +83,16 @@ pub struct CopyArgs {
     pub json: bool,
 }
 
-/// The target regions: deduplicated, in the order given, each shaped like a region name.
-fn target_regions(args: &CopyArgs) -> anyhow::Result<Vec<String>> {
-    let mut seen = HashSet::new();
-    let mut regions = Vec::new();
-    for r in &args.to_region {
-        let r = r.trim();
-        let shaped = !r.is_empty()
-            && r.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-        if !shaped {
-            bail!("--to-region {r:?} is not a region name (for example eu-west-1)");
-        }
-        if seen.insert(r.to_string()) {
-            regions.push(r.to_string());
-        }
-    }
-    if regions.is_empty() {
-        bail!("--to-region names no region");
-    }
-    Ok(regions)
-}
-
-/// Each region's EC2 certificate (`--ec2cert REGION=PATH`, else the pinned one), before
-/// anything is sent.
-fn resolve_targets(args: &CopyArgs, regions: &[String]) -> anyhow::Result<Vec<RegionTarget>> {
+/// `--ec2cert REGION=PATH` values by region.
+fn explicit_certs(specs: &[String]) -> anyhow::Result<BTreeMap<String, PathBuf>> {
     let mut explicit = BTreeMap::new();
-    for spec in &args.ec2cert {
+    for spec in specs {
         let Some((region, path)) = spec
             .split_once('=')
             .filter(|(r, p)| !r.is_empty() && !p.is_empty())
         else {
             bail!("--ec2cert {spec:?} is not REGION=PATH");
         };
-        if !regions.iter().any(|r| r == region) {
-            bail!("--ec2cert {spec:?} names region {region}, which is not in --to-region");
-        }
         if explicit
             .insert(region.to_string(), PathBuf::from(path))
             .is_some()
@@ -128,56 +100,7 @@ fn resolve_targets(args: &CopyArgs, regions: &[String]) -> anyhow::Result<Vec<Re
             bail!("--ec2cert gives region {region} more than once");
         }
     }
-    regions
-        .iter()
-        .map(|region| {
-            RegionTarget::resolve(region, explicit.get(region).cloned(), args.unpinned_ec2cert)
-                .map_err(anyhow::Error::from)
-        })
-        .collect()
-}
-
-/// Splits `BUCKET/[PREFIX/]NAME.manifest.xml` (an `s3://` scheme is tolerated).
-fn split_image_location(text: &str) -> anyhow::Result<(BundleLocation, String)> {
-    let text = text.strip_prefix("s3://").unwrap_or(text);
-    let (dir, file) = text
-        .rsplit_once('/')
-        .filter(|(_, f)| f.ends_with(".manifest.xml"))
-        .with_context(|| {
-            format!("image location {text:?} is not BUCKET/[PREFIX/]NAME.manifest.xml")
-        })?;
-    let location =
-        BundleLocation::parse(dir).with_context(|| format!("checking image location {text:?}"))?;
-    Ok((location, file.to_string()))
-}
-
-/// Finds the source (an AMI is looked up in --region), and loads and checks it.
-async fn load_source(
-    args: &CopyArgs,
-    cloud: &CloudConfig,
-    user_cert: &Certificate,
-) -> anyhow::Result<Source> {
-    let (text, ami) = match (&args.image_location, &args.ami) {
-        (Some(location), _) => (location.clone(), None),
-        (None, Some(ami_id)) => {
-            let region = cloud
-                .require_region()
-                .context("--ami is looked up in --region")?
-                .to_string();
-            let image = ec2::describe_image(&cloud.ec2_client(&region), &region, ami_id).await?;
-            (image.image_location.clone(), Some((image, region)))
-        }
-        (None, None) => bail!("pass --image-location or --ami"),
-    };
-    let (location, manifest_name) = split_image_location(&text)?;
-    let client = args
-        .cloud
-        .client_for_bucket(cloud, &location.bucket)
-        .await?;
-    let what = location.image_location(&manifest_name);
-    Source::load(&client, location, manifest_name, ami, user_cert)
-        .await
-        .with_context(|| format!("reading the source manifest {what}"))
+    Ok(explicit)
 }
 
 /// Runs `copy`.
@@ -186,13 +109,21 @@ pub fn run(args: CopyArgs) -> anyhow::Result<()> {
     if let Some(name) = &args.name {
         ec2::validate_ami_name(name)?;
     }
-    let regions = target_regions(&args)?;
-    let targets = resolve_targets(&args, &regions)?;
+    let targets = copy::resolve_targets(
+        &args.to_region,
+        &explicit_certs(&args.ec2cert)?,
+        args.unpinned_ec2cert,
+    )?;
+    let what = match (&args.image_location, &args.ami) {
+        (Some(location), _) => SourceRef::ImageLocation(location.clone()),
+        (None, Some(ami_id)) => SourceRef::Ami(ami_id.clone()),
+        (None, None) => bail!("pass --image-location or --ami"),
+    };
     let (user_key, user_cert, _) = keys::load_identity(&args.keys)?;
     let runtime = cloud_args::runtime()?;
     runtime.block_on(async {
         let cloud = args.cloud.load().await?;
-        let source = load_source(&args, &cloud, &user_cert).await?;
+        let source = Source::find(&cloud, &what, &user_cert).await?;
         let account = manifest::normalize_account(&source.copy.manifest.image.user)
             .context("reading the source manifest's account (image/user)")?;
         let registration = CopyRegistration {
@@ -216,6 +147,7 @@ pub fn run(args: CopyArgs) -> anyhow::Result<()> {
             registration,
         };
         let results = copy::copy_to_regions(&cloud, &job, &targets).await;
+        let regions: Vec<String> = targets.iter().map(|t| t.region.clone()).collect();
         let mut by_region: BTreeMap<String, anyhow::Result<RegionDone>> = results
             .into_iter()
             .map(|(region, r)| (region, r.map_err(anyhow::Error::from)))

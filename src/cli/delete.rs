@@ -36,10 +36,7 @@ pub fn run(args: DeleteArgs) -> anyhow::Result<()> {
     let location = BundleLocation::parse(&args.bucket).context("checking --bucket")?;
     cloud_args::runtime()?.block_on(async {
         let cloud = args.cloud.load().await?;
-        let client = args
-            .cloud
-            .client_for_bucket(&cloud, &location.bucket)
-            .await?;
+        let client = crate::cloud::s3::client_for_bucket(&cloud, &location.bucket).await?;
         let local = PathBuf::from(&args.manifest);
         let (name, manifest) = if args.manifest.contains('/') || local.is_file() {
             let bundle = LocalBundle::open(&local, None)?;

@@ -2,7 +2,6 @@
 //! with `--unbundle`, straight into the image without keeping any part.
 
 use std::path::PathBuf;
-use std::time::Instant;
 
 use anyhow::Context;
 use clap::Args;
@@ -11,8 +10,10 @@ use serde_json::json;
 use super::cloud_args::{self, CloudArgs};
 use super::keys::{self, SignatureCheck};
 use super::output;
+use crate::bundle::pipeline::DecodeOptions;
 use crate::bundle::space;
 use crate::cloud::s3::{self, BundleLocation};
+use crate::cloud::unbundle::{BundleRef, Remote, unbundle};
 use crate::progress::Progress;
 
 /// Arguments of `download`.
@@ -84,10 +85,7 @@ pub fn run(args: DownloadArgs, progress: &dyn Progress) -> anyhow::Result<()> {
     }
     cloud_args::runtime()?.block_on(async {
         let cloud = args.cloud.load().await?;
-        let client = args
-            .cloud
-            .client_for_bucket(&cloud, &location.bucket)
-            .await?;
+        let client = crate::cloud::s3::client_for_bucket(&cloud, &location.bucket).await?;
         let report = s3::download_bundle(
             &client,
             &location,
@@ -123,41 +121,29 @@ fn run_unbundle(
     location: &BundleLocation,
     progress: &dyn Progress,
 ) -> anyhow::Result<()> {
-    let started = Instant::now();
-    let url = format!("{}{}", location, args.manifest);
     // Local inputs first: a bad key or certificate costs no request.
-    let check = SignatureCheck::from_args(args.cert.as_deref(), args.skip_signature)?;
+    let check = SignatureCheck::new(args.cert.as_deref(), args.skip_signature)?;
     let key = keys::load_private_key(args.private_key.as_deref(), args.allow_insecure_key)?;
     let runtime = cloud_args::runtime()?;
-    let (client, manifest, raw) = runtime.block_on(async {
-        let cloud = args.cloud.load().await?;
-        let client = args
-            .cloud
-            .client_for_bucket(&cloud, &location.bucket)
-            .await?;
-        let (manifest, raw) = s3::fetch_manifest(&client, location, &args.manifest)
-            .await
-            .with_context(|| format!("downloading {url}"))?;
-        Ok::<_, anyhow::Error>((client, manifest, raw))
-    })?;
-    let signature = check.check(&raw, &manifest, &url, Some(&key))?;
+    let cloud = runtime.block_on(args.cloud.load())?;
+    let bundle = BundleRef::S3 {
+        location: location.clone(),
+        manifest_name: args.manifest.clone(),
+    };
+    let remote = Remote {
+        runtime: runtime.handle(),
+        cloud: &cloud,
+        concurrency: args.concurrency,
+    };
+    let options = DecodeOptions {
+        out_dir: Some(&args.directory),
+        overwrite: args.overwrite,
+        allow_oversize: args.allow_oversize,
+    };
     // The decode runs here, on this thread; the runtime's workers run the downloads.
-    let report = s3::unbundle_stream(
-        runtime.handle(),
-        &client,
-        location,
-        &manifest,
-        &key,
-        &args.directory,
-        s3::StreamDecode {
-            overwrite: args.overwrite,
-            allow_oversize: args.allow_oversize,
-        },
-        args.concurrency,
-        progress,
-    )
-    .with_context(|| format!("unbundling {url}"))
-    .map_err(|e| space::explain(e, &args.directory, "the image", None))?;
+    let report = unbundle(&bundle, Some(remote), &key, &check, options, progress)
+        .map_err(|e| space::explain(e.into(), &args.directory, "the image", None))?;
+    let signature = report.signature;
     let image = report.decode.image_path.clone().unwrap_or_default();
     if args.json {
         output::print_json(&json!({
@@ -170,9 +156,9 @@ fn run_unbundle(
             "tar_sha1": report.decode.tar_digest,
             "signature": signature.map(|f| format!("{f:?}").to_lowercase()),
             "parts": report.parts,
-            "bytes": report.bytes,
-            "manifest_bytes": raw.len(),
-            "seconds": started.elapsed().as_secs_f64(),
+            "bytes": report.bytes_downloaded,
+            "manifest_bytes": report.manifest_bytes,
+            "seconds": report.elapsed.as_secs_f64(),
         }))?;
     } else {
         println!("{}", image.display());

@@ -6,8 +6,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 
 use crate::bundle::certs::{self, CertSearch};
-use crate::bundle::crypto::{self, Certificate, SignatureKey, UserKey};
-use crate::bundle::manifest::{self, Manifest, SignatureForm};
+use crate::bundle::crypto::{self, Certificate, UserKey};
 
 /// The user's key pair.
 #[derive(Debug, Args, Clone)]
@@ -124,67 +123,4 @@ pub struct SignatureArgs {
     pub skip_signature: bool,
 }
 
-/// The key a manifest's signature is checked with, resolved before any request or write.
-pub enum SignatureCheck {
-    /// `-c`: the certificate given.
-    Certificate { path: PathBuf, cert: Certificate },
-    /// Default: the public half of the private key that decrypts the bundle.
-    PrivateKey,
-    /// `--skip-signature`.
-    Skip,
-}
-
-impl SignatureCheck {
-    /// Resolves `-c` / `--skip-signature` (loads the certificate, so a bad file costs nothing).
-    pub fn from_args(cert: Option<&Path>, skip: bool) -> anyhow::Result<Self> {
-        Ok(match (cert, skip) {
-            (_, true) => SignatureCheck::Skip,
-            (Some(path), false) => SignatureCheck::Certificate {
-                path: path.to_path_buf(),
-                cert: Certificate::load(path)?,
-            },
-            (None, false) => SignatureCheck::PrivateKey,
-        })
-    }
-
-    /// Checks the signature of the manifest `raw` (parsed as `manifest`) read from `source`;
-    /// `key` is the private key that will decrypt it, if any. `Ok(None)` only for
-    /// `--skip-signature`, after a warning.
-    pub fn check(
-        &self,
-        raw: &[u8],
-        manifest: &Manifest,
-        source: &str,
-        key: Option<&UserKey>,
-    ) -> anyhow::Result<Option<SignatureForm>> {
-        let (signer, named): (&dyn SignatureKey, String) = match (self, key) {
-            (SignatureCheck::Skip, _) => {
-                tracing::warn!(
-                    "the signature of {source} was not checked (--skip-signature): its contents \
-                     are trusted only as far as the bucket or directory it came from"
-                );
-                return Ok(None);
-            }
-            (SignatureCheck::Certificate { path, cert }, _) => (cert, path.display().to_string()),
-            (SignatureCheck::PrivateKey, Some(key)) => {
-                // A key that cannot unwrap the bundle's AES key is the wrong key, not a forger's
-                // victim: say so, as decoding would.
-                crypto::unwrap_key(key, &manifest.image.user_encrypted_key)
-                    .with_context(|| format!("unbundling {source}"))?;
-                (key, "the public key of --privatekey".into())
-            }
-            (SignatureCheck::PrivateKey, None) => bail!(
-                "cannot check the signature of {source}: pass --cert (the certificate of the key \
-                 that signed it) or --privatekey, or --skip-signature to go on without the check"
-            ),
-        };
-        manifest::verify_signature(raw, manifest, signer)
-            .with_context(|| {
-                format!(
-                    "verifying the signature of {source} with {named} (pass --cert if another key \
-                 signed it, or --skip-signature to go on without the check)"
-                )
-            })
-            .map(Some)
-    }
-}
+pub use crate::bundle::trust::SignatureCheck;

@@ -12,6 +12,7 @@ mod copy;
 mod delete;
 mod download;
 mod generate;
+mod image_report;
 mod install_compat;
 mod keys;
 mod migrate_manifest;

@@ -135,19 +135,14 @@ pub fn run(args: RegisterArgs) -> anyhow::Result<()> {
     cloud_args::runtime()?.block_on(async {
         let cloud = args.cloud.load().await?;
         let region = cloud.require_region()?.to_string();
-        let (image_location, bundle_name, arch) = match (&args.image_location, &args.manifest) {
+        let mut target = match (&args.image_location, &args.manifest) {
             (Some(loc), _) => {
                 let (location, file) =
                     BundleLocation::parse_manifest_url(loc).context("checking --image-location")?;
-                let file = file.as_str();
                 let (manifest, _) =
-                    s3::fetch_manifest(&cloud.s3_client(&region), &location, file).await?;
-                let arch = manifest
-                    .machine
-                    .as_ref()
-                    .map(|m| m.architecture.clone())
-                    .unwrap_or_else(|| "i386".into());
-                (location.image_location(file), manifest.image.name, arch)
+                    s3::fetch_manifest(&cloud.s3_client(&region), &location, &file).await?;
+                let image_location = location.image_location(&file);
+                RegisterTarget::for_manifest(&manifest, image_location, args.name.clone())
             }
             (None, Some(path)) => {
                 let bundle = LocalBundle::open(path, None)?;
@@ -162,27 +157,13 @@ pub fn run(args: RegisterArgs) -> anyhow::Result<()> {
                     .file_name()
                     .and_then(|n| n.to_str())
                     .context("manifest path has no file name")?;
-                let arch = bundle
-                    .manifest
-                    .machine
-                    .as_ref()
-                    .map(|m| m.architecture.clone())
-                    .unwrap_or_else(|| "i386".into());
-                (
-                    location.image_location(file),
-                    bundle.manifest.image.name.clone(),
-                    arch,
-                )
+                let image_location = location.image_location(file);
+                RegisterTarget::for_manifest(&bundle.manifest, image_location, args.name.clone())
             }
             (None, None) => bail!("pass --manifest or --image-location"),
         };
-        let target = RegisterTarget {
-            image_location,
-            name: args.name.clone().unwrap_or(bundle_name),
-            architecture: arch,
-            kernel_id: args.kernel_id.clone(),
-            ramdisk_id: args.ramdisk_id.clone(),
-        };
+        target.kernel_id = args.kernel_id.clone();
+        target.ramdisk_id = args.ramdisk_id.clone();
         let client = cloud.ec2_client(&region);
         let (req, registered) = ec2::register_and_wait(&client, &region, target, &ami).await?;
         if args.json {

@@ -11,8 +11,9 @@ use serde_json::json;
 use super::cloud_args::{self, CloudArgs};
 use super::keys::{self, SignatureArgs, SignatureCheck};
 use super::{bundling, output};
-use crate::bundle::pipeline::{DecodeOptions, LocalBundle};
-use crate::cloud::s3::{self, BundleLocation};
+use crate::bundle::pipeline::DecodeOptions;
+use crate::cloud::s3;
+use crate::cloud::unbundle::{BundleRef, Remote, unbundle};
 use crate::image::fs as imgfs;
 use crate::image::{mount, volume};
 use crate::progress::Progress;
@@ -110,65 +111,31 @@ fn restore_into(
             .context("--destination has no parent directory: pass --work-dir")?,
     };
     let key = keys::load_private_key(args.private_key.as_deref(), args.allow_insecure_key)?;
-    let check = SignatureCheck::from_args(
+    let check = SignatureCheck::new(
         args.signature.cert.as_deref(),
         args.signature.skip_signature,
     )?;
     let work = imgfs::create_work_dir(&work_parent)?;
 
-    let image = if args.manifest.starts_with("s3://") {
-        let (location, file) = BundleLocation::parse_manifest_url(&args.manifest)?;
-        let runtime = cloud_args::runtime()?;
-        let (client, manifest, raw) = runtime.block_on(async {
-            let cloud = args.cloud.load().await?;
-            let client = args
-                .cloud
-                .client_for_bucket(&cloud, &location.bucket)
-                .await?;
-            let (manifest, raw) = s3::fetch_manifest(&client, &location, &file)
-                .await
-                .with_context(|| format!("downloading {}", args.manifest))?;
-            Ok::<_, anyhow::Error>((client, manifest, raw))
-        })?;
-        check.check(&raw, &manifest, &args.manifest, Some(&key))?;
-        let report = s3::unbundle_stream(
-            runtime.handle(),
-            &client,
-            &location,
-            &manifest,
-            &key,
-            work.path(),
-            s3::StreamDecode {
-                overwrite: false,
-                allow_oversize: args.allow_oversize,
-            },
-            args.concurrency,
-            progress,
-        )
-        .with_context(|| format!("unbundling {}", args.manifest))?;
-        report.decode.image_path
-    } else {
-        let path = PathBuf::from(&args.manifest);
-        let bundle = LocalBundle::open(&path, None)?;
-        check.check(
-            &bundle.raw,
-            &bundle.manifest,
-            &path.display().to_string(),
-            Some(&key),
-        )?;
-        bundle
-            .decode(
-                &key,
-                DecodeOptions {
-                    allow_oversize: args.allow_oversize,
-                    ..DecodeOptions::into_dir(work.path())
-                },
-                progress,
-            )
-            .with_context(|| format!("unbundling {}", path.display()))?
-            .image_path
-    }
-    .context("the unbundled image has no path")?;
+    let bundle = BundleRef::parse(&args.manifest)?;
+    let runtime = cloud_args::runtime()?;
+    let cloud = match bundle {
+        BundleRef::S3 { .. } => Some(runtime.block_on(args.cloud.load())?),
+        BundleRef::Local { .. } => None,
+    };
+    let remote = cloud.as_ref().map(|cloud| Remote {
+        runtime: runtime.handle(),
+        cloud,
+        concurrency: args.concurrency,
+    });
+    let options = DecodeOptions {
+        allow_oversize: args.allow_oversize,
+        ..DecodeOptions::into_dir(work.path())
+    };
+    let image = unbundle(&bundle, remote, &key, &check, options, progress)?
+        .decode
+        .image_path
+        .context("the unbundled image has no path")?;
 
     let report = volume::restore_image(
         ns,

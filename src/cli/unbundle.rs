@@ -2,14 +2,14 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::Args;
 use serde_json::json;
 
 use super::keys::{self, SignatureArgs, SignatureCheck};
 use super::output;
-use crate::bundle::pipeline::{DecodeOptions, LocalBundle};
+use crate::bundle::pipeline::DecodeOptions;
 use crate::bundle::space;
+use crate::cloud::unbundle::{BundleRef, unbundle};
 use crate::progress::Progress;
 
 /// Arguments of `unbundle`.
@@ -51,31 +51,24 @@ pub struct UnbundleArgs {
 
 /// Runs `unbundle`.
 pub fn run(args: UnbundleArgs, progress: &dyn Progress) -> anyhow::Result<()> {
-    let bundle = LocalBundle::open(&args.manifest, args.source.as_deref())?;
-    let check = SignatureCheck::from_args(
+    let check = SignatureCheck::new(
         args.signature.cert.as_deref(),
         args.signature.skip_signature,
     )?;
     let key = keys::load_private_key(args.private_key.as_deref(), args.allow_insecure_key)?;
-    let signature = check.check(
-        &bundle.raw,
-        &bundle.manifest,
-        &args.manifest.display().to_string(),
-        Some(&key),
-    )?;
     output::ensure_dir(&args.destination, "-d/--destination")?;
-    let report = bundle
-        .decode(
-            &key,
-            DecodeOptions {
-                out_dir: Some(&args.destination),
-                overwrite: args.overwrite,
-                allow_oversize: args.allow_oversize,
-            },
-            progress,
-        )
-        .with_context(|| format!("unbundling {}", args.manifest.display()))
-        .map_err(|e| space::explain(e, &args.destination, "the image", None))?;
+    let bundle = BundleRef::Local {
+        manifest: args.manifest.clone(),
+        parts: args.source.clone(),
+    };
+    let options = DecodeOptions {
+        out_dir: Some(&args.destination),
+        overwrite: args.overwrite,
+        allow_oversize: args.allow_oversize,
+    };
+    let done = unbundle(&bundle, None, &key, &check, options, progress)
+        .map_err(|e| space::explain(e.into(), &args.destination, "the image", None))?;
+    let (report, signature) = (&done.decode, done.signature);
     let image = report.image_path.clone().unwrap_or_default();
     if args.json {
         output::print_json(&json!({

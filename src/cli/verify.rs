@@ -56,9 +56,7 @@ fn fetch_from_s3(
         .context("creating a temporary directory")?;
     let manifest = cloud_args::runtime()?.block_on(async {
         let cloud = cloud_args.load().await?;
-        let client = cloud_args
-            .client_for_bucket(&cloud, &location.bucket)
-            .await?;
+        let client = crate::cloud::s3::client_for_bucket(&cloud, &location.bucket).await?;
         let report = s3::download_bundle(
             &client,
             &location,
@@ -76,7 +74,7 @@ fn fetch_from_s3(
 
 /// Runs `verify`.
 pub fn run(args: VerifyArgs, progress: &dyn Progress) -> anyhow::Result<()> {
-    let mut check = SignatureCheck::from_args(
+    let mut check = SignatureCheck::new(
         args.signature.cert.as_deref(),
         args.signature.skip_signature,
     )?;
@@ -87,7 +85,7 @@ pub fn run(args: VerifyArgs, progress: &dyn Progress) -> anyhow::Result<()> {
             .map(|d| d.join(crate::bundle::crypto::GENERATED_CERT_FILE))
             .filter(|p| p.exists());
         match own {
-            Some(path) => check = SignatureCheck::from_args(Some(&path), false)?,
+            Some(path) => check = SignatureCheck::new(Some(&path), false)?,
             None => bail!(
                 "verify checks the manifest signature: pass --cert (the certificate of the key \
                  that signed it) or --privatekey (which also checks the whole stream), or \

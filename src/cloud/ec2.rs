@@ -499,6 +499,28 @@ pub struct RegisterTarget {
     pub ramdisk_id: Option<String>,
 }
 
+impl RegisterTarget {
+    /// The bundle whose manifest is `manifest`, stored at `image_location`, registered as
+    /// `name` (default: the bundle's name) with the manifest's architecture (i386 when it
+    /// names none, as the 2007-10-10 format's default). No PV kernel or ramdisk.
+    pub fn for_manifest(
+        manifest: &crate::bundle::manifest::Manifest,
+        image_location: String,
+        name: Option<String>,
+    ) -> Self {
+        RegisterTarget {
+            image_location,
+            name: name.unwrap_or_else(|| manifest.image.name.clone()),
+            architecture: manifest
+                .machine
+                .as_ref()
+                .map_or_else(|| "i386".into(), |m| m.architecture.clone()),
+            kernel_id: None,
+            ramdisk_id: None,
+        }
+    }
+}
+
 /// Registers `target` (idempotently, [`register_image`]) and, if `ami.wait`, waits for
 /// `available` ([`wait_available`], [`WAIT_TIMEOUT_SECS`]). Returns the request made and its
 /// result.

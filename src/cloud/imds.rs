@@ -531,6 +531,57 @@ pub fn read_account_id(options: &ImdsOptions) -> Result<String, ImdsError> {
     block_on(imds.account_id())
 }
 
+/// The manifest fields and the account of a volume bundled on this machine: what the user
+/// gave (`given`, `account`), filled from instance metadata unless `no_inherit`
+/// ([`inherit`]); the account comes from metadata when none was given, even with
+/// `no_inherit`. Metadata is not read at all when there is nothing to take from it.
+///
+/// Off EC2 (metadata unavailable) that is said and the user's fields stand. With `no_inherit`
+/// any failure is a warning.
+///
+/// # Errors
+/// A failure to read metadata that exists (on EC2), unless `no_inherit`.
+pub fn inherit_from_instance(
+    given: InheritedFields,
+    account: Option<String>,
+    no_inherit: bool,
+    options: &ImdsOptions,
+) -> Result<(InheritedFields, Option<String>), ImdsError> {
+    if no_inherit && account.is_some() {
+        return Ok((given, account));
+    }
+    let metadata = match read_instance_metadata(options) {
+        Ok(md) => Some(md),
+        Err(e) if e.is_unavailable() => {
+            if !no_inherit {
+                tracing::info!(
+                    "no instance metadata ({}): not on EC2, nothing inherited",
+                    crate::bundle::error_chain(&e)
+                );
+            }
+            None
+        }
+        Err(e) if no_inherit => {
+            tracing::warn!(
+                "instance metadata could not be read: {}",
+                crate::bundle::error_chain(&e)
+            );
+            None
+        }
+        Err(e) => return Err(e),
+    };
+    let Some(md) = metadata else {
+        return Ok((given, account));
+    };
+    let account = account.or_else(|| md.account_id.clone());
+    let fields = if no_inherit {
+        given
+    } else {
+        inherit(given, &md)
+    };
+    Ok((fields, account))
+}
+
 /// The manifest fields instance metadata can fill (docs/reference-behaviour.md §4).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct InheritedFields {

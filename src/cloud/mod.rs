@@ -8,3 +8,4 @@ pub mod imds;
 pub mod publish;
 pub mod s3;
 pub mod stream;
+pub mod unbundle;

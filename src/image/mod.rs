@@ -20,6 +20,7 @@ pub mod mount;
 pub mod partition;
 mod root;
 pub mod save;
+pub mod snapshot;
 pub mod volume;
 
 #[cfg(test)]

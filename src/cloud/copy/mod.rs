@@ -25,8 +25,8 @@ use crate::cloud::s3::{self, BucketPolicy, BucketState, BundleLocation, S3Error}
 
 mod regions;
 pub use regions::{
-    CopyRegistration, FanOut, MAX_PARALLEL_REGIONS, RegionDone, RegionTarget, Source,
-    copy_to_regions, destination, plan,
+    CopyRegistration, FanOut, MAX_PARALLEL_REGIONS, RegionDone, RegionTarget, Source, SourceRef,
+    copy_to_regions, destination, plan, resolve_targets,
 };
 
 /// User metadata on a copied manifest naming the EC2 certificate its `ec2_*` fields are
@@ -159,6 +159,30 @@ pub enum CopyError {
         #[source]
         source: Box<CopyError>,
     },
+    /// A target region is not shaped like a region name.
+    #[error("--to-region {0:?} is not a region name (for example eu-west-1)")]
+    BadRegion(String),
+    /// No target region.
+    #[error("--to-region names no region")]
+    NoRegions,
+    /// An EC2 certificate was given for a region that is not a target.
+    #[error("--ec2cert names region {0}, which is not in --to-region")]
+    CertForOtherRegion(String),
+    /// The source AMI is looked up in the configured region, and there is none.
+    #[error("--ami is looked up in --region, and no region is configured")]
+    NoSourceRegion(#[source] crate::cloud::config::ConfigError),
+    /// The source AMI could not be described.
+    #[error(transparent)]
+    SourceAmi(#[from] crate::cloud::ec2::Ec2Error),
+    /// The source bundle could not be read or is incomplete.
+    #[error("reading the source manifest {location}")]
+    Source {
+        /// `bucket/prefix/name.manifest.xml`.
+        location: String,
+        /// Why.
+        #[source]
+        source: Box<CopyError>,
+    },
     /// Another bundle's manifest is at the destination.
     #[error(
         "s3://{bucket}/{key} already holds a different bundle ({why}); refusing to replace it, since an AMI registered from it would stop working: delete it (amibundle delete) or choose another --bucket-template"
@@ -178,7 +202,9 @@ impl CopyError {
     pub fn is_access_problem(&self) -> bool {
         match self {
             Self::S3(e) => e.is_access_problem(),
-            Self::InRegion { source, .. } => source.is_access_problem(),
+            Self::InRegion { source, .. } | Self::Source { source, .. } => {
+                source.is_access_problem()
+            }
             _ => false,
         }
     }

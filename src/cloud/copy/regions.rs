@@ -4,6 +4,7 @@
 //! parallel ([`MAX_PARALLEL_REGIONS`]) and every region's outcome is returned, so one failed
 //! region never hides the others.
 
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -68,6 +69,50 @@ impl RegionTarget {
     }
 }
 
+/// The target regions with their EC2 certificates, resolved before anything is sent: each
+/// region shaped like a region name, duplicates dropped (first one kept), `explicit`
+/// certificates (by region) only for regions in the list; the others use their pinned
+/// certificate (see [`RegionTarget::resolve`]).
+pub fn resolve_targets(
+    regions: &[String],
+    explicit: &BTreeMap<String, PathBuf>,
+    unpinned: bool,
+) -> Result<Vec<RegionTarget>, CopyError> {
+    let mut seen = HashSet::new();
+    let mut names = Vec::new();
+    for r in regions {
+        let r = r.trim();
+        let shaped = !r.is_empty()
+            && r.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !shaped {
+            return Err(CopyError::BadRegion(r.to_string()));
+        }
+        if seen.insert(r) {
+            names.push(r);
+        }
+    }
+    if names.is_empty() {
+        return Err(CopyError::NoRegions);
+    }
+    if let Some(other) = explicit.keys().find(|r| !seen.contains(r.as_str())) {
+        return Err(CopyError::CertForOtherRegion(other.clone()));
+    }
+    names
+        .into_iter()
+        .map(|region| RegionTarget::resolve(region, explicit.get(region).cloned(), unpinned))
+        .collect()
+}
+
+/// What `copy` copies.
+#[derive(Debug, Clone)]
+pub enum SourceRef {
+    /// A bundle in S3, `[s3://]BUCKET/[PREFIX/]NAME.manifest.xml`.
+    ImageLocation(String),
+    /// An instance-store AMI in the configured region: its bundle.
+    Ami(String),
+}
+
 /// The bundle being copied and, when it was named by AMI id, that AMI.
 #[derive(Debug)]
 pub struct Source {
@@ -82,6 +127,39 @@ pub struct Source {
 }
 
 impl Source {
+    /// Finds the source (an AMI is described in the configured region), then [`Self::load`]s
+    /// it with a client in its bucket's region.
+    pub async fn find(
+        cloud: &CloudConfig,
+        what: &SourceRef,
+        user_cert: &Certificate,
+    ) -> Result<Self, CopyError> {
+        let (text, ami) = match what {
+            SourceRef::ImageLocation(text) => (text.clone(), None),
+            SourceRef::Ami(ami_id) => {
+                let region = cloud
+                    .require_region()
+                    .map_err(CopyError::NoSourceRegion)?
+                    .to_string();
+                let image =
+                    ec2::describe_image(&cloud.ec2_client(&region), &region, ami_id).await?;
+                (image.image_location.clone(), Some((image, region)))
+            }
+        };
+        let (location, manifest_name) = BundleLocation::parse_manifest_url(&text)?;
+        let what = location.image_location(&manifest_name);
+        let in_context = |source| CopyError::Source {
+            location: what.clone(),
+            source: Box::new(source),
+        };
+        let client = s3::client_for_bucket(cloud, &location.bucket)
+            .await
+            .map_err(|e| in_context(e.into()))?;
+        Self::load(&client, location, manifest_name, ami, user_cert)
+            .await
+            .map_err(in_context)
+    }
+
     /// Fetches the manifest `manifest_name` at `location` with `client` (a client for that
     /// bucket's region), checks its signature with the user's certificate (the copies are
     /// re-signed with the user's key, so the source must be the user's own bundle), and lists

@@ -217,6 +217,22 @@ async fn check_ownership(s3: &Client, bucket: &str, fix: bool) -> Result<(), S3E
     Ok(())
 }
 
+/// An S3 client for an existing bucket, in the bucket's own region (found with
+/// GetBucketLocation when it differs from the configured one, or none is configured).
+pub async fn client_for_bucket(
+    cloud: &crate::cloud::config::CloudConfig,
+    bucket: &str,
+) -> Result<Client, S3Error> {
+    let configured = cloud.region().unwrap_or("us-east-1").to_string();
+    let client = cloud.s3_client(&configured);
+    let actual = bucket_region(&client, bucket).await?;
+    if actual == configured {
+        return Ok(client);
+    }
+    tracing::info!("bucket {bucket} is in {actual}");
+    Ok(cloud.s3_client(&actual))
+}
+
 /// The region a bucket is in (for commands that work on an existing bucket wherever it is).
 pub async fn bucket_region(s3: &Client, bucket: &str) -> Result<String, S3Error> {
     match s3.get_bucket_location().bucket(bucket).send().await {

@@ -44,7 +44,11 @@ impl BundleLocation {
     pub fn parse_manifest_url(url: &str) -> Result<(Self, String), S3Error> {
         let rest = url.strip_prefix("s3://").unwrap_or(url);
         match rest.rsplit_once('/') {
-            Some((dir, file)) if !file.is_empty() => Ok((Self::parse(dir)?, file.to_string())),
+            Some((dir, file))
+                if file.len() > ".manifest.xml".len() && file.ends_with(".manifest.xml") =>
+            {
+                Ok((Self::parse(dir)?, file.to_string()))
+            }
             _ => Err(S3Error::BadManifestUrl(url.to_string())),
         }
     }

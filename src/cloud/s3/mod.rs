@@ -25,14 +25,14 @@ mod tests;
 mod unbundle;
 mod upload;
 
-pub use self::bucket::{BucketPolicy, BucketState, bucket_region, ensure_bucket};
+pub use self::bucket::{
+    BucketPolicy, BucketState, bucket_region, client_for_bucket, ensure_bucket,
+};
 pub use self::delete::{DeleteReport, delete_bundle, delete_keys};
 pub use self::download::{DownloadReport, download_bundle, fetch_manifest};
 pub use self::list::{list_objects, object_exists};
 pub use self::location::{BundleLocation, default_bucket_name, validate_bucket_name};
-pub use self::unbundle::{
-    PartStream, StreamDecode, StreamFailure, StreamUnbundleReport, unbundle_stream,
-};
+pub use self::unbundle::{PartStream, StreamFailure, StreamUnbundleReport, unbundle_stream};
 pub use self::upload::{UploadOptions, UploadReport, put_bundle_object, upload_bundle};
 
 /// Parts uploaded or downloaded at once by default. Each holds one 10 MiB part in memory, so

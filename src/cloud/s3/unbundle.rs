@@ -3,7 +3,7 @@
 
 use std::fs;
 use std::io::{self, Read};
-use std::path::Path;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -263,18 +263,8 @@ pub struct StreamUnbundleReport {
     pub elapsed: Duration,
 }
 
-/// [`unbundle_stream`]'s choices (the image always goes to a directory).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct StreamDecode {
-    /// Replace an existing image file of the same name.
-    pub overwrite: bool,
-    /// Accept a manifest declaring an image above 10 GiB
-    /// ([`pipeline::DecodeOptions::allow_oversize`]).
-    pub allow_oversize: bool,
-}
-
 /// Downloads the parts of `manifest` from `location` and decodes them straight into the image
-/// in `out_dir` ([`PartStream`] → [`pipeline::decode_ciphertext`]): no part is written to disk,
+/// in `options.out_dir` (none: everything checked, nothing written) ([`PartStream`] → [`pipeline::decode_ciphertext`]): no part is written to disk,
 /// the image is a temporary file renamed only after every check passed, and on any failure
 /// (a GET, a corrupt object, a wrong key, an interrupt) nothing is left behind. A failure of
 /// the download is returned as itself, not as the decode error it caused.
@@ -287,58 +277,48 @@ pub fn unbundle_stream(
     location: &BundleLocation,
     manifest: &Manifest,
     key: &UserKey,
-    out_dir: &Path,
-    options: StreamDecode,
+    options: pipeline::DecodeOptions<'_>,
     concurrency: usize,
     progress: &dyn Progress,
 ) -> Result<StreamUnbundleReport, S3Error> {
     let started = Instant::now();
     let bundle_err = |e: crate::bundle::Error| S3Error::Bundle(Box::new(e));
     pipeline::check_declared_size(manifest, options.allow_oversize).map_err(bundle_err)?;
-    let StreamDecode {
-        overwrite,
-        allow_oversize,
-    } = options;
     // Cheap checks before any part is requested; decode_ciphertext repeats them when it knows
     // the tar member's name.
-    match fs::metadata(out_dir) {
-        Ok(meta) if meta.is_dir() => {}
-        Ok(_) => {
-            return Err(bundle_err(crate::bundle::Error::Destination {
-                dir: out_dir.to_path_buf(),
-                source: io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
-            }));
-        }
-        Err(source) => {
-            return Err(bundle_err(crate::bundle::Error::Destination {
+    if let Some(out_dir) = options.out_dir {
+        let not_a_dir = |source| {
+            bundle_err(crate::bundle::Error::Destination {
                 dir: out_dir.to_path_buf(),
                 source,
-            }));
+            })
+        };
+        match fs::metadata(out_dir) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => {
+                return Err(not_a_dir(io::Error::new(
+                    io::ErrorKind::NotADirectory,
+                    "not a directory",
+                )));
+            }
+            Err(source) => return Err(not_a_dir(source)),
         }
-    }
-    let image = out_dir.join(&manifest.image.name);
-    if !overwrite && fs::symlink_metadata(&image).is_ok() {
-        return Err(bundle_err(crate::bundle::Error::Exists(image)));
+        let image = out_dir.join(&manifest.image.name);
+        if !options.overwrite && fs::symlink_metadata(&image).is_ok() {
+            return Err(bundle_err(crate::bundle::Error::Exists(image)));
+        }
     }
     let source = PartStream::new(runtime.clone(), s3.clone(), location, manifest, concurrency);
     let failure = source.failure();
     let fetched = source.fetched();
     let parts = manifest.image.parts.len();
-    let decode = pipeline::decode_ciphertext(
-        manifest,
-        key,
-        source,
-        pipeline::DecodeOptions {
-            out_dir: Some(out_dir),
-            overwrite,
-            allow_oversize,
-        },
-        progress,
-    )
-    .map_err(|e| match failure.lock().ok().and_then(|mut f| f.take()) {
-        Some(s3_error) => s3_error,
-        None => bundle_err(e),
-    })?;
+    let decode =
+        pipeline::decode_ciphertext(manifest, key, source, options, progress).map_err(|e| {
+            match failure.lock().ok().and_then(|mut f| f.take()) {
+                Some(s3_error) => s3_error,
+                None => bundle_err(e),
+            }
+        })?;
     Ok(StreamUnbundleReport {
         decode,
         parts,

@@ -45,7 +45,7 @@ use crate::progress::Progress;
 mod pattern;
 mod tree;
 
-pub use pattern::expand_pattern;
+pub use pattern::{expand_pattern, expand_patterns};
 use tree::{in_view, mounts_below, read_mounts, swap_files, volume_usage};
 
 /// Directories of a root volume whose contents are runtime state, never part of an image: they

@@ -121,6 +121,24 @@ fn class_match(p: &[u8], c: u8) -> Option<(bool, &[u8])> {
     None
 }
 
+/// [`expand_pattern`] for each of `patterns` (the values of `flag`), warning about those that
+/// match nothing.
+pub fn expand_patterns(volume: &Path, patterns: &[PathBuf], flag: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for p in patterns {
+        let (matches, none) = expand_pattern(volume, p);
+        if none {
+            tracing::warn!(
+                "{flag} {} matches nothing under {}",
+                p.display(),
+                volume.display()
+            );
+        }
+        out.extend(matches);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

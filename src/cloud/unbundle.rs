@@ -1,0 +1,198 @@
+//! One call for every command that turns a bundle into its image (`unbundle`, `download
+//! --unbundle`, `restore`, `check-image`): the manifest read from a directory or from S3, its
+//! signature checked before anything is decrypted ([`SignatureCheck`]), then the parts decoded
+//! into the image: read from the directory, or streamed from S3 without touching the disk
+//! ([`s3::unbundle_stream`]).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crate::bundle::crypto::UserKey;
+use crate::bundle::manifest::SignatureForm;
+use crate::bundle::pipeline::{DecodeOptions, DecodeReport, LocalBundle};
+use crate::bundle::trust::{SignatureCheck, TrustError};
+use crate::cloud::config::CloudConfig;
+use crate::cloud::s3::{self, BundleLocation, S3Error};
+use crate::progress::Progress;
+
+/// Where a bundle is.
+#[derive(Debug, Clone)]
+pub enum BundleRef {
+    /// A manifest file; its parts in `parts` (default: beside it).
+    Local {
+        /// The manifest.
+        manifest: PathBuf,
+        /// The parts' directory.
+        parts: Option<PathBuf>,
+    },
+    /// A manifest in S3.
+    S3 {
+        /// Bucket and prefix.
+        location: BundleLocation,
+        /// `NAME.manifest.xml`.
+        manifest_name: String,
+    },
+}
+
+impl BundleRef {
+    /// `s3://BUCKET/[PREFIX/]NAME.manifest.xml` is in S3; anything else is a local file.
+    pub fn parse(text: &str) -> Result<Self, S3Error> {
+        if text.starts_with("s3://") {
+            let (location, manifest_name) = BundleLocation::parse_manifest_url(text)?;
+            Ok(BundleRef::S3 {
+                location,
+                manifest_name,
+            })
+        } else {
+            Ok(BundleRef::Local {
+                manifest: PathBuf::from(text),
+                parts: None,
+            })
+        }
+    }
+
+    /// The manifest's path or `s3://` address, for messages.
+    pub fn describe(&self) -> String {
+        match self {
+            BundleRef::Local { manifest, .. } => manifest.display().to_string(),
+            BundleRef::S3 {
+                location,
+                manifest_name,
+            } => format!("{location}{manifest_name}"),
+        }
+    }
+}
+
+/// S3 access for a bundle in S3: the runtime that runs the downloads (the decode runs on the
+/// caller's thread) and the configuration.
+#[derive(Clone, Copy)]
+pub struct Remote<'a> {
+    /// Runs the downloads; the caller is outside it.
+    pub runtime: &'a tokio::runtime::Handle,
+    /// Region, credentials, endpoints.
+    pub cloud: &'a CloudConfig,
+    /// Parts fetched at once.
+    pub concurrency: usize,
+}
+
+/// What [`unbundle`] did.
+#[derive(Debug)]
+pub struct Unbundled {
+    /// The decode: image path, size, tar digest.
+    pub decode: DecodeReport,
+    /// How the manifest was signed; `None` when the check was skipped.
+    pub signature: Option<SignatureForm>,
+    /// Parts read.
+    pub parts: usize,
+    /// Part bytes downloaded (0 for a local bundle).
+    pub bytes_downloaded: u64,
+    /// The manifest's size.
+    pub manifest_bytes: usize,
+    /// Wall time, manifest to image.
+    pub elapsed: Duration,
+}
+
+/// Why a bundle was not unbundled. Each names the bundle.
+#[derive(Debug, thiserror::Error)]
+pub enum UnbundleError {
+    /// The bundle's manifest could not be read or parsed.
+    #[error("reading {what}")]
+    Read {
+        /// The bundle.
+        what: String,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A bundle in S3 and no S3 access was given.
+    #[error("{0} is in S3: no S3 configuration was given")]
+    NoRemote(String),
+    /// The signature check refused it.
+    #[error(transparent)]
+    Trust(#[from] TrustError),
+    /// Decrypting, decompressing, untarring, or a download during the decode.
+    #[error("unbundling {what}")]
+    Decode {
+        /// The bundle.
+        what: String,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// Reads the manifest of `bundle`, checks its signature with `check` (and `key`, the private
+/// key that decrypts it), and decodes it with `options` (into `options.out_dir`, or only
+/// checked). A bundle in S3 needs `remote`; its parts stream into the image.
+pub fn unbundle(
+    bundle: &BundleRef,
+    remote: Option<Remote<'_>>,
+    key: &UserKey,
+    check: &SignatureCheck,
+    options: DecodeOptions<'_>,
+    progress: &dyn Progress,
+) -> Result<Unbundled, UnbundleError> {
+    let started = Instant::now();
+    let what = bundle.describe();
+    let read_err = |source: Box<dyn std::error::Error + Send + Sync>| UnbundleError::Read {
+        what: what.clone(),
+        source,
+    };
+    let decode_err = |source: Box<dyn std::error::Error + Send + Sync>| UnbundleError::Decode {
+        what: what.clone(),
+        source,
+    };
+    match bundle {
+        BundleRef::Local { manifest, parts } => {
+            let local =
+                LocalBundle::open(manifest, parts.as_deref()).map_err(|e| read_err(e.into()))?;
+            let signature = check.check(&local.raw, &local.manifest, &what, Some(key))?;
+            let decode = local
+                .decode(key, options, progress)
+                .map_err(|e| decode_err(e.into()))?;
+            Ok(Unbundled {
+                decode,
+                signature,
+                parts: local.manifest.image.parts.len(),
+                bytes_downloaded: 0,
+                manifest_bytes: local.raw.len(),
+                elapsed: started.elapsed(),
+            })
+        }
+        BundleRef::S3 {
+            location,
+            manifest_name,
+        } => {
+            let remote = remote.ok_or_else(|| UnbundleError::NoRemote(what.clone()))?;
+            let (client, manifest, raw) = remote
+                .runtime
+                .block_on(async {
+                    let client = s3::client_for_bucket(remote.cloud, &location.bucket).await?;
+                    let (manifest, raw) =
+                        s3::fetch_manifest(&client, location, manifest_name).await?;
+                    Ok::<_, S3Error>((client, manifest, raw))
+                })
+                .map_err(|e| read_err(e.into()))?;
+            let signature = check.check(&raw, &manifest, &what, Some(key))?;
+            let report = s3::unbundle_stream(
+                remote.runtime,
+                &client,
+                location,
+                &manifest,
+                key,
+                options,
+                remote.concurrency,
+                progress,
+            )
+            .map_err(|e| decode_err(e.into()))?;
+            Ok(Unbundled {
+                decode: report.decode,
+                signature,
+                parts: report.parts,
+                bytes_downloaded: report.bytes,
+                manifest_bytes: raw.len(),
+                elapsed: started.elapsed(),
+            })
+        }
+    }
+}
