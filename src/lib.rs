@@ -7,7 +7,12 @@
 //! `src/main.rs` and [`cli`] do, and they call the library. The format is described in
 //! `docs/format.md`; the module map is in `docs/architecture.md`.
 //!
-//! The types most callers need are re-exported here.
+//! The types most callers need are re-exported here. Beyond them the public modules are the
+//! format's building blocks (`bundle::{tar, gzip, crypto, manifest, parts, pipeline, trust, migrate}`),
+//! the image workflows (`image::{snapshot, volume, mount, bootcheck, save}`) and, with the `cli`
+//! feature, the cloud workflows (`cloud::{publish, unbundle, copy, ec2, s3, imds, config}`); the
+//! modules they are built from (the tree copy, the filter, mkfs, loop devices, partition tables,
+//! certificate pins, run locks …) are the crate's own.
 //!
 //! # Bundling an image
 //!
@@ -115,6 +120,7 @@ pub use bundle::pipeline::{
     BundleReport, BundleSpec, DecodeOptions, Identity, ImageInput, LocalBundle, Overrides,
     bundle_to_dir,
 };
+pub use bundle::trust::SignatureCheck;
 pub use progress::{NoProgress, Progress};
 
 /// The repository's test data (`tests/data`: reference vectors and insecure test keys; see its

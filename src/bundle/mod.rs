@@ -1,17 +1,19 @@
 //! The bundle engine: image → tar → SHA-1 → gzip → AES-128-CBC → 10 MiB parts + signed
 //! manifest, and the reverse (verify, unbundle). See `docs/format.md` and `docs/architecture.md`.
 
-pub mod certs;
+#[cfg(feature = "cli")]
+pub(crate) mod certs;
 pub mod crypto;
 pub mod digest;
-pub mod fsutil;
+#[cfg(feature = "cli")]
+pub(crate) mod fsutil;
 pub mod gzip;
-pub mod lock;
+pub(crate) mod lock;
 pub mod manifest;
 pub mod migrate;
 pub mod parts;
 pub mod pipeline;
-pub mod space;
+pub(crate) mod space;
 pub mod tar;
 pub mod trust;
 
@@ -43,6 +45,7 @@ pub enum Error {
     #[error(transparent)]
     Manifest(#[from] manifest::ManifestError),
     /// EC2 certificate lookup.
+    #[cfg(feature = "cli")]
     #[error(transparent)]
     Cert(#[from] certs::CertError),
     /// A part failed its checks.

@@ -7,5 +7,5 @@ pub mod ec2;
 pub mod imds;
 pub mod publish;
 pub mod s3;
-pub mod stream;
+pub(crate) mod stream;
 pub mod unbundle;

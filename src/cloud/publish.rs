@@ -1,6 +1,6 @@
 //! The one entry point of `bundle-image --upload [--register]`, `bundle-vol --upload
 //! [--register]` and `save`: ensure the bucket (in the region, owned by the bundle's account,
-//! ACLs usable), stream the bundle into it ([`crate::cloud::stream::bundle_to_s3`]), then
+//! ACLs usable), stream the bundle into it (`crate::cloud::stream::bundle_to_s3`), then
 //! register the AMI if asked and wait for it.
 
 use std::time::{Duration, Instant};

@@ -17,7 +17,6 @@
 //! layout in the unit tests.
 #![allow(unsafe_code)]
 
-use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
@@ -377,6 +376,7 @@ impl LoopDevice {
     }
 
     /// The device number `N` of `/dev/loopN` (its sysfs directory is `/sys/block/loopN`).
+    #[cfg(test)]
     pub fn number(&self) -> u32 {
         self.number
     }
@@ -671,6 +671,7 @@ fn bind_legacy(device: &File, backing: &File, info: &LoopInfo64) -> Result<(), E
 /// # Errors
 ///
 /// Reading `/sys/block` or canonicalizing `image` failed.
+#[cfg(test)]
 pub fn devices_backed_by(image: &Path) -> io::Result<Vec<PathBuf>> {
     let image = std::fs::canonicalize(image)?;
     let mut found = Vec::new();
@@ -685,7 +686,7 @@ pub fn devices_backed_by(image: &Path) -> io::Result<Vec<PathBuf>> {
             continue;
         };
         let backing = backing.strip_suffix(b"\n").unwrap_or(&backing);
-        if Path::new(OsStr::from_bytes(backing)) == image {
+        if Path::new(std::ffi::OsStr::from_bytes(backing)) == image {
             found.push(Path::new("/dev").join(name));
         }
     }

@@ -108,7 +108,7 @@ struct ImageInputs<'a> {
     bootloader: String,
 }
 
-/// The fingerprint of the options that decide the image (SHA-1 of [`ImageInputs`] as JSON).
+/// The fingerprint of the options that decide the image (SHA-1 of `ImageInputs` as JSON).
 pub fn fingerprint(opts: &VolumeOptions) -> String {
     let fstab = match &opts.fstab {
         FstabChoice::Keep => ("keep", None),

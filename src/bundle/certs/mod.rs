@@ -21,14 +21,16 @@ mod search;
 #[cfg(test)]
 mod tests;
 
-pub use self::install::{InstallReport, InstalledCert, SkipReason, SkippedEntry, install_from_zip};
-pub use self::pins::{
-    Ec2CertKind, Fingerprints, Pin, fingerprint_hex, kind_for_region, pin_for, pins,
-};
+pub use self::install::install_from_zip;
+pub use self::pins::{Ec2CertKind, Fingerprints, kind_for_region};
+#[cfg(test)]
+pub use self::pins::{Pin, fingerprint_hex, pin_for, pins};
 pub use self::search::{
-    CertSearch, CertSource, Ec2Cert, LookOutcome, LookedAt, default_cache_dir, describe, resolve,
-    resolve_explicit_path, resolve_for_region,
+    CertSearch, Ec2Cert, LookedAt, default_cache_dir, describe, resolve_explicit_path,
+    resolve_for_region,
 };
+#[cfg(test)]
+pub use self::search::{CertSource, LookOutcome, resolve};
 
 use std::fs::File;
 use std::io::{self, Read};

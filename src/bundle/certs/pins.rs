@@ -167,12 +167,14 @@ static PINS: [Pin; 3] = [
 ];
 
 /// Amazon's three EC2 certificate pins (docs/format.md §11.1), in [`Ec2CertKind::all`] order.
+#[cfg(test)]
 pub fn pins() -> &'static [Pin] {
     &PINS
 }
 
 /// The pin `x509` matches, comparing BOTH its SHA-1 and SHA-256 fingerprints; `None` if it
 /// matches no pin (or its fingerprints cannot be computed).
+#[cfg(test)]
 pub fn pin_for(x509: &X509) -> Option<&'static Pin> {
     let fp = Fingerprints::of(x509).ok()?;
     pin_for_fingerprints(&fp)
@@ -222,11 +224,6 @@ impl Fingerprints {
     /// SHA-256 as uppercase colon-separated hex.
     pub fn sha256_hex(&self) -> String {
         fingerprint_hex(&self.sha256)
-    }
-
-    /// SHA-1 as uppercase colon-separated hex.
-    pub fn sha1_hex(&self) -> String {
-        fingerprint_hex(&self.sha1)
     }
 }
 

@@ -9,7 +9,6 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use openssl::error::ErrorStack;
 use openssl::x509::X509;
 
 use super::pins::pin_for_fingerprints;
@@ -84,16 +83,7 @@ pub struct Ec2Cert {
     pub fingerprints: Fingerprints,
 }
 
-impl Ec2Cert {
-    /// The certificate as PEM bytes.
-    ///
-    /// # Errors
-    ///
-    /// OpenSSL encoding failures.
-    pub fn to_pem(&self) -> Result<Vec<u8>, ErrorStack> {
-        self.x509.to_pem()
-    }
-}
+impl Ec2Cert {}
 
 /// The lookup environment: explicit choice, environment variables, fixed directories and cache.
 /// Built from the real environment by [`CertSearch::from_env`]; tests construct it directly.

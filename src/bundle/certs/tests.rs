@@ -4,6 +4,7 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 
+use super::install::SkipReason;
 use super::search::{AMITOOLS_CERT_SUBDIR, cache_dir_for};
 use super::*;
 

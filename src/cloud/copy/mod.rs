@@ -1,7 +1,7 @@
 //! Copying a bundle into another region (issue 5, docs/reference-behaviour.md §15): the parts
 //! are copied server-side into a bucket of that region (CopyObject, never through this
 //! machine), the manifest is re-wrapped for the region's EC2 certificate and re-signed
-//! ([`crate::bundle::migrate`]), and uploaded last: it is the commit point.
+//! (`crate::bundle::migrate`), and uploaded last: it is the commit point.
 //!
 //! Re-runs are cheap and safe. A part already at the destination with the source's size and
 //! ETag (the MD5 of its bytes, for a part stored with one PUT) is not copied again; a manifest already there that describes the same bundle, signed by

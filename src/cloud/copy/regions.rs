@@ -225,7 +225,7 @@ pub struct FanOut<'a> {
     pub user_key: &'a UserKey,
     /// The user's certificate.
     pub user_cert: &'a Certificate,
-    /// Kernel and ramdisk changes for the manifests ([`FanOut::plan`]).
+    /// Kernel and ramdisk changes for the manifests (`FanOut::plan`).
     pub changes: Changes,
     /// Create the destination buckets, fix their ownership controls.
     pub policy: BucketPolicy,

@@ -73,7 +73,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-pub use rules::{CREDENTIAL_FILES, HISTORY_FILES, classify};
+pub use rules::{HISTORY_FILES, classify};
 pub use scan::scan;
 
 /// Why a path is filtered.

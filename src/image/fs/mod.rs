@@ -67,17 +67,13 @@ mod sizing;
 mod tests;
 mod workdir;
 
-pub use mkfs::{MkfsSpec, NEWER_EXT_FEATURES, mkfs, plan_mkfs};
+pub use mkfs::{MkfsSpec, mkfs, plan_mkfs};
+#[cfg(test)]
+pub(crate) use mountinfo::parse_mountinfo;
 pub(crate) use mountinfo::unescape_octal;
-pub use mountinfo::{MountEntry, block_device, find_mount, mounts, parse_mountinfo};
-pub use probe::{
-    BlkidProbe, ExtLayout, SourceFilesystem, inspect_source, parse_blkid_udev, parse_dumpe2fs,
-    probe_device, read_ext_layout,
-};
-pub use sizing::{
-    HEADROOM_BYTES, ImagePlan, ROOT_LIMIT_BYTES, SIZE_ALIGN_BYTES, SourceUsage, VolumeRole,
-    plan_image, source_usage,
-};
+pub use mountinfo::{MountEntry, block_device, find_mount, mounts};
+pub use probe::{BlkidProbe, ExtLayout, SourceFilesystem, inspect_source, probe_device};
+pub use sizing::{ROOT_LIMIT_BYTES, SourceUsage, VolumeRole, plan_image, source_usage};
 pub use workdir::{create_image_file, create_work_dir};
 
 /// A filesystem type amibundle can make in an image (the `--fs-type` choices).

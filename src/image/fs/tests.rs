@@ -1,6 +1,7 @@
 //! Tests of the shared types and the running of programs, and of the whole on real
 //! filesystems (inspecting a mounted volume, making a matching filesystem; these need root).
 
+use super::probe::{parse_dumpe2fs, read_ext_layout};
 use super::*;
 use crate::image::testing::{require_root, sparse_file};
 use std::os::unix::fs::MetadataExt;

@@ -49,10 +49,10 @@ mod table;
 #[cfg(test)]
 mod tests;
 
-pub use bootloader::{BootWarning, GRUB_I386_PC_DIR, GrubReport, has_boot_code, install_grub};
+pub use bootloader::{GrubReport, has_boot_code, install_grub};
 pub use detection::{Detection, Sysfs, detect, root_partition};
-pub use source::{MAX_GPT_NUMBER, MAX_MBR_NUMBER};
-pub use table::{PartitionLayout, TableSpec, write_table};
+pub use source::MAX_MBR_NUMBER;
+pub use table::{TableSpec, write_table};
 
 /// Logical sector size of the image. Loop devices present 512-byte sectors by default, and EC2
 /// (Xen) presents instance-store roots with 512-byte sectors, so the table is laid out in them.
@@ -128,13 +128,13 @@ impl PartitionChoice {
     }
 
     /// The style to build. A fixed choice is returned as is; `auto` detects the table of the
-    /// disk holding `device` (the source volume's block device, see [`detect`]), and is
+    /// disk holding `device` (the source volume's block device, see `detect`), and is
     /// [`PartitionStyle::None`] when there is no block device (a volume on tmpfs, overlayfs,
     /// NFS …). Pass `None` as well for a volume that is not the root filesystem: a data
     /// directory needs no table and no bootloader, whatever disk it is on.
     ///
     /// # Errors
-    /// Those of [`detect`].
+    /// Those of `detect`.
     pub fn resolve(self, device: Option<&Path>) -> Result<PartitionStyle, PartitionError> {
         match (self, device) {
             (Self::Mbr, _) => Ok(PartitionStyle::Mbr),
@@ -438,7 +438,7 @@ impl Guid {
 
     /// The 16 bytes as stored in a GPT: time-low, time-mid and time-high little-endian, the
     /// rest as written.
-    pub fn to_gpt_bytes(&self) -> [u8; 16] {
+    pub fn to_gpt_bytes(self) -> [u8; 16] {
         let b = self.0;
         [
             b[3], b[2], b[1], b[0], b[5], b[4], b[7], b[6], b[8], b[9], b[10], b[11], b[12], b[13],

@@ -7,6 +7,7 @@
 //! The GRUB tests at the end need root (loop devices, mkfs, mount), which CI has; they fail
 //! loudly rather than skip without it.
 
+use super::bootloader::GRUB_I386_PC_DIR;
 use super::*;
 use crate::image::cmd;
 use crate::image::loopdev::{LoopDevice, LoopOptions};

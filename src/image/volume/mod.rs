@@ -8,9 +8,9 @@
 //! 3. create the 0600 sparse image in the 0700 work directory and make the filesystem on it;
 //! 4. attach it to a loop device and mount it; bind the volume read-only (not recursively, so
 //!    other mounts below it show as the directories underneath, copied empty) next to it;
-//! 5. scan for secrets ([`filter`]) and copy the tree ([`copy`]), leaving out the work
+//! 5. scan for secrets (`filter`) and copy the tree (`copy`), leaving out the work
 //!    directory, swap files, the user's exclusions and what the filter found;
-//! 6. set up `/etc/fstab` ([`fstab`]) and, on request, generalize ([`generalize`]);
+//! 6. set up `/etc/fstab` (`fstab`) and, on request, generalize (`generalize`);
 //! 7. unmount and detach explicitly, so that failures there are reported, not ignored.
 //!
 //! The caller enters the private namespace first ([`crate::image::mount::enter_private_namespace`]) and owns
