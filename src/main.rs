@@ -7,8 +7,8 @@ use amibundle::interrupt;
 fn main() {
     // Invoked as ec2-bundle-vol, ec2-upload-bundle ... (install-compat's symlinks): the classic
     // tool's command line, translated.
-    let cli = match cli::compat::parse_args() {
-        Ok(cli) => cli,
+    let (cli, personality) = match cli::compat::parse_args() {
+        Ok(parsed) => parsed,
         Err(code) => std::process::exit(code),
     };
     cli::output::init_logging(cli.verbose.saturating_add(cli.debug), cli.quiet);
@@ -26,7 +26,14 @@ fn main() {
             );
             std::process::exit(128 + signal);
         }
-        eprintln!("error: {err:#}");
+        let message = format!("{err:#}");
+        eprintln!("error: {message}");
+        // Under an ec2-* personality, a hint naming amibundle's own flags says where they are.
+        if let Some(tool) = personality {
+            if let Some(note) = cli::compat::error_note(tool, &message) {
+                eprintln!("{}: note: {note}", tool.name());
+            }
+        }
         std::process::exit(cli::exit_code(&err));
     }
 }

@@ -74,6 +74,12 @@ pub struct CopyArgs {
     /// If a destination bucket has ACLs disabled, enable them (BucketOwnerPreferred)
     #[arg(long)]
     pub fix_ownership: bool,
+    /// Canned ACL of the copied objects (EC2 needs aws-exec-read)
+    #[arg(long, value_name = "ACL", default_value = s3::DEFAULT_ACL, value_parser = s3::ACLS)]
+    pub acl: String,
+    /// Copy the bundles only; print each copy's image location instead of registering it
+    #[arg(long)]
+    pub no_register: bool,
     #[command(flatten)]
     pub ami_args: AmiArgs,
     #[command(flatten)]
@@ -143,6 +149,8 @@ pub fn run(args: CopyArgs) -> anyhow::Result<()> {
                 fix_ownership: args.fix_ownership,
             },
             concurrency: args.concurrency,
+            acl: args.acl.clone(),
+            register: !args.no_register,
             bucket_template: args.bucket_template.clone(),
             registration,
         };
@@ -179,8 +187,8 @@ fn report(
                     done.insert(
                         region.clone(),
                         json!({
-                            "ami_id": d.registered.image_id,
-                            "ami_created": d.registered.created,
+                            "ami_id": d.registered.as_ref().map(|r| r.image_id.clone()),
+                            "ami_created": d.registered.as_ref().map(|r| r.created),
                             "image_location": c.image_location,
                             "bucket": c.location.bucket,
                             "prefix": c.location.prefix,
@@ -212,7 +220,10 @@ fn report(
     } else {
         for region in regions {
             if let Some(Ok(d)) = results.get(region) {
-                println!("{region}\t{}", d.registered.image_id);
+                match &d.registered {
+                    Some(r) => println!("{region}\t{}", r.image_id),
+                    None => println!("{region}\t{}", d.copy.image_location),
+                }
             }
         }
     }

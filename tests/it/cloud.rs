@@ -58,7 +58,7 @@ impl Cloud {
     }
 
     /// Uploads a copy of the reference three-part bundle to `bucket[/prefix]` in us-east-1.
-    fn upload_three_parts(&self, bucket: &str) -> (tempfile::TempDir, PathBuf) {
+    pub(crate) fn upload_three_parts(&self, bucket: &str) -> (tempfile::TempDir, PathBuf) {
         let (dir, manifest) = three_parts();
         let m = manifest.to_str().unwrap();
         run_ok(&mut self.cmd(&["upload", "-m", m, "--region", "us-east-1", "-b", bucket]));

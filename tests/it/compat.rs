@@ -20,7 +20,7 @@ const UPLOAD_COMMAND: &str = "sudo -i -n ec2-upload-bundle -b {{.BucketName}} -m
 /// so `sudo` is a shell function that drops its options and runs the command as is.
 const SUDO_SHIM: &str = "sudo() { while [ \"${1#-}\" != \"$1\" ]; do shift; done; \"$@\"; }\n";
 
-const NAMES: [&str; 7] = [
+const NAMES: [&str; 9] = [
     "ec2-bundle-vol",
     "ec2-bundle-image",
     "ec2-upload-bundle",
@@ -28,6 +28,8 @@ const NAMES: [&str; 7] = [
     "ec2-unbundle",
     "ec2-delete-bundle",
     "ec2-migrate-manifest",
+    "ec2-migrate-bundle",
+    "ec2-ami-tools-version",
 ];
 
 /// A directory of `ec2-*` symlinks to the binary under test.
@@ -128,9 +130,11 @@ fn packer_default_templates_bundle_and_upload_and_the_x509_files_stay_out_of_the
     fs::write(vol.join("srv/app/data.txt"), "kept\n").unwrap();
     let x509 = vol.join("x509");
     fs::create_dir_all(&x509).unwrap();
+    // Mode 0644, as Packer uploads them (its communicator sends `C0644`: no file mode is
+    // passed), which the reference accepted.
     for (src, dst) in [(keys.user_key(), "key.pem"), (keys.user_cert(), "cert.pem")] {
         fs::copy(src, x509.join(dst)).unwrap();
-        fs::set_permissions(x509.join(dst), fs::Permissions::from_mode(0o600)).unwrap();
+        fs::set_permissions(x509.join(dst), fs::Permissions::from_mode(0o644)).unwrap();
     }
     // Not a private key, so only the loose -e path can keep it out (the filter is off anyway).
     fs::write(x509.join("extra.txt"), "uploaded by a provisioner\n").unwrap();
@@ -165,6 +169,12 @@ fn packer_default_templates_bundle_and_upload_and_the_x509_files_stay_out_of_the
     );
     let out = shell(&cloud, bin.path(), &bundle_vol);
     assert!(out.status.success(), "{bundle_vol}\n{}", show(&out));
+    // Accepted, with a warning naming the key (the native bundle-vol refuses such a key).
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("key.pem is readable by group or others (mode 0644)"),
+        "{stderr}"
+    );
 
     // What Packer relies on: <destination>/<prefix>.manifest.xml with the parts next to it.
     let manifest = dest.join(format!("{prefix}.manifest.xml"));
@@ -340,7 +350,7 @@ fn install_compat_links_replaces_its_own_and_refuses_anything_else() {
         text.contains("ec2-bundle-vol") && text.contains("(replaced)"),
         "{text}"
     );
-    assert_eq!(text.matches("(created)").count(), 6, "{text}");
+    assert_eq!(text.matches("(created)").count(), NAMES.len() - 1, "{text}");
     let exe = fs::canonicalize(env!("CARGO_BIN_EXE_amibundle")).unwrap();
     for name in NAMES {
         assert_eq!(fs::canonicalize(d.join(name)).unwrap(), exe, "{name}");
@@ -351,7 +361,7 @@ fn install_compat_links_replaces_its_own_and_refuses_anything_else() {
         String::from_utf8_lossy(&out.stdout)
             .matches("(already there)")
             .count(),
-        7
+        NAMES.len()
     );
     // The links answer as the classic tools.
     let out = run_ok(classic(&d.join("ec2-delete-bundle"), home.path()).arg("--version"));
@@ -369,4 +379,197 @@ fn classic(program: &Path, home: &Path) -> Command {
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .stdin(std::process::Stdio::null());
     c
+}
+
+#[test]
+fn delete_by_prefix_clears_parts_left_without_a_manifest_and_nothing_else() {
+    let cloud = Cloud::start();
+    let bin = compat_bin();
+    let _bundle = cloud.upload_three_parts("orphans/x");
+    // A failed upload's leftovers: the manifest is gone, the parts (and one more) remain.
+    assert_eq!(
+        cloud
+            .raw("DELETE", "/orphans/x/random.img.manifest.xml", &[], b"")
+            .status,
+        204
+    );
+    let decoys = [
+        "x/random.img-2.part.0",
+        "x/random.img.partial",
+        "x/random.img.part.1/not-a-part",
+        "x/other/random.img.part.0",
+        "x/random.img.part.",
+    ];
+    for key in ["x/random.img.part.11"].iter().chain(&decoys) {
+        assert_eq!(
+            cloud
+                .raw("PUT", &format!("/orphans/{key}"), &[], b"x")
+                .status,
+            200,
+            "{key}"
+        );
+    }
+    // By manifest, nothing can be found: that is what -p is for.
+    let err =
+        run_err(&mut cloud.cmd(&["delete", "-b", "orphans/x", "-m", "random.img.manifest.xml"]));
+    assert!(err.contains("random.img.manifest.xml"), "{err}");
+
+    // The native command lists what it would delete and asks; "n" deletes nothing.
+    let mut child = cloud
+        .cmd(&["delete", "-b", "orphans/x", "-p", "random.img"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"n\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("s3://orphans/x/random.img.part.11")
+            && err.contains("Continue [y/N]")
+            && err.contains("nothing deleted"),
+        "{err}"
+    );
+    assert!(cloud.object("orphans", "x/random.img.part.0").is_some());
+
+    // ec2-delete-bundle -p with --batch (no question), as the reference: every part goes.
+    let script = format!(
+        "ec2-delete-bundle -b orphans/x -p random.img --batch -a testing -s testing --url {}",
+        cloud.proxy.endpoint
+    );
+    let out = shell(&cloud, bin.path(), &script);
+    assert!(out.status.success(), "{script}\n{}", show(&out));
+    for i in [0, 1, 2, 11] {
+        assert!(
+            cloud
+                .object("orphans", &format!("x/random.img.part.{i}"))
+                .is_none(),
+            "part {i} is still there"
+        );
+    }
+    for key in decoys {
+        assert!(cloud.object("orphans", key).is_some(), "{key} was deleted");
+    }
+    // Nothing left of it: said, not "done".
+    let out = shell(&cloud, bin.path(), &script);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("holds no object of bundle random.img"),
+        "{}",
+        show(&out)
+    );
+}
+
+#[test]
+fn migrate_bundle_copies_into_the_destination_bucket_and_registers_nothing() {
+    let cloud = Cloud::start();
+    let bin = compat_bin();
+    let keys = Keys::new();
+    let _bundle = cloud.upload_three_parts("mig-src/builds");
+    let script = format!(
+        "ec2-migrate-bundle -c {} -k {} -m random.img.manifest.xml -b mig-src/builds \
+         -d mig-dst/moved --location EU -a testing -s testing --url {} --ec2cert {} \
+         --unpinned-ec2cert",
+        keys.user_cert().display(),
+        keys.user_key().display(),
+        cloud.proxy.endpoint,
+        keys.ec2_cert().display()
+    );
+    let out = shell(&cloud, bin.path(), &script);
+    assert!(out.status.success(), "{script}\n{}", show(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "eu-west-1\tmig-dst/moved/random.img.manifest.xml"
+    );
+    for i in 0..3 {
+        let name = format!("random.img.part.{i}");
+        assert_eq!(
+            cloud.object("mig-dst", &format!("moved/{name}")),
+            Some(fs::read(vector_dir("v2-three-parts").join(&name)).unwrap()),
+            "{name}"
+        );
+    }
+    // The manifest is re-wrapped (for the destination's certificate) and still the user's.
+    let moved = cloud
+        .object("mig-dst", "moved/random.img.manifest.xml")
+        .expect("manifest copied");
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&vector_dir("v2-three-parts"), dir.path());
+    let manifest = dir.path().join("random.img.manifest.xml");
+    let source = fs::read_to_string(&manifest).unwrap();
+    let moved = String::from_utf8(moved).unwrap();
+    assert_eq!(
+        element(&moved, "user_encrypted_key"),
+        element(&source, "user_encrypted_key")
+    );
+    assert_ne!(
+        element(&moved, "ec2_encrypted_key"),
+        element(&source, "ec2_encrypted_key")
+    );
+    fs::write(&manifest, &moved).unwrap();
+    run_ok(
+        amibundle(cloud.home.path())
+            .args(["verify", "-m"])
+            .arg(&manifest)
+            .arg("-c")
+            .arg(keys.user_cert()),
+    );
+    let r = cloud.raw("GET", "/mig-dst?location", &[], b"");
+    assert!(r.text().contains("eu-west-1"), "{}", r.text());
+    // Nothing registered: no EC2 request at all.
+    assert!(
+        !cloud
+            .proxy
+            .exchanges()
+            .iter()
+            .any(|e| e.method == "POST" && e.path == "/"),
+        "an EC2 request was made"
+    );
+}
+
+#[test]
+fn ami_tools_version_answers_like_the_reference() {
+    let bin = compat_bin();
+    let home = tempfile::tempdir().unwrap();
+    let out = run_ok(&mut classic(
+        &bin.path().join("ec2-ami-tools-version"),
+        home.path(),
+    ));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text.split_whitespace().take(2).collect::<Vec<_>>(),
+        ["1.5.3", "20071010"]
+    );
+}
+
+#[test]
+fn a_hint_naming_a_native_flag_says_where_that_flag_is_under_a_personality() {
+    let cloud = Cloud::start();
+    let bin = compat_bin();
+    let r = cloud.raw(
+        "PUT",
+        "/enforced-acls",
+        &[("x-amz-object-ownership", "BucketOwnerEnforced")],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&vector_dir("v2-three-parts"), dir.path());
+    let script = format!(
+        "ec2-upload-bundle -b enforced-acls -m {}/random.img.manifest.xml -a testing -s testing \
+         --region us-east-1 --url {}",
+        dir.path().display(),
+        cloud.proxy.endpoint
+    );
+    let out = shell(&cloud, bin.path(), &script);
+    assert_eq!(out.status.code(), Some(3), "{}", show(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("ec2-upload-bundle: note: --fix-ownership is not an ec2-upload-bundle flag")
+            && err.contains("amibundle upload"),
+        "{err}"
+    );
 }

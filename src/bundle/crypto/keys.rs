@@ -59,11 +59,18 @@ impl UserKey {
             source,
         })?;
         let mode = meta.permissions().mode() & 0o7777;
-        if mode & 0o077 != 0 && !allow_insecure {
-            return Err(CryptoError::InsecureKeyFile {
-                path: path.to_owned(),
-                mode,
-            });
+        if mode & 0o077 != 0 {
+            if !allow_insecure {
+                return Err(CryptoError::InsecureKeyFile {
+                    path: path.to_owned(),
+                    mode,
+                });
+            }
+            tracing::warn!(
+                "private key {} is readable by group or others (mode {mode:04o}): anyone who can \
+                 read it can decrypt your bundles; `chmod 600` it",
+                path.display()
+            );
         }
         let mut pem = read_file(path, "private key")?;
         let result = Self::parse(&pem, format!("private key {}", path.display()));

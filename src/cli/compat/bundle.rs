@@ -49,6 +49,9 @@ impl Bundling {
     fn push(&self, argv: &mut Argv) {
         argv.opt_if("--cert", &self.cert)
             .opt_if("--privatekey", &self.privatekey)
+            // The reference read keys of any mode, and Packer uploads its key 0644: accepted
+            // with a warning (the native commands refuse such keys).
+            .flag_if("--allow-insecure-key", self.privatekey.is_some())
             .opt_if("--user", &self.user)
             .opt_if("--ec2cert", &self.ec2cert)
             .flag_if("--unpinned-ec2cert", self.unpinned_ec2cert)

@@ -45,6 +45,7 @@ pub(crate) fn unbundle(argv: Vec<OsString>) -> Result<Outcome, Refusal> {
     let mut out = Argv::new(tool, &a.common);
     out.opt("--manifest", manifest)
         .opt("--privatekey", key)
+        .flag("--allow-insecure-key")
         .opt("--source", &a.source)
         .opt("--destination", &a.destination);
     Ok(out.done(Credentials::default(), Vec::new()))
@@ -111,6 +112,7 @@ pub(crate) fn migrate_manifest(argv: Vec<OsString>) -> Result<Outcome, Refusal> 
     out.opt("--manifest", manifest)
         .opt_if("--cert", &a.cert)
         .opt_if("--privatekey", &a.privatekey)
+        .flag_if("--allow-insecure-key", a.privatekey.is_some())
         .opt_if("--region", &a.region)
         .opt_if("--kernel", &a.kernel)
         .opt_if("--ramdisk", &a.ramdisk)

@@ -7,6 +7,7 @@
 
 mod bundle;
 mod local;
+mod migrate;
 mod s3;
 
 use std::ffi::{OsStr, OsString};
@@ -33,11 +34,15 @@ pub enum Tool {
     DeleteBundle,
     /// `ec2-migrate-manifest`
     MigrateManifest,
+    /// `ec2-migrate-bundle`
+    MigrateBundle,
+    /// `ec2-ami-tools-version`
+    Version,
 }
 
 impl Tool {
     /// Every personality, in the order `install-compat` lists them.
-    pub const ALL: [Tool; 7] = [
+    pub const ALL: [Tool; 9] = [
         Tool::BundleVol,
         Tool::BundleImage,
         Tool::UploadBundle,
@@ -45,6 +50,8 @@ impl Tool {
         Tool::Unbundle,
         Tool::DeleteBundle,
         Tool::MigrateManifest,
+        Tool::MigrateBundle,
+        Tool::Version,
     ];
 
     /// The classic command name.
@@ -57,6 +64,8 @@ impl Tool {
             Tool::Unbundle => "ec2-unbundle",
             Tool::DeleteBundle => "ec2-delete-bundle",
             Tool::MigrateManifest => "ec2-migrate-manifest",
+            Tool::MigrateBundle => "ec2-migrate-bundle",
+            Tool::Version => "ec2-ami-tools-version",
         }
     }
 
@@ -70,6 +79,8 @@ impl Tool {
             Tool::Unbundle => "unbundle",
             Tool::DeleteBundle => "delete",
             Tool::MigrateManifest => "migrate-manifest",
+            Tool::MigrateBundle => "copy",
+            Tool::Version => "--version",
         }
     }
 
@@ -83,13 +94,100 @@ impl Tool {
 /// The native command line for this process: the classic tool's, translated, when `argv[0]`
 /// names a personality; else the native parse. `Err(code)`: the process should exit with `code`
 /// (help, version, manual or a usage error, already printed).
-pub fn parse_args() -> Result<Cli, i32> {
+pub fn parse_args() -> Result<(Cli, Option<Tool>), i32> {
     let argv: Vec<OsString> = std::env::args_os().collect();
     let tool = argv.first().and_then(|a| Tool::from_argv0(a));
     match tool {
-        Some(tool) => parse_classic(tool, argv),
-        None => Ok(Cli::parse()),
+        Some(tool) => parse_classic(tool, argv).map(|cli| (cli, Some(tool))),
+        None => Ok((Cli::parse(), None)),
     }
+}
+
+/// The classic tool's own parser (its flags, for [`foreign_flags`]).
+fn classic_command(tool: Tool) -> clap::Command {
+    use clap::CommandFactory;
+    match tool {
+        Tool::BundleVol => bundle::BundleVol::command(),
+        Tool::BundleImage => bundle::BundleImage::command(),
+        Tool::UploadBundle => s3::Upload::command(),
+        Tool::DownloadBundle => s3::Download::command(),
+        Tool::DeleteBundle => s3::Delete::command(),
+        Tool::Unbundle => local::Unbundle::command(),
+        Tool::MigrateManifest => local::MigrateManifest::command(),
+        Tool::MigrateBundle => migrate::MigrateBundle::command(),
+        Tool::Version => VersionOnly::command(),
+    }
+}
+
+/// The long flags `message` names that the classic `tool` does not have (in order, once
+/// each): an error's hint written for the native command, such as `--fix-ownership` or
+/// `--skip-signature`. Commands quoted in backticks (another program's, such as `aws s3api …`)
+/// are not looked into.
+pub fn foreign_flags(tool: Tool, message: &str) -> Vec<String> {
+    // Blank out the quoted commands, keeping byte positions.
+    let mut quoted = false;
+    let message: String = message
+        .chars()
+        .map(|c| {
+            if c == '`' {
+                quoted = !quoted;
+            }
+            if quoted { ' ' } else { c }
+        })
+        .collect();
+    let message = message.as_str();
+    let cmd = classic_command(tool);
+    let known: Vec<&str> = cmd
+        .get_arguments()
+        .filter_map(|a| a.get_long())
+        .chain(["help"])
+        .collect();
+    let mut found: Vec<String> = Vec::new();
+    let bytes = message.as_bytes();
+    let mut i = 0;
+    while let Some(at) = message[i..].find("--") {
+        let start = i + at;
+        let name_start = start + 2;
+        let mut end = name_start;
+        while end < bytes.len() && (bytes[end].is_ascii_alphanumeric() || bytes[end] == b'-') {
+            end += 1;
+        }
+        let boundary = start == 0 || !bytes[start - 1].is_ascii_alphanumeric();
+        let name = message[name_start..end].trim_end_matches('-');
+        if boundary
+            && name.len() > 1
+            && name.as_bytes()[0].is_ascii_lowercase()
+            && !known.contains(&name)
+            && !found.iter().any(|f| f[2..] == *name)
+        {
+            found.push(format!("--{name}"));
+        }
+        i = end.max(name_start);
+    }
+    found
+}
+
+/// A note for an error printed under a personality whose hint names flags the classic tool
+/// lacks: where those flags are.
+pub fn error_note(tool: Tool, message: &str) -> Option<String> {
+    let flags = foreign_flags(tool, message);
+    if flags.is_empty() || tool == Tool::Version {
+        return None;
+    }
+    Some(format!(
+        "{list} {are} {name} flag{s}: run `amibundle {native}` with {them} instead (see \
+         amibundle {native} --help)",
+        list = flags.join(", "),
+        are = if flags.len() == 1 {
+            "is not an"
+        } else {
+            "are not"
+        },
+        name = tool.name(),
+        s = if flags.len() == 1 { "" } else { "s" },
+        native = tool.native(),
+        them = if flags.len() == 1 { "it" } else { "them" },
+    ))
 }
 
 /// Parses a classic command line (argv[0] included) into the native command.
@@ -103,7 +201,7 @@ fn parse_classic(tool: Tool, argv: Vec<OsString>) -> Result<Cli, i32> {
         Err(Refusal::Clap(e)) => {
             let code = e.exit_code();
             let _ = e.print();
-            if code != 0 {
+            if code != 0 && tool != Tool::Version {
                 eprintln!(
                     "note: this is amibundle's {name}; it accepts the flags of ec2-ami-tools 1.5.3's {name} (see {name} --help, or amibundle {native} --help for the native command)",
                     name = tool.name(),
@@ -185,12 +283,38 @@ pub(crate) fn translate(tool: Tool, argv: Vec<OsString>) -> Result<Outcome, Refu
         Tool::DeleteBundle => s3::delete(argv),
         Tool::Unbundle => local::unbundle(argv),
         Tool::MigrateManifest => local::migrate_manifest(argv),
+        Tool::MigrateBundle => migrate::migrate_bundle(argv),
+        Tool::Version => version_only(argv),
     }
 }
 
-/// Parses `argv` with the classic parser `P`, named after the tool.
+/// ec2-ami-tools-version: only the version (and `--help`).
+#[derive(Debug, Parser)]
+#[command(disable_version_flag = true, max_term_width = 80)]
+struct VersionOnly {
+    #[command(flatten)]
+    common: Common,
+}
+
+/// `ec2-ami-tools-version`: prints the version line scripts check (first word `1.5.3`, the
+/// ec2-ami-tools release amibundle stands in for).
+fn version_only(argv: Vec<OsString>) -> Result<Outcome, Refusal> {
+    let a: VersionOnly = parse_with(Tool::Version, argv)?;
+    Ok(Outcome::Print(
+        a.common
+            .print(Tool::Version)
+            .unwrap_or_else(|| version_text(Tool::Version)),
+    ))
+}
+
+/// Parses `argv` with the classic parser `P`, named after the tool. Like the reference's Ruby
+/// OptionParser, any unambiguous prefix of a long option is taken for it (`--dest`,
+/// `--ec2c`, `--no-filt`); an ambiguous one is refused.
 fn parse_with<P: Parser>(tool: Tool, argv: Vec<OsString>) -> Result<P, Refusal> {
-    let mut cmd = P::command().name(tool.name()).bin_name(tool.name());
+    let mut cmd = P::command()
+        .name(tool.name())
+        .bin_name(tool.name())
+        .infer_long_args(true);
     let matches = cmd.try_get_matches_from_mut(argv)?;
     Ok(P::from_arg_matches(&matches)?)
 }
@@ -273,6 +397,13 @@ fn manual_text(tool: Tool) -> String {
              <bucket>[/prefix]/: the manifest first, then its parts; --clear then removes the \
              empty bucket."
         }
+        Tool::MigrateBundle => {
+            "Copies the bundle -m from -b BUCKET[/PREFIX] into -d BUCKET[/PREFIX] in the region \
+             --location (or --region) names, server-side, its manifest re-wrapped for that \
+             region's EC2 certificate and re-signed with -k; prints where the copy is, to be \
+             registered there."
+        }
+        Tool::Version => "Prints the version of ec2-ami-tools amibundle stands in for.",
         Tool::MigrateManifest => {
             "Re-wraps the manifest -m for the EC2 certificate of --region (or --ec2cert), sets \
              --kernel/--ramdisk (--no-mapping drops those not given), re-signs it with -k/-c and \
@@ -325,6 +456,7 @@ impl Credentials {
             Command::Upload(a) => &mut a.cloud,
             Command::Download(a) => &mut a.cloud,
             Command::Delete(a) => &mut a.cloud,
+            Command::Copy(a) => &mut a.cloud,
             _ => return,
         };
         let get = |s: &Option<Secret>| s.as_ref().map(|s| s.expose().to_string());

@@ -71,7 +71,11 @@ pub(crate) fn url_region(url: &str) -> Option<String> {
 
 impl S3Opts {
     /// Adds region and endpoint flags; returns the credentials (kept out of the argv).
-    fn push(&self, out: &mut Argv, notes: &mut Vec<String>) -> Result<Credentials, Refusal> {
+    pub(super) fn push(
+        &self,
+        out: &mut Argv,
+        notes: &mut Vec<String>,
+    ) -> Result<Credentials, Refusal> {
         let from_location = self.location.as_deref().map(location_region);
         let region = match (&self.region, &from_location) {
             (Some(r), Some(l)) if !r.eq_ignore_ascii_case(l) => {
@@ -296,11 +300,18 @@ pub(crate) fn delete(argv: Vec<OsString>) -> Result<Outcome, Refusal> {
         ));
     }
     let mut notes = Vec::new();
-    let manifest = manifest_name(a.manifest.as_deref(), a.prefix.as_deref());
     let mut out = Argv::new(tool, &a.common);
-    out.opt("--bucket", bucket)
-        .opt("--manifest", manifest)
-        .flag_if("--clear", a.clear);
+    out.opt("--bucket", bucket);
+    match (&a.manifest, &a.prefix) {
+        (Some(manifest), _) => out.opt("--manifest", manifest),
+        // As the reference: the bucket is listed and NAME.manifest.xml and every NAME.part.N
+        // deleted, parts without a manifest too; asked first unless --yes or --batch.
+        (None, Some(prefix)) => out
+            .opt("--prefix", prefix)
+            .flag_if("--yes", a.yes || a.common.batch),
+        (None, None) => unreachable!("checked above"),
+    };
+    out.flag_if("--clear", a.clear);
     let credentials = a.s3.push(&mut out, &mut notes)?;
     Ok(out.done(credentials, notes))
 }

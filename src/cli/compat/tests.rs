@@ -54,7 +54,8 @@ fn packer_bundle_vol_with_a_shell_expanded_exclude_excludes_every_loose_path() {
         native(&t),
         "amibundle bundle-vol --volume / --destination /tmp --prefix image-1700000000 \
          --no-filter --exclude /tmp/cert.pem --exclude /tmp/extra --exclude /tmp/key.pem \
-         --cert /tmp/cert.pem --privatekey /tmp/key.pem --user 1234-5678-9012 --arch arm64"
+         --cert /tmp/cert.pem --privatekey /tmp/key.pem --allow-insecure-key \
+         --user 1234-5678-9012 --arch arm64"
     );
     // The native parser takes it as it is.
     assert!(Cli::try_parse_from(&t.argv).is_ok());
@@ -277,7 +278,7 @@ fn download_delete_unbundle_migrate_translate() {
     let t = run(Tool::Unbundle, "ec2-unbundle -k /k.pem -m /m.xml");
     assert_eq!(
         native(&t),
-        "amibundle unbundle --manifest /m.xml --privatekey /k.pem --source . --destination ."
+        "amibundle unbundle --manifest /m.xml --privatekey /k.pem --allow-insecure-key --source . --destination ."
     );
     assert!(Cli::try_parse_from(&t.argv).is_ok());
     assert!(refused(Tool::Unbundle, "ec2-unbundle -m /m.xml").contains("-k/--privatekey"));
@@ -288,7 +289,7 @@ fn download_delete_unbundle_migrate_translate() {
     );
     assert_eq!(
         native(&t),
-        "amibundle migrate-manifest --manifest /m --cert /c --privatekey /k --region eu-west-1 --no-mapping"
+        "amibundle migrate-manifest --manifest /m --cert /c --privatekey /k --allow-insecure-key --region eu-west-1 --no-mapping"
     );
     assert!(Cli::try_parse_from(&t.argv).is_ok());
 
@@ -298,7 +299,7 @@ fn download_delete_unbundle_migrate_translate() {
     );
     assert_eq!(
         native(&t),
-        "amibundle bundle-image --image /img --destination /tmp --cert /c --privatekey /k --user 123456789012 --arch x86_64"
+        "amibundle bundle-image --image /img --destination /tmp --cert /c --privatekey /k --allow-insecure-key --user 123456789012 --arch x86_64"
     );
     assert!(Cli::try_parse_from(&t.argv).is_ok());
 }
@@ -325,4 +326,172 @@ fn version_manual_and_help_need_no_other_flag() {
             other => panic!("{other:?}"),
         }
     }
+}
+
+#[test]
+fn unambiguous_long_option_prefixes_are_taken_as_the_reference_took_them() {
+    let t = run(
+        Tool::BundleVol,
+        "ec2-bundle-vol --priv /k --us 123456789012 --cert /c --dest /d --pref img --no-filt \
+         --ec2c /e --clone",
+    );
+    let n = native(&t);
+    for expected in [
+        "--destination /d",
+        "--prefix img",
+        "--no-filter",
+        "--ec2cert /e",
+        "--clone-only",
+        "--privatekey /k",
+        "--user 123456789012",
+    ] {
+        assert!(n.contains(expected), "{expected} missing: {n}");
+    }
+    let t = run(
+        Tool::UploadBundle,
+        "ec2-upload-bundle --buck b --manif /m.xml --acc A --secret S --reg eu-west-1",
+    );
+    assert!(
+        native(&t).contains("--manifest /m.xml --bucket b"),
+        "{}",
+        native(&t)
+    );
+    // An ambiguous prefix is refused (clap names a candidate).
+    let msg = refused(Tool::BundleVol, "ec2-bundle-vol --no -d /d");
+    assert!(msg.contains("'--no'") && msg.contains("--no-"), "{msg}");
+}
+
+#[test]
+fn a_key_others_can_read_is_accepted_under_the_personalities_as_the_reference_did() {
+    for (tool, line) in [
+        (
+            Tool::BundleVol,
+            "ec2-bundle-vol -k /k -c /c -u 123456789012 -r x86_64 --clone-only",
+        ),
+        (
+            Tool::BundleImage,
+            "ec2-bundle-image -i /img -k /k -c /c -u 123456789012 -r x86_64",
+        ),
+        (Tool::Unbundle, "ec2-unbundle -k /k -m /m.manifest.xml"),
+        (
+            Tool::MigrateManifest,
+            "ec2-migrate-manifest -m /m -c /c -k /k --region eu-west-1",
+        ),
+    ] {
+        let t = run(tool, line);
+        assert!(
+            native(&t).contains("--privatekey /k --allow-insecure-key"),
+            "{line}: {}",
+            native(&t)
+        );
+        assert!(Cli::try_parse_from(&t.argv).is_ok(), "{line}");
+    }
+    // Without -k there is nothing to allow.
+    let t = run(Tool::BundleVol, "ec2-bundle-vol --clone-only");
+    assert!(!native(&t).contains("--allow-insecure-key"));
+}
+
+#[test]
+fn delete_by_prefix_lists_the_bucket_and_asks_unless_yes_or_batch() {
+    let t = run(Tool::DeleteBundle, "ec2-delete-bundle -b b/p -p web");
+    assert_eq!(native(&t), "amibundle delete --bucket b/p --prefix web");
+    assert!(Cli::try_parse_from(&t.argv).is_ok());
+    for line in [
+        "ec2-delete-bundle -b b/p -p web -y",
+        "ec2-delete-bundle -b b/p -p web --batch --clear",
+    ] {
+        let t = run(Tool::DeleteBundle, line);
+        assert!(native(&t).contains("--prefix web --yes"), "{}", native(&t));
+        assert!(Cli::try_parse_from(&t.argv).is_ok());
+    }
+    let t = run(
+        Tool::DeleteBundle,
+        "ec2-delete-bundle -b b -m web.manifest.xml",
+    );
+    assert_eq!(
+        native(&t),
+        "amibundle delete --bucket b --manifest web.manifest.xml"
+    );
+}
+
+#[test]
+fn migrate_bundle_is_a_copy_into_the_destination_bucket_without_registering() {
+    let t = run(
+        Tool::MigrateBundle,
+        "ec2-migrate-bundle -c /c -k /k -m web.manifest.xml -b src/builds -d dst/moved \
+         --location EU -a AKIAEXAMPLE -s SECRET --ec2cert /e --unpinned-ec2cert",
+    );
+    assert_eq!(
+        native(&t),
+        "amibundle copy --image-location src/builds/web.manifest.xml --to-region eu-west-1 \
+         --bucket-template dst/moved --cert /c --privatekey /k --allow-insecure-key \
+         --acl aws-exec-read --no-register --unpinned-ec2cert --ec2cert eu-west-1=/e \
+         --region eu-west-1"
+    );
+    assert!(!format!("{t:?}").contains("SECRET"));
+    let mut cli = Cli::try_parse_from(&t.argv).expect("native parse");
+    t.credentials.inject(&mut cli.command);
+    match &cli.command {
+        Command::Copy(c) => assert_eq!(c.cloud.secret_key.as_deref(), Some("SECRET")),
+        other => panic!("{other:?}"),
+    }
+    // A kernel makes the copy paravirtual.
+    let t = run(
+        Tool::MigrateBundle,
+        "ec2-migrate-bundle -c /c -k /k -m web.manifest.xml -b s -d d --region us-west-2 \
+         --kernel aki-1",
+    );
+    assert!(native(&t).contains("--kernel-id aki-1"));
+    assert!(native(&t).contains("--virtualization-type paravirtual"));
+    assert!(Cli::try_parse_from(&t.argv).is_ok());
+    assert!(
+        refused(
+            Tool::MigrateBundle,
+            "ec2-migrate-bundle -c /c -k /k -m web.manifest.xml -b s -d d"
+        )
+        .contains("--location")
+    );
+    assert!(
+        refused(
+            Tool::MigrateBundle,
+            "ec2-migrate-bundle -c /c -k /k -m p/web.manifest.xml -b s -d d --location US"
+        )
+        .contains("NAME.manifest.xml")
+    );
+}
+
+#[test]
+fn ami_tools_version_prints_the_reference_version_first() {
+    match translate(Tool::Version, args("ec2-ami-tools-version")) {
+        Ok(Outcome::Print(text)) => assert!(text.starts_with("1.5.3 20071010"), "{text}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn hints_naming_amibundles_own_flags_get_a_note_fitting_the_personality() {
+    let acl = "uploading: bucket b has ACLs disabled (Object Ownership is BucketOwnerEnforced); \
+               allow ACLs with `aws s3api put-bucket-ownership-controls --bucket b \
+               --ownership-controls …` or rerun with --fix-ownership";
+    assert_eq!(foreign_flags(Tool::UploadBundle, acl), ["--fix-ownership"]);
+    let note = error_note(Tool::UploadBundle, acl).expect("note");
+    assert!(note.contains("--fix-ownership"), "{note}");
+    assert!(note.contains("amibundle upload"), "{note}");
+    // Flags the classic tool has are not foreign.
+    assert!(
+        error_note(
+            Tool::BundleVol,
+            "the image would not boot: pass --partition mbr, or use --generate-fstab"
+        )
+        .is_none()
+    );
+    let sig = "verifying the signature of m.manifest.xml with the public key of --privatekey \
+               (pass --cert if another key signed it, or --skip-signature to go on without the \
+               check)";
+    assert_eq!(
+        foreign_flags(Tool::Unbundle, sig),
+        ["--cert", "--skip-signature"]
+    );
+    // Paths and words with dashes are not flags.
+    assert!(foreign_flags(Tool::Unbundle, "reading /tmp/a--b and x--y").is_empty());
 }

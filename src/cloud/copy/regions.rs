@@ -231,6 +231,10 @@ pub struct FanOut<'a> {
     pub policy: BucketPolicy,
     /// Parts copied at once in each region.
     pub concurrency: usize,
+    /// Canned ACL of the copied objects (EC2 reads them through `aws-exec-read`).
+    pub acl: String,
+    /// Register each copy (else stop once the bundle is in the region).
+    pub register: bool,
     /// Destination `BUCKET[/PREFIX]` with `{region}` and `{account}` placeholders (default:
     /// `amibundle-{account}-{region}` with the source's prefix).
     pub bucket_template: Option<String>,
@@ -243,8 +247,8 @@ pub struct FanOut<'a> {
 pub struct RegionDone {
     /// The copy.
     pub copy: RegionCopy,
-    /// The AMI.
-    pub registered: Registered,
+    /// The AMI; `None` when [`FanOut::register`] is off.
+    pub registered: Option<Registered>,
 }
 
 /// The checks made before anything is copied, and the kernel and ramdisk changes for the
@@ -336,7 +340,8 @@ pub fn destination(
     BundleLocation::parse(&text).map_err(|source| CopyError::Destination { text, source })
 }
 
-/// Copies into every target region, [`MAX_PARALLEL_REGIONS`] at a time, and registers each copy.
+/// Copies into every target region, [`MAX_PARALLEL_REGIONS`] at a time, and registers each copy
+/// (unless [`FanOut::register`] is off).
 /// Returns each region's outcome (a failure is [`CopyError::InRegion`]), in no particular order.
 pub async fn copy_to_regions(
     cloud: &CloudConfig,
@@ -379,7 +384,7 @@ async fn copy_region(
         location,
         account: job.account.clone(),
         bucket_policy: job.policy,
-        acl: s3::DEFAULT_ACL.to_string(),
+        acl: job.acl.clone(),
         concurrency: job.concurrency,
         user_key: job.user_key,
         user_cert: job.user_cert,
@@ -399,13 +404,22 @@ async fn copy_region(
         }
     );
     crate::interrupt::check().map_err(CopyError::Interrupted)?;
+    if !job.register {
+        return Ok(RegionDone {
+            copy,
+            registered: None,
+        });
+    }
     let registered = register(cloud, region, job, &copy)
         .await
         .map_err(|source| CopyError::Register {
             image_location: copy.image_location.clone(),
             source,
         })?;
-    Ok(RegionDone { copy, registered })
+    Ok(RegionDone {
+        copy,
+        registered: Some(registered),
+    })
 }
 
 /// Registers the copy in `region`: like the source AMI (an AMI source), else from the manifest

@@ -61,6 +61,109 @@ pub struct DeleteReport {
     pub bucket_removed: bool,
 }
 
+/// The objects of bundle `name` under `location` found by listing (every page), whether or not
+/// its manifest is still there: `NAME.manifest.xml`, `NAME.manifest` (an older manifest name
+/// the reference removes too) and `NAME.part.N` (N decimal digits): what a failed upload
+/// leaves behind. Keys are matched exactly after the prefix, so nothing of another bundle (nor
+/// of `NAME-2` or a "directory" `NAME.part.1/…`) is taken.
+pub async fn bundle_keys_by_name(
+    s3: &Client,
+    location: &BundleLocation,
+    name: &str,
+) -> Result<BundleObjects, S3Error> {
+    let listed = super::list_objects(s3, &location.bucket, &location.key(name)).await?;
+    Ok(bundle_keys_in(
+        listed.keys().map(String::as_str),
+        location,
+        name,
+    ))
+}
+
+/// A bundle's objects found by listing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BundleObjects {
+    /// Its manifests, `.manifest.xml` first.
+    pub manifests: Vec<String>,
+    /// Its parts, by index.
+    pub parts: Vec<String>,
+}
+
+impl BundleObjects {
+    /// Every key, manifests first.
+    pub fn keys(&self) -> impl Iterator<Item = &String> {
+        self.manifests.iter().chain(&self.parts)
+    }
+
+    /// Whether nothing was found.
+    pub fn is_empty(&self) -> bool {
+        self.manifests.is_empty() && self.parts.is_empty()
+    }
+}
+
+/// The keys of bundle `name` among `keys` (see [`bundle_keys_by_name`]).
+fn bundle_keys_in<'a>(
+    keys: impl Iterator<Item = &'a str>,
+    location: &BundleLocation,
+    name: &str,
+) -> BundleObjects {
+    let base = location.key(name);
+    let mut manifests = Vec::new();
+    let mut parts: Vec<(u64, String)> = Vec::new();
+    for key in keys {
+        let Some(rest) = key.strip_prefix(base.as_str()) else {
+            continue;
+        };
+        if rest == ".manifest.xml" || rest == ".manifest" {
+            manifests.push(key.to_string());
+        } else if let Some(n) = rest.strip_prefix(".part.") {
+            if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) {
+                parts.push((n.parse().unwrap_or(u64::MAX), key.to_string()));
+            }
+        }
+    }
+    manifests.sort();
+    // `.manifest.xml` after `.manifest` in byte order: reversed, it goes first.
+    manifests.reverse();
+    parts.sort();
+    BundleObjects {
+        manifests,
+        parts: parts.into_iter().map(|(_, k)| k).collect(),
+    }
+}
+
+/// Deletes exactly `objects` (from [`bundle_keys_by_name`]): the manifests first, so that a
+/// half-deleted bundle is never registrable, then the parts; with `clear`, the bucket too if it
+/// is then empty.
+pub async fn delete_listed(
+    s3: &Client,
+    location: &BundleLocation,
+    objects: BundleObjects,
+    clear: bool,
+) -> Result<DeleteReport, S3Error> {
+    delete_keys(s3, &location.bucket, &objects.manifests).await?;
+    delete_keys(s3, &location.bucket, &objects.parts).await?;
+    let mut report = DeleteReport {
+        deleted: objects.manifests.into_iter().chain(objects.parts).collect(),
+        bucket_removed: false,
+    };
+    if clear {
+        report.bucket_removed = clear_bucket(s3, &location.bucket).await?;
+    }
+    Ok(report)
+}
+
+/// Deletes `bucket` if it is empty; a bucket still holding other objects is kept (warned).
+async fn clear_bucket(s3: &Client, bucket: &str) -> Result<bool, S3Error> {
+    match s3.delete_bucket().bucket(bucket).send().await {
+        Ok(_) => Ok(true),
+        Err(err) if err.code() == Some("BucketNotEmpty") => {
+            tracing::warn!("bucket {bucket} still holds other objects; it was kept");
+            Ok(false)
+        }
+        Err(err) => Err(request_error("deleting bucket", bucket, "", err)),
+    }
+}
+
 /// Deletes the manifest first (so a half-deleted bundle is never registrable), then exactly the
 /// parts it names, never other objects; with `clear`, the bucket too if it is then empty.
 pub async fn delete_bundle(
@@ -88,16 +191,45 @@ pub async fn delete_bundle(
     delete_keys(s3, &location.bucket, &keys).await?;
     report.deleted.extend(keys);
     if clear {
-        match s3.delete_bucket().bucket(&location.bucket).send().await {
-            Ok(_) => report.bucket_removed = true,
-            Err(err) if err.code() == Some("BucketNotEmpty") => {
-                tracing::warn!(
-                    "bucket {} still holds other objects; it was kept",
-                    location.bucket
-                );
-            }
-            Err(err) => return Err(request_error("deleting bucket", &location.bucket, "", err)),
-        }
+        report.bucket_removed = clear_bucket(s3, &location.bucket).await?;
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_named_bundles_objects_are_taken_from_a_listing_manifests_first() {
+        let location = BundleLocation::parse("bkt/builds").unwrap();
+        let listed = [
+            "builds/web.part.10",
+            "builds/web.part.2",
+            "builds/web.manifest.xml",
+            "builds/web.manifest",
+            "builds/web.part.",
+            "builds/web.part.3x",
+            "builds/web.part.1/evil",
+            "builds/web-2.part.0",
+            "builds/web-2.manifest.xml",
+            "builds/web.partial",
+            "builds/web.manifest.xml.bak",
+            "builds/other/web.part.0",
+            "builds/web.part.0",
+        ];
+        let found = bundle_keys_in(listed.into_iter(), &location, "web");
+        assert_eq!(
+            found.manifests,
+            ["builds/web.manifest.xml", "builds/web.manifest"]
+        );
+        assert_eq!(
+            found.parts,
+            [
+                "builds/web.part.0",
+                "builds/web.part.2",
+                "builds/web.part.10"
+            ]
+        );
+    }
 }

@@ -28,7 +28,9 @@ mod upload;
 pub use self::bucket::{
     BucketPolicy, BucketState, bucket_region, client_for_bucket, ensure_bucket,
 };
-pub use self::delete::{DeleteReport, delete_bundle, delete_keys};
+pub use self::delete::{
+    BundleObjects, DeleteReport, bundle_keys_by_name, delete_bundle, delete_keys, delete_listed,
+};
 pub use self::download::{DownloadReport, download_bundle, fetch_manifest};
 pub use self::list::{list_objects, object_exists};
 pub use self::location::{BundleLocation, default_bucket_name, validate_bucket_name};
