@@ -329,7 +329,7 @@ fn require<'a, T>(value: &'a Option<T>, flag: &str) -> Result<&'a T, Refusal> {
 /// Options every classic tool has.
 #[derive(Debug, Args)]
 pub(crate) struct Common {
-    /// Never prompt (amibundle never does; accepted)
+    /// Never prompt: a confirmation is taken as given (only ec2-delete-bundle -p asks)
     #[arg(long)]
     pub batch: bool,
     /// More log output

@@ -275,13 +275,14 @@ pub(crate) struct Delete {
         conflicts_with = "prefix"
     )]
     pub manifest: Option<String>,
-    /// Bundle name: deletes PREFIX.manifest.xml and its parts
+    /// Bundle name: deletes PREFIX.manifest.xml and every PREFIX.part.N the bucket holds
+    /// (parts without a manifest too), after listing them and asking
     #[arg(short = 'p', long = "prefix", value_name = "NAME")]
     pub prefix: Option<String>,
     /// Then delete the bucket if it is empty
     #[arg(long)]
     pub clear: bool,
-    /// Do not ask (amibundle never asks; accepted)
+    /// Delete without asking (-p)
     #[arg(short = 'y', long = "yes")]
     pub yes: bool,
 }

@@ -495,3 +495,27 @@ fn hints_naming_amibundles_own_flags_get_a_note_fitting_the_personality() {
     // Paths and words with dashes are not flags.
     assert!(foreign_flags(Tool::Unbundle, "reading /tmp/a--b and x--y").is_empty());
 }
+
+#[test]
+fn every_classic_flag_is_in_the_usage_table() {
+    let usage =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/usage.md"))
+            .expect("docs/usage.md");
+    let start = usage
+        .find("## Classic flags")
+        .expect("docs/usage.md has a \"Classic flags\" section");
+    let section = &usage[start..];
+    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |e| e + 3)];
+    for tool in Tool::ALL {
+        assert!(section.contains(tool.name()), "{} missing", tool.name());
+        for arg in classic_command(tool).get_arguments() {
+            if let Some(long) = arg.get_long() {
+                assert!(
+                    section.contains(&format!("--{long}")),
+                    "{} --{long} is not in docs/usage.md's Classic flags table",
+                    tool.name()
+                );
+            }
+        }
+    }
+}
