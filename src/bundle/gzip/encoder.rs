@@ -84,18 +84,36 @@ pub(super) fn write_stored(data: &[u8], last: bool, out: &mut Vec<u8>) {
 /// documentation): clears BFINAL, cuts after the final block, zeroes the bits after it in its
 /// last byte, and appends an empty non-final stored block, byte for byte what zlib's sync flush
 /// writes (3 zero header bits, zero padding to the byte boundary, `00 00 ff ff`).
+#[cfg(test)]
 pub(super) fn definalize(out: &mut Vec<u8>, end: &scan::StreamEnd) {
+    out.resize(out.len().max(definalized_len(end)), 0);
+    let len = definalize_in(out, end);
+    out.truncate(len);
+}
+
+/// The length of a stream after [`definalize`].
+#[cfg(test)]
+fn definalized_len(end: &scan::StreamEnd) -> usize {
+    (end.end_bit + 3).div_ceil(8) + SYNC_MARKER_LEN_NLEN.len()
+}
+
+/// [`definalize`] in a buffer holding the stream at its start and at least
+/// [`definalized_len`] bytes (whatever follows the stream is overwritten); returns the new
+/// length.
+pub(super) fn definalize_in(out: &mut [u8], end: &scan::StreamEnd) -> usize {
     let header = end.final_block_bit;
     out[header / 8] &= !(1 << (header % 8));
-    out.truncate(end.end_bit.div_ceil(8));
+    let cut = end.end_bit.div_ceil(8);
     if end.end_bit % 8 != 0 {
         let last = end.end_bit / 8;
         out[last] &= (1u8 << (end.end_bit % 8)) - 1;
     }
     // The empty block's 3 header bits are zero (BFINAL 0, BTYPE 00); with the padding they
     // occupy the rest of the current byte if 3 bits are free there, else one more zero byte.
-    out.resize((end.end_bit + 3).div_ceil(8), 0);
-    out.extend_from_slice(&SYNC_MARKER_LEN_NLEN);
+    let marker = (end.end_bit + 3).div_ceil(8);
+    out[cut..marker].fill(0);
+    out[marker..marker + SYNC_MARKER_LEN_NLEN.len()].copy_from_slice(&SYNC_MARKER_LEN_NLEN);
+    marker + SYNC_MARKER_LEN_NLEN.len()
 }
 
 /// One chunk of input on its way to a worker.
@@ -114,7 +132,9 @@ struct Job {
 /// A compressed chunk with its buffers handed back for reuse.
 struct Compressed {
     data: Vec<u8>,
+    /// The compressed bytes are `out[..len]`; the rest is kept (initialized) for reuse.
     out: Vec<u8>,
+    len: usize,
     crc: crc32fast::Hasher,
 }
 
@@ -148,12 +168,13 @@ fn compress_chunk(c: &mut Compressor, job: Job) -> Result<Compressed, GzipError>
     } else {
         stored - SYNC_MARKER_MAX_BYTES
     };
-    out.clear();
-    out.resize(room, 0);
-    match c.deflate_compress(&data, &mut out) {
+    // A recycled buffer keeps its length and bytes: only growth is zeroed, not every chunk.
+    if out.len() < stored {
+        out.resize(stored, 0);
+    }
+    let len = match c.deflate_compress(&data, &mut out[..room]) {
         Ok(len) => {
-            out.truncate(len);
-            let end = scan::scan(&out).map_err(|source| GzipError::CheckChunk {
+            let end = scan::scan(&out[..len]).map_err(|source| GzipError::CheckChunk {
                 chunk: seq,
                 offset,
                 source,
@@ -166,17 +187,28 @@ fn compress_chunk(c: &mut Compressor, job: Job) -> Result<Compressed, GzipError>
                     expected: data.len() as u64,
                 });
             }
-            if !last {
-                definalize(&mut out, &end);
+            if last {
+                len
+            } else {
+                // `room` leaves the marker's bytes free below `stored`.
+                definalize_in(&mut out, &end)
             }
         }
         // libdeflate's only error: the output does not fit in `room`.
-        Err(_) => write_stored(&data, last, &mut out),
-    }
+        Err(_) => {
+            write_stored(&data, last, &mut out);
+            out.len()
+        }
+    };
 
     let mut crc = crc32fast::Hasher::new();
     crc.update(&data);
-    Ok(Compressed { data, out, crc })
+    Ok(Compressed {
+        data,
+        out,
+        len,
+        crc,
+    })
 }
 
 /// Body of a worker thread: take jobs until the queue closes or the encoder stops.
@@ -503,7 +535,7 @@ impl<W: Write> ParallelGzEncoder<W> {
                 self.inner_mut()?.write_all(&header)?;
                 self.header_written = true;
             }
-            self.inner_mut()?.write_all(&chunk.out)?;
+            self.inner_mut()?.write_all(&chunk.out[..chunk.len])?;
             self.crc.combine(&chunk.crc);
             self.next_write += 1;
             let Compressed { mut data, out, .. } = chunk;

@@ -14,7 +14,7 @@ use flate2::{Compression, Status};
 use libdeflater::{CompressionLvl, Compressor};
 
 use super::encoder::{
-    MAX_IN_FLIGHT_BYTES, SYNC_MARKER_LEN_NLEN, definalize, stored_len, write_stored,
+    MAX_IN_FLIGHT_BYTES, SYNC_MARKER_LEN_NLEN, definalize, definalize_in, stored_len, write_stored,
 };
 use super::*;
 
@@ -233,7 +233,16 @@ fn definalized_streams_join_at_every_bit_offset() {
         let mut stream = libdeflate_raw(piece, level);
         let end = scan::scan(&stream).expect("scan");
         residues[end.end_bit % 8] = true;
+        // The encoder's way: in place, in a recycled buffer whose stale bytes follow the stream.
+        let mut recycled = stream.clone();
+        recycled.extend_from_slice(&[0xff; 16]);
         definalize(&mut stream, &end);
+        let len = definalize_in(&mut recycled, &end);
+        assert_eq!(
+            recycled[..len],
+            stream[..],
+            "piece {i}: in place over stale bytes"
+        );
         // Cut after the final block, 3 zero header bits, zero padding, LEN/NLEN of an empty
         // block: the bytes zlib's sync flush writes.
         let marker_at = (end.end_bit + 3).div_ceil(8);

@@ -1,9 +1,10 @@
 //! Cutting the ciphertext into 10 MiB parts and reading them back (docs/format.md §8).
 //!
-//! [`PartWriter`] is the last adapter of the bundling pipeline: it accumulates exactly one part
-//! in memory, hashes it and hands it to a [`PartSink`] (a staging directory, or the S3 uploader of
-//! a streaming upload). Holding the part in memory costs [`PART_SIZE_BYTES`] and lets every sink
-//! see the whole part and its digest at once (S3 needs both before the PUT).
+//! [`PartWriter`] is the last adapter of the bundling pipeline: it hashes each part as its bytes
+//! pass and hands them to a [`PartSink`]. A sink that needs a whole part at once (the S3 uploader
+//! of a streaming upload: the PUT needs the body and its digest) gets it accumulated in memory,
+//! [`PART_SIZE_BYTES`] at most; a streaming sink (the staging directory of a local bundle) gets
+//! the bytes as they come, while they are still in the CPU's cache, and holds nothing.
 //!
 //! [`PartReader`] is the first adapter of the unbundling pipeline: it loads one part at a time,
 //! checks its size and SHA-1 against the manifest **before** any byte of it is decrypted
@@ -54,6 +55,24 @@ pub struct PartInfo {
 /// Where finished parts go.
 pub trait PartSink {
     /// Takes part `info.index` with its bytes (owned, so a sink can hand them to another task
-    /// without a copy). Parts arrive in index order.
+    /// without a copy). Parts arrive in index order. Not called on a streaming sink.
     fn put_part(&mut self, info: &PartInfo, data: Vec<u8>) -> io::Result<()>;
+
+    /// Whether the sink takes each part's bytes as they are produced ([`PartSink::part_bytes`],
+    /// then [`PartSink::end_part`]) instead of whole ([`PartSink::put_part`]).
+    fn streams(&self) -> bool {
+        false
+    }
+
+    /// The next bytes of part `index` (streaming sinks only); parts and bytes arrive in order.
+    fn part_bytes(&mut self, index: u64, data: &[u8]) -> io::Result<()> {
+        let _ = (index, data);
+        Err(io::Error::other("this part sink does not stream"))
+    }
+
+    /// Part `info.index` is complete (streaming sinks only).
+    fn end_part(&mut self, info: &PartInfo) -> io::Result<()> {
+        let _ = info;
+        Err(io::Error::other("this part sink does not stream"))
+    }
 }

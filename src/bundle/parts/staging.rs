@@ -11,23 +11,69 @@ use std::path::{Path, PathBuf};
 
 use super::{PartInfo, PartSink, part_name, part_width};
 
-/// Writes parts into a private staging directory under temporary names; see
-/// [`StagingDir`] for how they get their final names.
+/// Writes parts into a private staging directory under temporary names, as their bytes come
+/// (a streaming sink); see [`StagingDir`] for how they get their final names. Each finished
+/// part's write-back is started at once and waited for by [`StagingDir::commit`], so the disk
+/// works while the next part is made.
 #[derive(Debug)]
 pub struct StagingSink {
     dir: PathBuf,
+    /// The part being written.
+    current: Option<(u64, File)>,
+}
+
+impl StagingSink {
+    fn part_path(&self, index: u64) -> PathBuf {
+        self.dir.join(format!("part.{index}"))
+    }
 }
 
 impl PartSink for StagingSink {
     fn put_part(&mut self, info: &PartInfo, data: Vec<u8>) -> io::Result<()> {
-        let path = self.dir.join(format!("part.{}", info.index));
-        let mut f = create_private_file(&path)?;
-        f.write_all(&data)?;
-        // Parts are renamed into place only at the end; make their bytes durable first so a
-        // crash after the manifest rename never exposes a manifest whose parts are not on disk.
-        f.sync_all()?;
+        self.part_bytes(info.index, &data)?;
+        self.end_part(info)
+    }
+
+    fn streams(&self) -> bool {
+        true
+    }
+
+    fn part_bytes(&mut self, index: u64, data: &[u8]) -> io::Result<()> {
+        let file = match &mut self.current {
+            Some((i, file)) if *i == index => file,
+            _ => {
+                let file = create_private_file(&self.part_path(index))?;
+                &mut self.current.insert((index, file)).1
+            }
+        };
+        file.write_all(data)
+    }
+
+    fn end_part(&mut self, info: &PartInfo) -> io::Result<()> {
+        let Some((index, file)) = self.current.take() else {
+            // An empty part has no bytes (the cipher never makes one; §6).
+            return create_private_file(&self.part_path(info.index)).map(drop);
+        };
+        if index != info.index {
+            return Err(io::Error::other(format!(
+                "part {} ended while part {index} was being written",
+                info.index
+            )));
+        }
+        // Start writing it back now; `StagingDir::commit` waits for it (fsync) before any
+        // rename, so a crash never exposes a manifest whose parts are not on disk.
+        start_writeback(&file);
         Ok(())
     }
+}
+
+/// Starts the write-back of `file`'s dirty pages without waiting: `POSIX_FADV_DONTNEED`, on
+/// Linux, starts writing dirty pages back and drops those already clean (a part is never read
+/// again here). Only a hint: durability comes from the fsync at the commit, so a failure is
+/// ignored.
+fn start_writeback(file: &File) {
+    use nix::fcntl::{PosixFadviseAdvice, posix_fadvise};
+    let _ = posix_fadvise(file, 0, 0, PosixFadviseAdvice::POSIX_FADV_DONTNEED);
 }
 
 /// Creates `path` exclusively with mode 0600.
@@ -140,10 +186,12 @@ impl StagingDir {
     pub fn sink(&self) -> StagingSink {
         StagingSink {
             dir: self.dir.clone(),
+            current: None,
         }
     }
 
-    /// Renames every part to its final name `<dest>/<name>.part.<i>`, then writes the manifest
+    /// Makes every part durable (fsync; their write-back started as each was finished), renames
+    /// each to its final name `<dest>/<name>.part.<i>`, then writes the manifest
     /// through a temporary file, fsyncs it and renames it to `<dest>/<name>.manifest.xml` — the
     /// commit point — and removes the staging directory. Returns the manifest path. A failure
     /// before the commit point (a full filesystem: a directory may need a new block for the
@@ -158,6 +206,11 @@ impl StagingDir {
         let width = part_width(parts.len() as u64);
         let mut renamed = Vec::with_capacity(parts.len());
         let manifest_path = self.dest.join(format!("{name}.manifest.xml"));
+        // Parts are renamed into place only now; their bytes are made durable first so a crash
+        // after the manifest rename never exposes a manifest whose parts are not on disk.
+        for p in parts {
+            File::open(self.dir.join(format!("part.{}", p.index)))?.sync_all()?;
+        }
         let staged = (|| {
             for p in parts {
                 let to = self.dest.join(part_name(name, p.index, width));

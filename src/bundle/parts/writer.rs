@@ -5,13 +5,20 @@
 
 use std::io::{self, Write};
 
-use super::{PART_SIZE_BYTES, PartInfo, PartSink};
-use crate::bundle::digest::sha1_hex;
+use sha1::{Digest, Sha1};
 
-/// Splits a byte stream into parts of [`PART_SIZE_BYTES`] and passes each to a sink.
+use super::{PART_SIZE_BYTES, PartInfo, PartSink};
+
+/// Splits a byte stream into parts of [`PART_SIZE_BYTES`], hashing each as its bytes pass, and
+/// passes them to a sink: whole, or as they come to a streaming sink ([`PartSink::streams`]).
 pub struct PartWriter<S: PartSink> {
     sink: S,
+    streaming: bool,
+    /// The part being filled (not streaming).
     buf: Vec<u8>,
+    /// Bytes of the current part so far.
+    filled: usize,
+    hasher: Sha1,
     parts: Vec<PartInfo>,
     total: u64,
 }
@@ -19,9 +26,17 @@ pub struct PartWriter<S: PartSink> {
 impl<S: PartSink> PartWriter<S> {
     /// A writer feeding `sink`.
     pub fn new(sink: S) -> Self {
+        let streaming = sink.streams();
         Self {
             sink,
-            buf: Vec::with_capacity(PART_SIZE_BYTES),
+            streaming,
+            buf: if streaming {
+                Vec::new()
+            } else {
+                Vec::with_capacity(PART_SIZE_BYTES)
+            },
+            filled: 0,
+            hasher: Sha1::new(),
             parts: Vec::new(),
             total: 0,
         }
@@ -35,11 +50,16 @@ impl<S: PartSink> PartWriter<S> {
     fn emit(&mut self) -> io::Result<()> {
         let info = PartInfo {
             index: self.parts.len() as u64,
-            size: self.buf.len() as u64,
-            sha1: sha1_hex(&self.buf),
+            size: self.filled as u64,
+            sha1: hex::encode(std::mem::take(&mut self.hasher).finalize()),
         };
-        let data = std::mem::replace(&mut self.buf, Vec::with_capacity(PART_SIZE_BYTES));
-        self.sink.put_part(&info, data)?;
+        self.filled = 0;
+        if self.streaming {
+            self.sink.end_part(&info)?;
+        } else {
+            let data = std::mem::replace(&mut self.buf, Vec::with_capacity(PART_SIZE_BYTES));
+            self.sink.put_part(&info, data)?;
+        }
         self.parts.push(info);
         Ok(())
     }
@@ -47,7 +67,7 @@ impl<S: PartSink> PartWriter<S> {
     /// Emits the last (possibly short) part and returns the sink and the list of parts.
     /// A stream of zero bytes yields zero parts; the cipher never produces one (§6).
     pub fn finish(mut self) -> io::Result<(S, Vec<PartInfo>)> {
-        if !self.buf.is_empty() {
+        if self.filled > 0 {
             self.emit()?;
         }
         Ok((self.sink, self.parts))
@@ -58,11 +78,17 @@ impl<S: PartSink> Write for PartWriter<S> {
     fn write(&mut self, mut data: &[u8]) -> io::Result<usize> {
         let n = data.len();
         while !data.is_empty() {
-            let room = PART_SIZE_BYTES - self.buf.len();
-            let take = room.min(data.len());
-            self.buf.extend_from_slice(&data[..take]);
-            data = &data[take..];
-            if self.buf.len() == PART_SIZE_BYTES {
+            let room = PART_SIZE_BYTES - self.filled;
+            let (piece, rest) = data.split_at(room.min(data.len()));
+            self.hasher.update(piece);
+            if self.streaming {
+                self.sink.part_bytes(self.parts.len() as u64, piece)?;
+            } else {
+                self.buf.extend_from_slice(piece);
+            }
+            self.filled += piece.len();
+            data = rest;
+            if self.filled == PART_SIZE_BYTES {
                 self.emit()?;
             }
         }

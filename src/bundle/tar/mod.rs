@@ -33,9 +33,11 @@ pub const RECORD_BYTES: u64 = 10_240;
 
 /// `BLOCK_BYTES` as a buffer length.
 const BLOCK: usize = 512;
-/// Buffer for image and member data. 8 KiB reads cost a syscall per 8 KiB; 1 MiB keeps syscall
-/// overhead negligible next to hashing and compression while staying small in memory.
-const IO_BUFFER_BYTES: usize = 1 << 20;
+/// Buffer for image and member data. 8 KiB reads cost a syscall per 8 KiB; 128 KiB keeps syscall
+/// overhead negligible next to hashing and compression, and the buffer in the CPU's L2 cache:
+/// the kernel's copy into it and the hashing and copying of it that follow all hit the cache
+/// (with 1 MiB, the kernel's copy alone cost three times as much here).
+const IO_BUFFER_BYTES: usize = 128 << 10;
 
 /// Errors of the tar writer and reader.
 #[derive(Debug, thiserror::Error)]
