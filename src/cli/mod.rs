@@ -20,6 +20,7 @@ pub mod output;
 mod register;
 mod restore;
 mod streaming;
+mod to_ebs;
 mod unbundle;
 mod upload;
 mod verify;
@@ -47,6 +48,10 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
                 .is_some_and(crate::cloud::copy::CopyError::is_access_problem)
             || e.downcast_ref::<crate::cloud::publish::PublishError>()
                 .is_some_and(crate::cloud::publish::PublishError::is_access_problem)
+            || e.downcast_ref::<crate::cloud::ebs::ConvertError>()
+                .is_some_and(crate::cloud::ebs::ConvertError::is_access_problem)
+            || e.downcast_ref::<crate::cloud::ebs::EbsError>()
+                .is_some_and(crate::cloud::ebs::EbsError::is_access_problem)
     });
     if access {
         EXIT_BUCKET_ACCESS
@@ -107,6 +112,9 @@ pub enum Command {
     /// Copy an AMI or bundle to other regions: parts copied in S3, manifest re-wrapped,
     /// registered alike
     Copy(Box<copy::CopyArgs>),
+    /// Make a disk image into an EBS snapshot (EBS direct APIs, no volume, no helper instance)
+    /// and an EBS-backed AMI booting from it
+    ToEbs(Box<to_ebs::ToEbsArgs>),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions(generate::CompletionsArgs),
     /// Write man pages, one per command (amibundle.1, amibundle-bundle-vol.1, ...)
@@ -134,6 +142,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Restore(args) => restore::run(*args, &progress),
         Command::MigrateManifest(args) => migrate_manifest::run(*args),
         Command::Copy(args) => copy::run(*args),
+        Command::ToEbs(args) => to_ebs::run(*args, &progress),
         Command::Completions(args) => generate::run_completions(&args),
         Command::Man(args) => generate::run_man(&args),
         Command::InstallCompat(args) => install_compat::run(args),

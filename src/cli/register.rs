@@ -105,14 +105,7 @@ impl AmiArgs {
             }
             .into());
         }
-        let tags = self
-            .tags
-            .iter()
-            .map(|t| match t.split_once('=') {
-                Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-                _ => bail!("--tag {t:?} is not KEY=VALUE"),
-            })
-            .collect::<anyhow::Result<_>>()?;
+        let tags = parse_tags(&self.tags)?;
         Ok(AmiOptions {
             description: self.description.clone(),
             virtualization_type: self.virtualization_type.clone(),
@@ -182,4 +175,14 @@ pub fn run(args: RegisterArgs) -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+/// `--tag KEY=VALUE` values.
+pub fn parse_tags(tags: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    tags.iter()
+        .map(|t| match t.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => bail!("--tag {t:?} is not KEY=VALUE"),
+        })
+        .collect()
 }

@@ -213,6 +213,16 @@ impl CloudConfig {
         aws_sdk_ec2::Client::from_conf(b.build())
     }
 
+    /// An EBS direct APIs client for `region` (the snapshots of `to-ebs`).
+    pub fn ebs_client(&self, region: &str) -> aws_sdk_ebs::Client {
+        let mut b =
+            aws_sdk_ebs::config::Builder::from(&self.sdk).region(Region::new(region.to_string()));
+        if let Some(url) = &self.options.endpoint_url {
+            b = b.endpoint_url(url);
+        }
+        aws_sdk_ebs::Client::from_conf(b.build())
+    }
+
     /// An STS client (account id of the caller).
     pub fn sts_client(&self) -> aws_sdk_sts::Client {
         let mut b = aws_sdk_sts::config::Builder::from(&self.sdk);

@@ -301,6 +301,181 @@ pub async fn register_image(
     })
 }
 
+/// An EBS-backed AMI to register from a snapshot (`to-ebs`).
+#[derive(Debug, Clone)]
+pub struct EbsRegistration {
+    /// AMI name.
+    pub name: String,
+    /// Description.
+    pub description: Option<String>,
+    /// `x86_64`, `i386` or `arm64`.
+    pub architecture: String,
+    /// The root volume's snapshot.
+    pub snapshot_id: String,
+    /// The root device (`/dev/xvda`).
+    pub root_device_name: String,
+    /// The root volume's type (`gp3`).
+    pub volume_type: String,
+    /// ENA.
+    pub ena_support: bool,
+    /// SR-IOV "simple" networking.
+    pub sriov_net_support: bool,
+    /// `legacy-bios` or `uefi`.
+    pub boot_mode: String,
+    /// Instance-store mappings carried over: (device, `ephemeralN`).
+    pub ephemeral_mappings: Vec<(String, String)>,
+    /// Tags on the AMI.
+    pub tags: Vec<(String, String)>,
+}
+
+/// The tag that records which snapshot an EBS AMI registered by amibundle boots from (the
+/// idempotency of [`register_ebs_image`]: same name and same snapshot is the same AMI).
+const SNAPSHOT_TAG: &str = "amibundle:root-snapshot";
+
+/// Refuses `name` when an AMI of ours already has it (before a snapshot is made for a new one);
+/// `force` lets [`register_ebs_image`] deregister it instead.
+pub async fn refuse_taken_name(ec2: &Client, region: &str, name: &str) -> Result<(), Ec2Error> {
+    validate_ami_name(name)?;
+    let existing = ec2
+        .describe_images()
+        .owners("self")
+        .filters(Filter::builder().name("name").values(name).build())
+        .send()
+        .await
+        .map_err(|e| request_error("looking for an existing AMI", region, e))?;
+    match existing.images().first() {
+        None => Ok(()),
+        Some(image) => Err(Ec2Error::NameTaken {
+            name: name.to_string(),
+            image_id: image.image_id().unwrap_or_default().to_string(),
+            existing: image
+                .block_device_mappings()
+                .iter()
+                .find_map(|m| m.ebs().and_then(|e| e.snapshot_id()))
+                .or_else(|| image.image_location())
+                .unwrap_or("another source")
+                .to_string(),
+            wanted: "a new snapshot of this image".to_string(),
+        }),
+    }
+}
+
+/// Registers an HVM EBS-backed AMI booting from `req.snapshot_id` (gp3, deleted on
+/// termination), idempotent by name: an AMI of that name booting from the same snapshot is
+/// reused, one booting from anything else is refused (unless `force`, which deregisters it).
+pub async fn register_ebs_image(
+    ec2: &Client,
+    region: &str,
+    req: &EbsRegistration,
+    force: bool,
+) -> Result<Registered, Ec2Error> {
+    validate_ami_name(&req.name)?;
+    let existing = ec2
+        .describe_images()
+        .owners("self")
+        .filters(Filter::builder().name("name").values(&req.name).build())
+        .send()
+        .await
+        .map_err(|e| request_error("looking for an existing AMI", region, e))?;
+    if let Some(image) = existing.images().first() {
+        let image_id = image.image_id().unwrap_or_default().to_string();
+        let root_snapshot = image
+            .block_device_mappings()
+            .iter()
+            .find(|m| m.device_name() == image.root_device_name())
+            .and_then(|m| m.ebs())
+            .and_then(|e| e.snapshot_id())
+            .or_else(|| tag_value(image, SNAPSHOT_TAG));
+        if root_snapshot == Some(req.snapshot_id.as_str()) {
+            tracing::info!(
+                "AMI {image_id} named {} already boots from {}",
+                req.name,
+                req.snapshot_id
+            );
+            return Ok(Registered {
+                image_id,
+                created: false,
+            });
+        }
+        if !force {
+            return Err(Ec2Error::NameTaken {
+                name: req.name.clone(),
+                image_id,
+                existing: root_snapshot.unwrap_or("another source").to_string(),
+                wanted: req.snapshot_id.clone(),
+            });
+        }
+        tracing::warn!("deregistering {image_id} (--force) to register a new AMI of that name");
+        ec2.deregister_image()
+            .image_id(&image_id)
+            .send()
+            .await
+            .map_err(|e| request_error("deregistering the old AMI", region, e))?;
+    }
+    let root = BlockDeviceMapping::builder()
+        .device_name(&req.root_device_name)
+        .ebs(
+            aws_sdk_ec2::types::EbsBlockDevice::builder()
+                .snapshot_id(&req.snapshot_id)
+                .volume_type(aws_sdk_ec2::types::VolumeType::from(
+                    req.volume_type.as_str(),
+                ))
+                .delete_on_termination(true)
+                .build(),
+        )
+        .build();
+    let mut mappings = vec![root];
+    mappings.extend(req.ephemeral_mappings.iter().map(|(device, virtual_name)| {
+        BlockDeviceMapping::builder()
+            .device_name(device)
+            .virtual_name(virtual_name)
+            .build()
+    }));
+    let mut call = ec2
+        .register_image()
+        .name(&req.name)
+        .architecture(ArchitectureValues::from(req.architecture.as_str()))
+        .virtualization_type("hvm")
+        .root_device_name(&req.root_device_name)
+        .boot_mode(aws_sdk_ec2::types::BootModeValues::from(
+            req.boot_mode.as_str(),
+        ))
+        .set_block_device_mappings(Some(mappings))
+        .set_description(req.description.clone());
+    if req.ena_support {
+        call = call.ena_support(true);
+    }
+    if req.sriov_net_support {
+        call = call.sriov_net_support("simple");
+    }
+    let out = call
+        .send()
+        .await
+        .map_err(|e| request_error("registering the AMI", region, e))?;
+    let image_id = out.image_id().unwrap_or_default().to_string();
+    let mut tags = vec![
+        Tag::builder()
+            .key(SNAPSHOT_TAG)
+            .value(&req.snapshot_id)
+            .build(),
+    ];
+    tags.extend(
+        req.tags
+            .iter()
+            .map(|(k, v)| Tag::builder().key(k).value(v).build()),
+    );
+    ec2.create_tags()
+        .resources(&image_id)
+        .set_tags(Some(tags))
+        .send()
+        .await
+        .map_err(|e| request_error("tagging the AMI", region, e))?;
+    Ok(Registered {
+        image_id,
+        created: true,
+    })
+}
+
 /// Polls until the AMI is `available`; fails on `failed`/`invalid`/`error` or at the deadline.
 pub async fn wait_available(
     ec2: &Client,

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod copy;
+pub mod ebs;
 pub mod ec2;
 pub mod imds;
 pub mod publish;

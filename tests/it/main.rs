@@ -13,6 +13,7 @@ mod copy;
 mod crash;
 mod disk_full;
 mod docsgen;
+mod ebs;
 mod faults;
 mod golden;
 mod imds;

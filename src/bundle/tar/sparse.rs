@@ -21,7 +21,8 @@ pub struct DataRegion {
 }
 
 impl DataRegion {
-    pub(super) fn end(&self) -> u64 {
+    /// The first byte after the region.
+    pub fn end(&self) -> u64 {
         // Cannot overflow: every constructor checks `offset + len <= size`.
         self.offset + self.len
     }

@@ -1,0 +1,769 @@
+//! The EBS direct APIs: an image's bytes into a new EBS snapshot, without a volume or a helper
+//! instance (`to-ebs`).
+//!
+//! A snapshot is written in blocks of [`BLOCK_BYTES`] (512 KiB): `StartSnapshot` (size in GiB,
+//! description, tags, encryption, an idempotency token and a timeout), one `PutSnapshotBlock`
+//! per block that holds any non-zero byte (with its SHA-256, checked by EBS), several in flight
+//! ([`BlockSender`]), then `CompleteSnapshot` with the number of blocks sent and the linear
+//! aggregate checksum (the SHA-256 of the blocks' SHA-256s in index order), and the snapshot
+//! waited for until `completed`. A block that is all zeros is never sent: an unwritten block of
+//! a snapshot reads as zeros, so an image of 10 GiB holding 1 GiB sends about 1 GiB. A snapshot
+//! that fails is deleted, never left looking complete.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_sdk_ebs::Client;
+use aws_sdk_ebs::error::ProvideErrorMetadata;
+use aws_sdk_ebs::primitives::ByteStream;
+use aws_sdk_ebs::types::{ChecksumAggregationMethod, ChecksumAlgorithm, Status, Tag};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use openssl::sha::{Sha256, sha256};
+use tokio::runtime::Handle;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::bundle::tar::SparseMap;
+use crate::progress::Progress;
+
+/// The EBS direct APIs' block size: every `PutSnapshotBlock` carries exactly this much.
+pub const BLOCK_BYTES: usize = 512 << 10;
+
+/// Blocks in flight at once by default (each holds [`BLOCK_BYTES`] of memory).
+pub const DEFAULT_CONCURRENCY: usize = 16;
+
+/// How long a snapshot may stay pending before EBS gives it up (`StartSnapshot`'s Timeout,
+/// minutes): long enough for a slow link, short enough that an abandoned one goes.
+pub const DEFAULT_TIMEOUT_MINUTES: i32 = 60;
+
+/// How long [`wait_completed`] waits for `completed` after `CompleteSnapshot`.
+const WAIT_LIMIT: Duration = Duration::from_secs(3600);
+
+const GIB: u64 = 1 << 30;
+
+/// How the snapshot is made.
+#[derive(Debug, Clone)]
+pub struct SnapshotOptions {
+    /// Its description.
+    pub description: String,
+    /// Its tags.
+    pub tags: Vec<(String, String)>,
+    /// Encrypt it (with `kms_key_arn`, else the account's default EBS key).
+    pub encrypted: bool,
+    /// The KMS key to encrypt with.
+    pub kms_key_arn: Option<String>,
+    /// Minutes it may stay pending ([`DEFAULT_TIMEOUT_MINUTES`]).
+    pub timeout_minutes: i32,
+    /// Blocks sent at once.
+    pub concurrency: usize,
+    /// `StartSnapshot`'s idempotency token: the same token starts no second snapshot.
+    pub client_token: Option<String>,
+}
+
+impl Default for SnapshotOptions {
+    fn default() -> Self {
+        SnapshotOptions {
+            description: String::new(),
+            tags: Vec::new(),
+            encrypted: false,
+            kms_key_arn: None,
+            timeout_minutes: DEFAULT_TIMEOUT_MINUTES,
+            concurrency: DEFAULT_CONCURRENCY,
+            client_token: None,
+        }
+    }
+}
+
+/// A finished snapshot.
+#[derive(Debug, Clone)]
+pub struct SnapshotReport {
+    /// Its id.
+    pub snapshot_id: String,
+    /// Its size, GiB (the image's size rounded up).
+    pub volume_size_gib: u64,
+    /// Blocks sent.
+    pub blocks_sent: u64,
+    /// Blocks of the image never sent: holes and blocks of zeros.
+    pub blocks_skipped: u64,
+    /// Wall time from `StartSnapshot` to `completed`.
+    pub elapsed: Duration,
+}
+
+/// Why a snapshot was not made. Each says which request and which snapshot.
+#[derive(Debug, thiserror::Error)]
+pub enum EbsError {
+    /// `StartSnapshot` failed.
+    #[error("starting a snapshot of {gib} GiB{hint}")]
+    Start {
+        /// Its size.
+        gib: u64,
+        /// What to do about it.
+        hint: &'static str,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+        /// An access problem (exit code 3).
+        access: bool,
+    },
+    /// A request on a started snapshot failed.
+    #[error("{action} of snapshot {snapshot}{hint}")]
+    Request {
+        /// What was being done.
+        action: String,
+        /// The snapshot.
+        snapshot: String,
+        /// What to do about it.
+        hint: &'static str,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+        /// An access problem (exit code 3).
+        access: bool,
+    },
+    /// The snapshot did not complete.
+    #[error("snapshot {snapshot} ended in state {state}{message}")]
+    Failed {
+        /// The snapshot.
+        snapshot: String,
+        /// Its state.
+        state: String,
+        /// EBS's message, if any.
+        message: String,
+    },
+    /// The snapshot was still pending when the wait ended.
+    #[error("snapshot {snapshot} is still {state} after {} s", .waited.as_secs())]
+    WaitTimeout {
+        /// The snapshot.
+        snapshot: String,
+        /// Its state.
+        state: String,
+        /// How long it was waited for.
+        waited: Duration,
+    },
+    /// The image could not be read.
+    #[error("reading {what} at byte {offset}")]
+    Read {
+        /// The image.
+        what: String,
+        /// Where.
+        offset: u64,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// An empty image has no snapshot.
+    #[error("{0} is empty: there is nothing to make a snapshot of")]
+    Empty(String),
+    /// A signal arrived.
+    #[error(transparent)]
+    Interrupted(io::Error),
+}
+
+impl EbsError {
+    /// Permission problems (exit code 3, like the other cloud commands).
+    pub fn is_access_problem(&self) -> bool {
+        match self {
+            EbsError::Start { access, .. } | EbsError::Request { access, .. } => *access,
+            _ => false,
+        }
+    }
+}
+
+/// Error codes that mean the caller may not do this.
+fn is_access_code(code: Option<&str>) -> bool {
+    matches!(
+        code,
+        Some(
+            "AccessDeniedException"
+                | "AccessDenied"
+                | "UnauthorizedOperation"
+                | "UnrecognizedClientException"
+                | "KMSKeyNotAccessibleFault"
+                | "KMSAccessDeniedException"
+        )
+    )
+}
+
+/// What to tell the user about an access problem.
+fn access_hint(access: bool) -> &'static str {
+    if access {
+        ": the credentials need ebs:StartSnapshot, ebs:PutSnapshotBlock, \
+         ebs:CompleteSnapshot (and kms:GenerateDataKey* and kms:Decrypt for an encrypted \
+         snapshot) in this region"
+    } else {
+        ""
+    }
+}
+
+/// Whether every byte of `block` is zero.
+fn all_zero(block: &[u8]) -> bool {
+    let words = block.chunks_exact(8);
+    let rest = words.remainder();
+    words
+        .map(|w| u64::from_ne_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]))
+        .all(|w| w == 0)
+        && rest.iter().all(|&b| b == 0)
+}
+
+/// Starts a snapshot of `size` bytes (rounded up to whole GiB, as EBS sizes volumes).
+pub async fn start_snapshot(
+    client: &Client,
+    size: u64,
+    options: &SnapshotOptions,
+) -> Result<(String, u64), EbsError> {
+    let gib = size.div_ceil(GIB).max(1);
+    let mut req = client
+        .start_snapshot()
+        .volume_size(i64::try_from(gib).unwrap_or(i64::MAX))
+        .timeout(options.timeout_minutes)
+        .encrypted(options.encrypted);
+    if !options.description.is_empty() {
+        req = req.description(&options.description);
+    }
+    if let Some(key) = &options.kms_key_arn {
+        req = req.kms_key_arn(key);
+    }
+    if let Some(token) = &options.client_token {
+        req = req.client_token(token);
+    }
+    for (k, v) in &options.tags {
+        req = req.tags(Tag::builder().key(k).value(v).build());
+    }
+    let out = req.send().await.map_err(|e| {
+        let access = is_access_code(e.code());
+        EbsError::Start {
+            gib,
+            hint: access_hint(access),
+            source: sdk_message(e),
+            access,
+        }
+    })?;
+    let id = out.snapshot_id().unwrap_or_default().to_string();
+    if id.is_empty() {
+        return Err(EbsError::Start {
+            gib,
+            hint: "",
+            source: "StartSnapshot returned no snapshot id".into(),
+            access: false,
+        });
+    }
+    Ok((id, gib))
+}
+
+/// A request error with its whole context as the message (the SDK's own Display is terse).
+fn sdk_message<E: std::error::Error>(e: E) -> Box<dyn std::error::Error + Send + Sync> {
+    Box::new(io::Error::other(
+        aws_sdk_ebs::error::DisplayErrorContext(e).to_string(),
+    ))
+}
+
+fn request_error<E>(
+    action: String,
+    snapshot: &str,
+    err: aws_sdk_ebs::error::SdkError<E>,
+) -> EbsError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let access = is_access_code(err.code());
+    EbsError::Request {
+        action,
+        snapshot: snapshot.to_string(),
+        hint: access_hint(access),
+        source: sdk_message(err),
+        access,
+    }
+}
+
+/// Sends the blocks of one snapshot, several at once, from a synchronous caller (the image is
+/// read, or decoded, on the caller's thread; `runtime` runs the requests). All-zero blocks are
+/// counted and dropped. Memory: at most `concurrency` blocks in flight.
+pub struct BlockSender {
+    runtime: Handle,
+    client: Client,
+    snapshot_id: String,
+    permits: Arc<Semaphore>,
+    tasks: JoinSet<Result<(u64, [u8; 32]), EbsError>>,
+    checksums: BTreeMap<u64, [u8; 32]>,
+    skipped: u64,
+}
+
+impl BlockSender {
+    /// A sender for the pending snapshot `snapshot_id`.
+    pub fn new(runtime: Handle, client: Client, snapshot_id: String, concurrency: usize) -> Self {
+        BlockSender {
+            runtime,
+            client,
+            snapshot_id,
+            permits: Arc::new(Semaphore::new(concurrency.max(1))),
+            tasks: JoinSet::new(),
+            checksums: BTreeMap::new(),
+            skipped: 0,
+        }
+    }
+
+    /// Queues block `index` (exactly [`BLOCK_BYTES`]; a short last block is padded with
+    /// zeros). Waits while `concurrency` blocks are in flight; returns the first failure of any
+    /// block sent so far.
+    pub fn send(&mut self, index: u64, mut block: Vec<u8>) -> Result<(), EbsError> {
+        block.resize(BLOCK_BYTES, 0);
+        if all_zero(&block) {
+            self.skipped += 1;
+            return Ok(());
+        }
+        self.collect_finished()?;
+        let permit = self
+            .runtime
+            .block_on(self.permits.clone().acquire_owned())
+            .map_err(|_| EbsError::Interrupted(io::Error::other("block sender closed")))?;
+        let checksum = sha256(&block);
+        let client = self.client.clone();
+        let snapshot = self.snapshot_id.clone();
+        self.tasks.spawn_on(
+            async move {
+                let _permit = permit;
+                let index_i32 = i32::try_from(index).map_err(|_| EbsError::Request {
+                    action: format!("sending block {index}"),
+                    snapshot: snapshot.clone(),
+                    hint: "",
+                    source: "block index beyond the EBS direct APIs' range".into(),
+                    access: false,
+                })?;
+                client
+                    .put_snapshot_block()
+                    .snapshot_id(&snapshot)
+                    .block_index(index_i32)
+                    .data_length(BLOCK_BYTES as i32)
+                    .checksum(BASE64.encode(checksum))
+                    .checksum_algorithm(ChecksumAlgorithm::ChecksumAlgorithmSha256)
+                    .block_data(ByteStream::from(block))
+                    .send()
+                    .await
+                    .map_err(|e| request_error(format!("sending block {index}"), &snapshot, e))?;
+                Ok((index, checksum))
+            },
+            &self.runtime,
+        );
+        Ok(())
+    }
+
+    /// Records the blocks already sent; the first failure is returned.
+    fn collect_finished(&mut self) -> Result<(), EbsError> {
+        while let Some(done) = self.tasks.try_join_next() {
+            self.record(done)?;
+        }
+        Ok(())
+    }
+
+    fn record(
+        &mut self,
+        done: Result<Result<(u64, [u8; 32]), EbsError>, tokio::task::JoinError>,
+    ) -> Result<(), EbsError> {
+        let (index, checksum) = done.map_err(|e| EbsError::Request {
+            action: "sending a block".into(),
+            snapshot: self.snapshot_id.clone(),
+            hint: "",
+            source: Box::new(e),
+            access: false,
+        })??;
+        self.checksums.insert(index, checksum);
+        Ok(())
+    }
+
+    /// Waits for every block; returns the blocks sent, the blocks skipped and the linear
+    /// aggregate checksum (base64 SHA-256 of the blocks' SHA-256s in index order).
+    pub fn finish(mut self) -> Result<(u64, u64, String), EbsError> {
+        let runtime = self.runtime.clone();
+        while let Some(done) = runtime.block_on(self.tasks.join_next()) {
+            self.record(done)?;
+        }
+        let mut aggregate = Sha256::new();
+        for checksum in self.checksums.values() {
+            aggregate.update(checksum);
+        }
+        Ok((
+            self.checksums.len() as u64,
+            self.skipped,
+            BASE64.encode(aggregate.finish()),
+        ))
+    }
+}
+
+impl Drop for BlockSender {
+    fn drop(&mut self) {
+        // Requests still in flight on an error path are abandoned; the snapshot is deleted.
+        self.tasks.abort_all();
+    }
+}
+
+/// Completes the snapshot (`CompleteSnapshot` with the count and the linear aggregate) and
+/// waits for `completed` through EC2's DescribeSnapshots.
+pub async fn complete_snapshot(
+    client: &Client,
+    ec2: &aws_sdk_ec2::Client,
+    snapshot_id: &str,
+    blocks: u64,
+    aggregate: &str,
+) -> Result<(), EbsError> {
+    let out = client
+        .complete_snapshot()
+        .snapshot_id(snapshot_id)
+        .changed_blocks_count(i32::try_from(blocks).unwrap_or(i32::MAX))
+        .checksum(aggregate)
+        .checksum_algorithm(ChecksumAlgorithm::ChecksumAlgorithmSha256)
+        .checksum_aggregation_method(ChecksumAggregationMethod::ChecksumAggregationLinear)
+        .send()
+        .await
+        .map_err(|e| request_error("completing".into(), snapshot_id, e))?;
+    if out.status() == Some(&Status::Error) {
+        return Err(EbsError::Failed {
+            snapshot: snapshot_id.to_string(),
+            state: "error".into(),
+            message: String::new(),
+        });
+    }
+    wait_completed(ec2, snapshot_id).await
+}
+
+/// Polls DescribeSnapshots until the snapshot is `completed` (an `error` state fails).
+pub async fn wait_completed(ec2: &aws_sdk_ec2::Client, snapshot_id: &str) -> Result<(), EbsError> {
+    let started = Instant::now();
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let out = ec2
+            .describe_snapshots()
+            .snapshot_ids(snapshot_id)
+            .send()
+            .await
+            .map_err(|e| {
+                let access = is_access_code(e.code());
+                EbsError::Request {
+                    action: "describing".into(),
+                    snapshot: snapshot_id.to_string(),
+                    hint: if access {
+                        ": the credentials need ec2:DescribeSnapshots"
+                    } else {
+                        ""
+                    },
+                    source: sdk_message(e),
+                    access,
+                }
+            })?;
+        let snap = out.snapshots().first();
+        let state = snap
+            .and_then(|s| s.state())
+            .map_or("unknown".to_string(), |s| s.as_str().to_string());
+        match state.as_str() {
+            "completed" => return Ok(()),
+            "error" | "recoverable" => {
+                return Err(EbsError::Failed {
+                    snapshot: snapshot_id.to_string(),
+                    state,
+                    message: snap
+                        .and_then(|s| s.state_message())
+                        .map(|m| format!(": {m}"))
+                        .unwrap_or_default(),
+                });
+            }
+            _ => {}
+        }
+        if started.elapsed() > WAIT_LIMIT {
+            return Err(EbsError::WaitTimeout {
+                snapshot: snapshot_id.to_string(),
+                state,
+                waited: started.elapsed(),
+            });
+        }
+        crate::interrupt::check().map_err(EbsError::Interrupted)?;
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// Deletes a snapshot that failed (best effort, said on failure), so that nothing incomplete
+/// is left looking usable.
+pub async fn delete_failed(ec2: &aws_sdk_ec2::Client, snapshot_id: &str) {
+    if let Err(e) = ec2.delete_snapshot().snapshot_id(snapshot_id).send().await {
+        tracing::warn!(
+            "could not delete the failed snapshot {snapshot_id}: {}; delete it yourself",
+            aws_sdk_ec2::error::DisplayErrorContext(e)
+        );
+    } else {
+        tracing::info!("deleted the failed snapshot {snapshot_id}");
+    }
+}
+
+/// Makes a snapshot of the raw image file (or block device) at `path`: only the blocks that
+/// hold data are read (holes found with `SEEK_DATA`/`SEEK_HOLE` are skipped unread), and of
+/// those only the ones with a non-zero byte are sent. A failure deletes the snapshot.
+pub fn snapshot_image_file(
+    runtime: &Handle,
+    client: &Client,
+    ec2: &aws_sdk_ec2::Client,
+    path: &Path,
+    options: &SnapshotOptions,
+    progress: &dyn Progress,
+) -> Result<SnapshotReport, EbsError> {
+    let what = path.display().to_string();
+    let read_err = |offset: u64| {
+        let what = what.clone();
+        move |source: io::Error| EbsError::Read {
+            what,
+            offset,
+            source,
+        }
+    };
+    let mut file = File::open(path).map_err(read_err(0))?;
+    let size = match file.metadata().map_err(read_err(0))? {
+        m if m.is_file() => m.len(),
+        // A block device: its size is where its end is.
+        _ => file.seek(SeekFrom::End(0)).map_err(read_err(0))?,
+    };
+    if size == 0 {
+        return Err(EbsError::Empty(what));
+    }
+    let map = SparseMap::from_file(&file).unwrap_or_else(|_| SparseMap::dense(size));
+    let started = Instant::now();
+    let (snapshot_id, gib) = runtime.block_on(start_snapshot(client, size, options))?;
+    tracing::info!("started snapshot {snapshot_id} ({gib} GiB) of {what}");
+    let sent = send_image_blocks(
+        runtime,
+        client,
+        &snapshot_id,
+        &mut file,
+        &map,
+        &what,
+        options.concurrency,
+        progress,
+    )
+    .and_then(|(blocks, skipped, aggregate)| {
+        runtime.block_on(complete_snapshot(
+            client,
+            ec2,
+            &snapshot_id,
+            blocks,
+            &aggregate,
+        ))?;
+        Ok((blocks, skipped))
+    });
+    match sent {
+        Ok((blocks_sent, blocks_skipped)) => Ok(SnapshotReport {
+            snapshot_id,
+            volume_size_gib: gib,
+            blocks_sent,
+            blocks_skipped,
+            elapsed: started.elapsed(),
+        }),
+        Err(e) => {
+            runtime.block_on(delete_failed(ec2, &snapshot_id));
+            Err(e)
+        }
+    }
+}
+
+/// Reads the blocks of `file` that `map` says hold data and hands them to a [`BlockSender`].
+#[allow(clippy::too_many_arguments)]
+fn send_image_blocks(
+    runtime: &Handle,
+    client: &Client,
+    snapshot_id: &str,
+    file: &mut File,
+    map: &SparseMap,
+    what: &str,
+    concurrency: usize,
+    progress: &dyn Progress,
+) -> Result<(u64, u64, String), EbsError> {
+    let size = map.size();
+    let total_blocks = size.div_ceil(BLOCK_BYTES as u64);
+    let mut sender = BlockSender::new(
+        runtime.clone(),
+        client.clone(),
+        snapshot_id.to_string(),
+        concurrency,
+    );
+    let mut blocks_to_read = 0u64;
+    let mut seen = 0u64;
+    for region in map.regions() {
+        let first = (region.offset / BLOCK_BYTES as u64).max(seen);
+        let last = region.end().div_ceil(BLOCK_BYTES as u64);
+        blocks_to_read += last.saturating_sub(first);
+        seen = seen.max(last);
+    }
+    progress.start(
+        "sending blocks",
+        Some((blocks_to_read * BLOCK_BYTES as u64).min(size)),
+    );
+    let mut next = 0u64; // the first block not yet looked at
+    for region in map.regions() {
+        let first = region.offset / BLOCK_BYTES as u64;
+        let last = region.end().div_ceil(BLOCK_BYTES as u64);
+        for index in first.max(next)..last {
+            crate::interrupt::check().map_err(EbsError::Interrupted)?;
+            let offset = index * BLOCK_BYTES as u64;
+            let len = (size - offset).min(BLOCK_BYTES as u64) as usize;
+            let mut block = vec![0u8; len];
+            file.seek(SeekFrom::Start(offset))
+                .and_then(|_| file.read_exact(&mut block))
+                .map_err(|source| EbsError::Read {
+                    what: what.to_string(),
+                    offset,
+                    source,
+                })?;
+            sender.send(index, block)?;
+            progress.inc(len as u64);
+        }
+        next = next.max(last);
+    }
+    let (sent, skipped, aggregate) = sender.finish()?;
+    progress.finish();
+    // Blocks in holes were never looked at: they count as skipped.
+    let looked_at = sent + skipped;
+    Ok((
+        sent,
+        skipped + total_blocks.saturating_sub(looked_at),
+        aggregate,
+    ))
+}
+
+/// An image made into an EBS-backed AMI (`to-ebs`): the snapshot, then the registration.
+#[derive(Debug, Clone)]
+pub struct Conversion {
+    /// How the snapshot is made.
+    pub snapshot: SnapshotOptions,
+    /// The AMI to register from it (its `snapshot_id` is filled in); `None` stops at the
+    /// snapshot.
+    pub register: Option<crate::cloud::ec2::EbsRegistration>,
+    /// Deregister an AMI of the same name booting from something else.
+    pub force: bool,
+    /// Wait for the AMI to be `available`.
+    pub wait: bool,
+}
+
+/// What [`convert_image_file`] made.
+#[derive(Debug, Clone)]
+pub struct Converted {
+    /// The snapshot.
+    pub snapshot: SnapshotReport,
+    /// The AMI, when one was registered.
+    pub registered: Option<crate::cloud::ec2::Registered>,
+    /// Wall time of the registration (and its wait).
+    pub register_time: Duration,
+}
+
+/// Why an image was not made into an EBS-backed AMI.
+#[derive(Debug, thiserror::Error)]
+pub enum ConvertError {
+    /// The snapshot.
+    #[error(transparent)]
+    Snapshot(#[from] EbsError),
+    /// The registration.
+    #[error(transparent)]
+    Register(#[from] crate::cloud::ec2::Ec2Error),
+    /// The image has no partition table: an HVM EBS root must be a whole disk.
+    #[error(
+        "{0} is a bare filesystem (no partition table, no boot code): it cannot boot as the root \
+         of an EBS-backed (HVM) AMI. Save the server again as a partitioned image with GRUB 2 \
+         (amibundle bundle-vol -P mbr --clone-only, then to-ebs -i of that image), or pass \
+         --no-register to keep only the snapshot (a data volume)"
+    )]
+    BareFilesystem(String),
+    /// The image could not be inspected.
+    #[error("reading the partition table of {path}")]
+    Inspect {
+        /// The image.
+        path: String,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl ConvertError {
+    /// Permission problems (exit code 3).
+    pub fn is_access_problem(&self) -> bool {
+        match self {
+            ConvertError::Snapshot(e) => e.is_access_problem(),
+            _ => false,
+        }
+    }
+}
+
+/// Whether the image at `path` can be an HVM root disk: a partition table (MBR or GPT) with a
+/// root partition, and boot code in its first sector. Checked before anything is sent.
+pub fn check_bootable_disk(path: &Path) -> Result<(), ConvertError> {
+    let what = path.display().to_string();
+    let inspect = |source: io::Error| ConvertError::Inspect {
+        path: what.clone(),
+        source,
+    };
+    let table =
+        crate::image::partition::root_partition(path).map_err(|e| inspect(io::Error::other(e)))?;
+    let boot_code = crate::image::partition::has_boot_code(path).map_err(inspect)?;
+    if table.is_none() || !boot_code {
+        return Err(ConvertError::BareFilesystem(what));
+    }
+    Ok(())
+}
+
+/// Makes the image file at `path` into a snapshot in `region` and, as `conversion` asks,
+/// registers an AMI booting from it. An image to register is checked first
+/// ([`check_bootable_disk`]).
+pub fn convert_image_file(
+    runtime: &Handle,
+    cloud: &crate::cloud::config::CloudConfig,
+    region: &str,
+    path: &Path,
+    conversion: &Conversion,
+    progress: &dyn Progress,
+) -> Result<Converted, ConvertError> {
+    let ebs = cloud.ebs_client(region);
+    let ec2 = cloud.ec2_client(region);
+    if let Some(register) = &conversion.register {
+        check_bootable_disk(path)?;
+        // A name that is taken fails now, not after the upload.
+        if !conversion.force {
+            runtime.block_on(crate::cloud::ec2::refuse_taken_name(
+                &ec2,
+                region,
+                &register.name,
+            ))?;
+        }
+    }
+    let snapshot = snapshot_image_file(runtime, &ebs, &ec2, path, &conversion.snapshot, progress)?;
+    let Some(template) = &conversion.register else {
+        return Ok(Converted {
+            snapshot,
+            registered: None,
+            register_time: Duration::ZERO,
+        });
+    };
+    let started = Instant::now();
+    let req = crate::cloud::ec2::EbsRegistration {
+        snapshot_id: snapshot.snapshot_id.clone(),
+        ..template.clone()
+    };
+    let registered = runtime.block_on(async {
+        let registered =
+            crate::cloud::ec2::register_ebs_image(&ec2, region, &req, conversion.force).await?;
+        if conversion.wait {
+            crate::cloud::ec2::wait_available(
+                &ec2,
+                region,
+                &registered.image_id,
+                Duration::from_secs(crate::cloud::ec2::WAIT_TIMEOUT_SECS),
+            )
+            .await?;
+        }
+        Ok::<_, crate::cloud::ec2::Ec2Error>(registered)
+    })?;
+    Ok(Converted {
+        snapshot,
+        registered: Some(registered),
+        register_time: started.elapsed(),
+    })
+}

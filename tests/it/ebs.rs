@@ -1,0 +1,268 @@
+//! `to-ebs` against moto's EBS direct APIs, through the recording proxy: an image becomes a
+//! snapshot that reads back equal to it block for block, with no all-zero block sent, and an
+//! EBS-backed AMI booting from it; a bare filesystem is refused before anything is sent.
+
+use std::fs;
+use std::io::{Seek, SeekFrom, Write};
+use std::path::Path;
+
+use crate::cloud::{Cloud, ec2_call};
+use crate::support::http::{self, Body};
+use crate::support::*;
+
+const BLOCK: usize = 512 << 10;
+
+/// Moto routes a request by its signing scope; this one says EBS.
+const EBS_AUTHORIZATION: &str = "AWS4-HMAC-SHA256 \
+    Credential=testing/20260101/us-east-1/ebs/aws4_request, SignedHeaders=host, Signature=00";
+
+/// A 24 MiB sparse disk image: an MBR with boot code and one Linux partition, data islands (one
+/// spanning a block boundary, one single byte), a block of explicit zeros written as data, and
+/// holes everywhere else.
+fn disk_image(path: &Path) {
+    let mut f = fs::File::create(path).unwrap();
+    f.set_len(24 << 20).unwrap();
+    let mut mbr = [0u8; 512];
+    mbr[..440].copy_from_slice(&[0xeb; 440]);
+    // Partition 1: active, type 0x83, from LBA 2048 to the end.
+    mbr[446] = 0x80;
+    mbr[446 + 4] = 0x83;
+    mbr[446 + 8..446 + 12].copy_from_slice(&2048u32.to_le_bytes());
+    mbr[446 + 12..446 + 16].copy_from_slice(&((24u32 << 11) - 2048).to_le_bytes());
+    mbr[510] = 0x55;
+    mbr[511] = 0xaa;
+    f.write_all(&mbr).unwrap();
+    let mut island = vec![0u8; 700 << 10];
+    random_fill(&mut island, 7);
+    f.seek(SeekFrom::Start((3 << 20) + 300_000)).unwrap();
+    f.write_all(&island).unwrap();
+    f.seek(SeekFrom::Start(10 << 20)).unwrap();
+    f.write_all(&vec![0u8; BLOCK]).unwrap();
+    f.seek(SeekFrom::Start((20 << 20) + 12345)).unwrap();
+    f.write_all(&[0x42]).unwrap();
+    f.sync_all().unwrap();
+}
+
+fn random_fill(buf: &mut [u8], seed: u64) {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    for b in buf {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+}
+
+/// A GET of the EBS direct APIs straight to moto.
+fn ebs_get(cloud: &Cloud, target: &str) -> http::Response {
+    http::request(
+        &cloud.moto.endpoint,
+        "GET",
+        target,
+        &[("Authorization", EBS_AUTHORIZATION)],
+        Body::None,
+    )
+    .unwrap()
+}
+
+/// The snapshot's blocks as EBS serves them: index → bytes.
+fn snapshot_blocks(cloud: &Cloud, snapshot: &str) -> std::collections::BTreeMap<u64, Vec<u8>> {
+    let r = ebs_get(cloud, &format!("/snapshots/{snapshot}/blocks"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let listing: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let mut blocks = std::collections::BTreeMap::new();
+    for b in listing["Blocks"].as_array().unwrap() {
+        let index = b["BlockIndex"].as_u64().unwrap();
+        let token = b["BlockToken"].as_str().unwrap();
+        let r = ebs_get(
+            cloud,
+            &format!("/snapshots/{snapshot}/blocks/{index}?blockToken={token}"),
+        );
+        assert_eq!(r.status, 200, "block {index}: {}", r.text());
+        blocks.insert(index, r.body);
+    }
+    blocks
+}
+
+#[test]
+fn an_image_becomes_a_snapshot_equal_to_it_and_an_ebs_ami_booting_from_it() {
+    let cloud = Cloud::start();
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("disk.img");
+    disk_image(&image);
+    let out = run_ok(&mut cloud.cmd(&[
+        "to-ebs",
+        "-i",
+        image.to_str().unwrap(),
+        "--name",
+        "web-ebs",
+        "--arch",
+        "x86_64",
+        "--ena-support",
+        "--tag",
+        "team=web",
+        "--region",
+        "us-east-1",
+        "--json",
+    ]));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let snapshot = report["snapshot_id"].as_str().unwrap().to_string();
+    assert_eq!(report["volume_size_gib"], 1);
+
+    // Read back: every block the snapshot holds equals the image's, none is all zeros, and
+    // every block it does not hold is all zeros in the image.
+    let data = fs::read(&image).unwrap();
+    let blocks = snapshot_blocks(&cloud, &snapshot);
+    for (index, bytes) in &blocks {
+        let at = *index as usize * BLOCK;
+        assert_eq!(bytes.len(), BLOCK);
+        assert_eq!(bytes[..], data[at..at + BLOCK], "block {index}");
+        assert!(bytes.iter().any(|&b| b != 0), "block {index} is all zeros");
+    }
+    for (index, chunk) in data.chunks(BLOCK).enumerate() {
+        if !blocks.contains_key(&(index as u64)) {
+            assert!(chunk.iter().all(|&b| b == 0), "block {index} was not sent");
+        }
+    }
+    // The MBR, the island across blocks 6 and 7, and the single byte: 4 blocks, each once.
+    assert_eq!(
+        blocks.keys().copied().collect::<Vec<_>>(),
+        [0, 6, 7, 40],
+        "{report}"
+    );
+    let puts = cloud
+        .proxy
+        .exchanges()
+        .into_iter()
+        .filter(|e| {
+            e.method == "PUT"
+                && e.path
+                    .starts_with(&format!("/snapshots/{snapshot}/blocks/"))
+        })
+        .count();
+    assert_eq!(puts, 4);
+    assert_eq!(report["blocks_sent"], 4);
+    assert_eq!(report["blocks_skipped"], 48 - 4);
+
+    // The AMI: HVM, root /dev/xvda on a gp3 volume from the snapshot, ENA, tagged.
+    let ami = report["ami_id"].as_str().unwrap().to_string();
+    let reg = ec2_call(&cloud, "RegisterImage").expect("RegisterImage");
+    assert_eq!(reg["Name"], "web-ebs");
+    assert_eq!(reg["VirtualizationType"], "hvm");
+    assert_eq!(reg["RootDeviceName"], "/dev/xvda");
+    assert_eq!(reg["Architecture"], "x86_64");
+    assert_eq!(reg["BootMode"], "legacy-bios");
+    assert_eq!(reg["EnaSupport"], "true");
+    assert_eq!(reg["BlockDeviceMapping.1.DeviceName"], "/dev/xvda");
+    assert_eq!(reg["BlockDeviceMapping.1.Ebs.SnapshotId"], snapshot);
+    assert_eq!(reg["BlockDeviceMapping.1.Ebs.VolumeType"], "gp3");
+    assert_eq!(reg["BlockDeviceMapping.1.Ebs.DeleteOnTermination"], "true");
+    assert!(!reg.contains_key("ImageLocation"), "{reg:?}");
+
+    // The name is taken now: a second run is refused before any snapshot is started.
+    let starts_before = start_snapshots(&cloud);
+    assert_eq!(starts_before, 1);
+    let err = run_err(&mut cloud.cmd(&[
+        "to-ebs",
+        "-i",
+        image.to_str().unwrap(),
+        "--name",
+        "web-ebs",
+        "--region",
+        "us-east-1",
+    ]));
+    assert!(err.contains(&ami) && err.contains("--force"), "{err}");
+    assert_eq!(start_snapshots(&cloud), starts_before);
+}
+
+/// StartSnapshot requests seen at the proxy.
+fn start_snapshots(cloud: &Cloud) -> usize {
+    cloud
+        .proxy
+        .exchanges()
+        .into_iter()
+        .filter(|e| e.method == "POST" && e.path == "/snapshots")
+        .count()
+}
+
+#[test]
+fn a_bare_filesystem_is_refused_before_anything_is_sent_unless_only_a_snapshot_is_asked() {
+    let cloud = Cloud::start();
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("rootfs.img");
+    let mut f = fs::File::create(&image).unwrap();
+    f.set_len(4 << 20).unwrap();
+    // An ext4 superblock's magic at 1080, no partition table.
+    f.seek(SeekFrom::Start(1080)).unwrap();
+    f.write_all(&[0x53, 0xef]).unwrap();
+    drop(f);
+    let err = run_err(&mut cloud.cmd(&[
+        "to-ebs",
+        "-i",
+        image.to_str().unwrap(),
+        "--region",
+        "us-east-1",
+    ]));
+    assert!(
+        err.contains("bare filesystem") && err.contains("--no-register"),
+        "{err}"
+    );
+    assert!(cloud.proxy.exchanges().is_empty(), "a request was sent");
+
+    let out = run_ok(&mut cloud.cmd(&[
+        "to-ebs",
+        "-i",
+        image.to_str().unwrap(),
+        "--no-register",
+        "--region",
+        "us-east-1",
+    ]));
+    let snapshot = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(snapshot.starts_with("snap-"), "{snapshot}");
+    let blocks = snapshot_blocks(&cloud, &snapshot);
+    assert_eq!(blocks.keys().copied().collect::<Vec<_>>(), [0]);
+    assert!(ec2_call(&cloud, "RegisterImage").is_none());
+}
+
+#[test]
+fn a_block_ebs_refuses_fails_with_exit_3_naming_the_permission_and_deletes_the_snapshot() {
+    use crate::support::proxy::{Action, RequestHead};
+    use std::sync::atomic::{AtomicU32, Ordering};
+    // The second block sent is refused as a missing permission would be (not retried).
+    let puts = AtomicU32::new(0);
+    let plan = move |req: &RequestHead| {
+        if req.method == "PUT"
+            && req.path.contains("/blocks/")
+            && puts.fetch_add(1, Ordering::SeqCst) == 1
+        {
+            return Action::Respond(
+                403,
+                br#"{"__type":"AccessDeniedException","Message":"not allowed","Reason":"UNAUTHORIZED_ACCOUNT"}"#
+                    .to_vec(),
+            );
+        }
+        Action::Forward
+    };
+    let cloud = Cloud::start_with(Box::new(plan));
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("disk.img");
+    disk_image(&image);
+    let out = cloud
+        .cmd(&[
+            "to-ebs",
+            "-i",
+            image.to_str().unwrap(),
+            "--no-register",
+            "--region",
+            "us-east-1",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("ebs:PutSnapshotBlock"), "{err}");
+    let deleted = ec2_call(&cloud, "DeleteSnapshot").expect("the failed snapshot is deleted");
+    let snapshot = deleted["SnapshotId"].clone();
+    assert!(snapshot.starts_with("snap-"), "{deleted:?}");
+    assert!(err.contains(&snapshot), "{err}");
+}
