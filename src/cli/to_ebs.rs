@@ -1,5 +1,6 @@
-//! `amibundle to-ebs`: an image into an EBS snapshot through the EBS direct APIs (no volume, no
-//! helper instance) and an EBS-backed AMI booting from it (`cloud::ebs` does the work).
+//! `amibundle to-ebs`: an image, a bundle or an instance-store AMI into an EBS snapshot through
+//! the EBS direct APIs (no volume, no helper instance, nothing written locally) and an
+//! EBS-backed AMI booting from it (`cloud::ebs` does the work).
 
 use std::path::PathBuf;
 
@@ -8,17 +9,41 @@ use clap::Args;
 use serde_json::json;
 
 use super::cloud_args::{self, CloudArgs};
-use super::output;
+use super::{keys, output};
 use crate::cloud::ebs::{self, Conversion, SnapshotOptions};
 use crate::cloud::ec2::{self, EbsRegistration};
+use crate::cloud::unbundle::{BundleRef, Remote};
 use crate::progress::Progress;
 
 /// Arguments of `to-ebs`.
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("source").required(true)
+    .args(["image", "manifest", "image_location", "ami"])))]
 pub struct ToEbsArgs {
     /// The raw disk image (a file or a block device) to make the AMI's root volume from
     #[arg(short = 'i', long = "image", value_name = "PATH")]
-    pub image: PathBuf,
+    pub image: Option<PathBuf>,
+    /// A local bundle: its manifest (the parts beside it), decoded straight into the snapshot
+    #[arg(short = 'm', long = "manifest", value_name = "PATH")]
+    pub manifest: Option<PathBuf>,
+    /// A bundle in S3, BUCKET/[PREFIX/]NAME.manifest.xml: its parts streamed into the snapshot
+    #[arg(long, value_name = "LOCATION")]
+    pub image_location: Option<String>,
+    /// An instance-store AMI (in --region): its bundle, and its ENA, SR-IOV, description and
+    /// instance-store mappings for the new AMI
+    #[arg(long, value_name = "AMI_ID")]
+    pub ami: Option<String>,
+    /// The private key that decrypts the bundle (default: amibundle's own)
+    #[arg(short = 'k', long = "privatekey", value_name = "PATH")]
+    pub private_key: Option<PathBuf>,
+    /// Accept a private key file that others can read
+    #[arg(long)]
+    pub allow_insecure_key: bool,
+    #[command(flatten)]
+    pub signature: super::keys::SignatureArgs,
+    /// Accept a bundle declaring an image above 10 GiB
+    #[arg(long)]
+    pub allow_oversize: bool,
     /// AMI name (default: the image's file name)
     #[arg(short = 'n', long, value_name = "NAME", conflicts_with = "no_register")]
     pub name: Option<String>,
@@ -83,17 +108,105 @@ pub struct ToEbsArgs {
 
 /// Runs `to-ebs`.
 pub fn run(args: ToEbsArgs, progress: &dyn Progress) -> anyhow::Result<()> {
-    let file_name = args
-        .image
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("image")
-        .to_string();
+    let source_name = match (&args.image, &args.manifest, &args.image_location, &args.ami) {
+        (Some(p), ..) | (None, Some(p), ..) => p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("image")
+            .trim_end_matches(".manifest.xml")
+            .to_string(),
+        (None, None, Some(l), _) => l
+            .rsplit('/')
+            .next()
+            .unwrap_or("image")
+            .trim_end_matches(".manifest.xml")
+            .to_string(),
+        (None, None, None, Some(ami)) => ami.clone(),
+        (None, None, None, None) => anyhow::bail!("pass -i, -m, --image-location or --ami"),
+    };
     let tags = super::register::parse_tags(&args.tags)?;
+    let mut conversion = conversion(&args, &source_name, tags)?;
+    // Local inputs first: a bad key or certificate costs no request.
+    let bundle_keys = if args.image.is_none() {
+        Some((
+            keys::load_private_key(args.private_key.as_deref(), args.allow_insecure_key)?,
+            keys::SignatureCheck::new(
+                args.signature.cert.as_deref(),
+                args.signature.skip_signature,
+            )?,
+        ))
+    } else {
+        None
+    };
+    let runtime = cloud_args::runtime()?;
+    let cloud = runtime.block_on(args.cloud.load())?;
+    let region = cloud.require_region()?.to_string();
+    let what = source_name.clone();
+    let done = match (&args.image, bundle_keys) {
+        (Some(image), _) => ebs::convert_image_file(
+            runtime.handle(),
+            &cloud,
+            &region,
+            image,
+            &conversion,
+            progress,
+        ),
+        (None, Some((key, check))) => {
+            let bundle = match (&args.manifest, &args.image_location, &args.ami) {
+                (Some(m), ..) => BundleRef::Local {
+                    manifest: m.clone(),
+                    parts: None,
+                },
+                (None, Some(l), _) => {
+                    BundleRef::parse(&format!("s3://{}", l.trim_start_matches("s3://")))
+                        .context("checking --image-location")?
+                }
+                (None, None, Some(ami)) => {
+                    let source = runtime.block_on(ec2::describe_image(
+                        &cloud.ec2_client(&region),
+                        &region,
+                        ami,
+                    ))?;
+                    inherit_from_ami(&mut conversion, &args, &source);
+                    BundleRef::parse(&format!("s3://{}", source.image_location))
+                        .with_context(|| format!("reading the image location of {ami}"))?
+                }
+                (None, None, None) => anyhow::bail!("pass -i, -m, --image-location or --ami"),
+            };
+            let remote = Remote {
+                runtime: runtime.handle(),
+                cloud: &cloud,
+                concurrency: crate::cloud::s3::DEFAULT_CONCURRENCY,
+            };
+            ebs::convert_bundle(
+                runtime.handle(),
+                &cloud,
+                &region,
+                &bundle,
+                matches!(bundle, BundleRef::S3 { .. }).then_some(remote),
+                &key,
+                &check,
+                args.allow_oversize,
+                &conversion,
+                progress,
+            )
+        }
+        (None, None) => anyhow::bail!("pass -i, -m, --image-location or --ami"),
+    }
+    .with_context(|| format!("making {what} into an EBS snapshot"))?;
+    print(&args, &region, &done)
+}
+
+/// The conversion the flags ask for.
+fn conversion(
+    args: &ToEbsArgs,
+    source_name: &str,
+    tags: Vec<(String, String)>,
+) -> anyhow::Result<Conversion> {
     let register = if args.no_register {
         None
     } else {
-        let name = args.name.clone().unwrap_or_else(|| file_name.clone());
+        let name = args.name.clone().unwrap_or_else(|| source_name.to_string());
         ec2::validate_ami_name(&name).context("checking -n/--name")?;
         let ephemeral_mappings = args
             .ephemeral
@@ -105,15 +218,19 @@ pub fn run(args: ToEbsArgs, progress: &dyn Progress) -> anyhow::Result<()> {
                 _ => anyhow::bail!("--ephemeral {m:?} is not DEVICE=ephemeralN"),
             })
             .collect::<anyhow::Result<_>>()?;
+        // An image file says nothing of its architecture: this machine's unless given. A
+        // bundle's comes from its manifest (empty here).
+        let architecture = match (&args.arch, &args.image) {
+            (Some(a), _) => a.clone(),
+            (None, Some(_)) => super::bundling::host_arch()
+                .context("cannot tell this machine's architecture: pass --arch")?
+                .to_string(),
+            (None, None) => String::new(),
+        };
         Some(EbsRegistration {
             name,
             description: args.description.clone(),
-            architecture: match &args.arch {
-                Some(a) => a.clone(),
-                None => super::bundling::host_arch()
-                    .context("cannot tell this machine's architecture: pass --arch")?
-                    .to_string(),
-            },
+            architecture,
             snapshot_id: String::new(),
             root_device_name: args.root_device_name.clone(),
             volume_type: args.volume_type.clone(),
@@ -124,12 +241,12 @@ pub fn run(args: ToEbsArgs, progress: &dyn Progress) -> anyhow::Result<()> {
             tags: tags.clone(),
         })
     };
-    let conversion = Conversion {
+    Ok(Conversion {
         snapshot: SnapshotOptions {
             description: args
                 .description
                 .clone()
-                .unwrap_or_else(|| format!("{file_name}, by amibundle to-ebs")),
+                .unwrap_or_else(|| format!("{source_name}, by amibundle to-ebs")),
             tags,
             encrypted: args.encrypted || args.kms_key_id.is_some(),
             kms_key_arn: args.kms_key_id.clone(),
@@ -140,19 +257,30 @@ pub fn run(args: ToEbsArgs, progress: &dyn Progress) -> anyhow::Result<()> {
         register,
         force: args.force,
         wait: !args.no_wait,
+    })
+}
+
+/// The source AMI's attributes for the new one, unless the flags give them.
+fn inherit_from_ami(conversion: &mut Conversion, args: &ToEbsArgs, source: &ec2::SourceImage) {
+    let Some(reg) = &mut conversion.register else {
+        return;
     };
-    let runtime = cloud_args::runtime()?;
-    let cloud = runtime.block_on(args.cloud.load())?;
-    let region = cloud.require_region()?.to_string();
-    let done = ebs::convert_image_file(
-        runtime.handle(),
-        &cloud,
-        &region,
-        &args.image,
-        &conversion,
-        progress,
-    )
-    .with_context(|| format!("making {} into an EBS snapshot", args.image.display()))?;
+    reg.ena_support |= source.ena_support;
+    reg.sriov_net_support |= source.sriov_net_support;
+    if reg.description.is_none() {
+        reg.description = source.description.clone();
+    }
+    if args.arch.is_none() {
+        if let Some(a) = &source.architecture {
+            reg.architecture = a.clone();
+        }
+    }
+    if args.ephemeral.is_empty() {
+        reg.ephemeral_mappings = source.ephemeral_mappings.clone();
+    }
+}
+
+fn print(args: &ToEbsArgs, region: &str, done: &ebs::Converted) -> anyhow::Result<()> {
     let s = &done.snapshot;
     if args.json {
         output::print_json(&json!({

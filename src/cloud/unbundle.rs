@@ -8,8 +8,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::bundle::crypto::UserKey;
-use crate::bundle::manifest::SignatureForm;
+use crate::bundle::manifest::{Manifest, SignatureForm};
 use crate::bundle::pipeline::{DecodeOptions, DecodeReport, LocalBundle};
+use crate::bundle::tar::ImageSink;
 use crate::bundle::trust::{SignatureCheck, TrustError};
 use crate::cloud::config::CloudConfig;
 use crate::cloud::s3::{self, BundleLocation, S3Error};
@@ -78,6 +79,8 @@ pub struct Remote<'a> {
 /// What [`unbundle`] did.
 #[derive(Debug)]
 pub struct Unbundled {
+    /// The bundle's manifest (its signature checked unless skipped).
+    pub manifest: Manifest,
     /// The decode: image path, size, tar digest.
     pub decode: DecodeReport,
     /// How the manifest was signed; `None` when the check was skipped.
@@ -132,6 +135,33 @@ pub fn unbundle(
     options: DecodeOptions<'_>,
     progress: &dyn Progress,
 ) -> Result<Unbundled, UnbundleError> {
+    unbundle_to(bundle, remote, key, check, options, None, progress)
+}
+
+/// [`unbundle`] with the image going to `sink` (an EBS snapshot …) instead of a file: the
+/// sink sees the image before its digest is checked and must not make it usable unless this
+/// returns `Ok`.
+pub fn unbundle_into(
+    bundle: &BundleRef,
+    remote: Option<Remote<'_>>,
+    key: &UserKey,
+    check: &SignatureCheck,
+    options: DecodeOptions<'_>,
+    sink: &mut dyn ImageSink,
+    progress: &dyn Progress,
+) -> Result<Unbundled, UnbundleError> {
+    unbundle_to(bundle, remote, key, check, options, Some(sink), progress)
+}
+
+fn unbundle_to(
+    bundle: &BundleRef,
+    remote: Option<Remote<'_>>,
+    key: &UserKey,
+    check: &SignatureCheck,
+    options: DecodeOptions<'_>,
+    sink: Option<&mut dyn ImageSink>,
+    progress: &dyn Progress,
+) -> Result<Unbundled, UnbundleError> {
     let started = Instant::now();
     let what = bundle.describe();
     let read_err = |source: Box<dyn std::error::Error + Send + Sync>| UnbundleError::Read {
@@ -147,10 +177,13 @@ pub fn unbundle(
             let local =
                 LocalBundle::open(manifest, parts.as_deref()).map_err(|e| read_err(e.into()))?;
             let signature = check.check(&local.raw, &local.manifest, &what, Some(key))?;
-            let decode = local
-                .decode(key, options, progress)
-                .map_err(|e| decode_err(e.into()))?;
+            let decoded = match sink {
+                Some(sink) => local.decode_into(key, options, sink, progress),
+                None => local.decode(key, options, progress),
+            };
+            let decode = decoded.map_err(|e| decode_err(e.into()))?;
             Ok(Unbundled {
+                manifest: local.manifest.clone(),
                 decode,
                 signature,
                 parts: local.manifest.image.parts.len(),
@@ -181,11 +214,13 @@ pub fn unbundle(
                 &manifest,
                 key,
                 options,
+                sink,
                 remote.concurrency,
                 progress,
             )
             .map_err(|e| decode_err(e.into()))?;
             Ok(Unbundled {
+                manifest,
                 decode: report.decode,
                 signature,
                 parts: report.parts,

@@ -266,3 +266,173 @@ fn a_block_ebs_refuses_fails_with_exit_3_naming_the_permission_and_deletes_the_s
     assert!(snapshot.starts_with("snap-"), "{deleted:?}");
     assert!(err.contains(&snapshot), "{err}");
 }
+
+/// The image the snapshot holds: its blocks where it has them, zeros elsewhere.
+fn snapshot_image(cloud: &Cloud, snapshot: &str, size: usize) -> Vec<u8> {
+    let mut image = vec![0u8; size.div_ceil(BLOCK) * BLOCK];
+    for (index, bytes) in snapshot_blocks(cloud, snapshot) {
+        assert!(bytes.iter().any(|&b| b != 0), "block {index} is all zeros");
+        let at = index as usize * BLOCK;
+        image[at..at + BLOCK].copy_from_slice(&bytes);
+    }
+    assert!(image[size..].iter().all(|&b| b == 0));
+    image.truncate(size);
+    image
+}
+
+fn sha1_hex(data: &[u8]) -> String {
+    use sha1::{Digest, Sha1};
+    hex::encode(Sha1::digest(data))
+}
+
+#[test]
+fn reference_bundles_local_and_in_s3_become_snapshots_equal_to_their_images() {
+    let cloud = Cloud::start();
+    let keys = Keys::new();
+    for (i, vector) in [
+        "v1-small-ext4",
+        "v2-three-parts",
+        "v3-sparse-islands",
+        "v4-prefix",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let expected = expected(vector);
+        let name = expected["image_name"].as_str().unwrap();
+        let size = expected["image_size"].as_u64().unwrap() as usize;
+        let manifest = vector_dir(vector).join(expected["manifest"].as_str().unwrap());
+        // Even vectors from a local manifest, odd ones from S3.
+        let source: Vec<String> = if i % 2 == 0 {
+            vec!["-m".into(), manifest.display().to_string()]
+        } else {
+            let bucket = format!("vectors-{i}/in");
+            run_ok(&mut cloud.cmd(&[
+                "upload",
+                "-m",
+                manifest.to_str().unwrap(),
+                "--region",
+                "us-east-1",
+                "-b",
+                &bucket,
+            ]));
+            vec![
+                "--image-location".into(),
+                format!("{bucket}/{}", expected["manifest"].as_str().unwrap()),
+            ]
+        };
+        let mut args: Vec<&str> =
+            vec!["to-ebs", "--no-register", "--region", "us-east-1", "--json"];
+        args.extend(source.iter().map(String::as_str));
+        let key = keys.user_key();
+        args.extend(["-k", key.to_str().unwrap()]);
+        let out = run_ok(&mut cloud.cmd(&args));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let snapshot = report["snapshot_id"].as_str().unwrap();
+        let image = snapshot_image(&cloud, snapshot, size);
+        assert_eq!(
+            sha1_hex(&image),
+            expected["image_sha1"].as_str().unwrap(),
+            "{vector} ({name})"
+        );
+        let non_zero = image
+            .chunks(BLOCK)
+            .filter(|b| b.iter().any(|&x| x != 0))
+            .count();
+        assert_eq!(report["blocks_sent"], non_zero as u64, "{vector}");
+    }
+}
+
+#[test]
+fn a_bundled_disk_becomes_an_ami_with_the_manifests_architecture_and_a_corrupt_one_leaves_nothing()
+{
+    let cloud = Cloud::start();
+    let keys = Keys::new();
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("disk.img");
+    disk_image(&image);
+    let out_dir = dir.path().join("bundle");
+    fs::create_dir(&out_dir).unwrap();
+    run_ok(
+        amibundle(cloud.home.path())
+            .args(["bundle-image", "-i"])
+            .arg(&image)
+            .args(["-u", "123456789012", "-r", "arm64", "-d"])
+            .arg(&out_dir)
+            .args(keys.bundle_args()),
+    );
+    let manifest = out_dir.join("disk.img.manifest.xml");
+    let out = run_ok(&mut cloud.cmd(&[
+        "to-ebs",
+        "-m",
+        manifest.to_str().unwrap(),
+        "-k",
+        keys.user_key().to_str().unwrap(),
+        "--name",
+        "disk-from-bundle",
+        "--region",
+        "us-east-1",
+        "--json",
+    ]));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let data = fs::read(&image).unwrap();
+    assert_eq!(
+        snapshot_image(&cloud, report["snapshot_id"].as_str().unwrap(), data.len()),
+        data
+    );
+    let reg = ec2_call(&cloud, "RegisterImage").expect("RegisterImage");
+    assert_eq!(reg["Architecture"], "arm64");
+    assert_eq!(reg["Name"], "disk-from-bundle");
+
+    // A part corrupted in S3 (its SHA-1 no longer matches): checked before any byte of it is
+    // decrypted, so no snapshot is even started (a bundle's only part here).
+    run_ok(&mut cloud.cmd(&[
+        "upload",
+        "-m",
+        manifest.to_str().unwrap(),
+        "--region",
+        "us-east-1",
+        "-b",
+        "corrupt/x",
+    ]));
+    let part = cloud.object("corrupt", "x/disk.img.part.0").unwrap();
+    let mut bad = part.clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    assert_eq!(
+        cloud
+            .raw("PUT", "/corrupt/x/disk.img.part.0", &[], &bad)
+            .status,
+        200
+    );
+    let completes_before = completes(&cloud);
+    let starts_before = start_snapshots(&cloud);
+    assert_eq!((completes_before, starts_before), (1, 1));
+    let err = run_err(&mut cloud.cmd(&[
+        "to-ebs",
+        "--image-location",
+        "corrupt/x/disk.img.manifest.xml",
+        "-k",
+        keys.user_key().to_str().unwrap(),
+        "--no-register",
+        "--region",
+        "us-east-1",
+    ]));
+    assert!(err.contains("disk.img.part.0"), "{err}");
+    assert_eq!(
+        completes(&cloud),
+        completes_before,
+        "a snapshot was completed"
+    );
+    assert_eq!(start_snapshots(&cloud), starts_before, "a snapshot was started");
+}
+
+/// CompleteSnapshot requests seen at the proxy.
+fn completes(cloud: &Cloud) -> usize {
+    cloud
+        .proxy
+        .exchanges()
+        .into_iter()
+        .filter(|e| e.method == "POST" && e.path.starts_with("/snapshots/completion/"))
+        .count()
+}

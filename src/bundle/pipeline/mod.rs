@@ -31,6 +31,7 @@ pub use self::bundling::{
 };
 pub use self::unbundling::{
     DecodeOptions, DecodeReport, LocalBundle, VerifyReport, check_declared_size, decode_ciphertext,
+    decode_ciphertext_into,
 };
 
 /// EC2's limit for an instance-store root image (docs/format.md §2).

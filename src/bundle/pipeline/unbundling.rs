@@ -18,7 +18,7 @@ use crate::bundle::gzip::GzipReader;
 use crate::bundle::manifest::{self, Manifest, PartEntry, SignatureForm};
 use crate::bundle::parts::{self, ExpectedPart, PartReader};
 use crate::bundle::space::{self, NoSpace};
-use crate::bundle::tar::TarReader;
+use crate::bundle::tar::{ImageSink, TarReader};
 use crate::interrupt::Interruptible;
 use crate::progress::Progress;
 
@@ -193,10 +193,38 @@ impl LocalBundle {
         options: DecodeOptions<'_>,
         progress: &dyn Progress,
     ) -> Result<DecodeReport, Error> {
+        self.decode_with(key, options, None, progress)
+    }
+
+    /// [`LocalBundle::decode`] with the image going to `sink` ([`decode_ciphertext_into`]).
+    pub fn decode_into(
+        &self,
+        key: &UserKey,
+        options: DecodeOptions<'_>,
+        sink: &mut dyn ImageSink,
+        progress: &dyn Progress,
+    ) -> Result<DecodeReport, Error> {
+        self.decode_with(key, options, Some(sink), progress)
+    }
+
+    fn decode_with(
+        &self,
+        key: &UserKey,
+        options: DecodeOptions<'_>,
+        sink: Option<&mut dyn ImageSink>,
+        progress: &dyn Progress,
+    ) -> Result<DecodeReport, Error> {
         self.check_part_sizes()?;
         let parts = PartReader::new(self.expected_parts());
         let part_failure = parts.failure();
-        decode_ciphertext(&self.manifest, key, parts, options, progress).map_err(|e| {
+        let options = match sink {
+            Some(_) => DecodeOptions {
+                out_dir: None,
+                ..options
+            },
+            None => options,
+        };
+        decode(&self.manifest, key, parts, options, sink, progress).map_err(|e| {
             // Once a part failed, every later error is a consequence of it.
             match part_failure.lock().ok().and_then(|mut f| f.take()) {
                 Some(part) => Error::Part(part),
@@ -259,6 +287,38 @@ pub fn decode_ciphertext(
     options: DecodeOptions<'_>,
     progress: &dyn Progress,
 ) -> Result<DecodeReport, Error> {
+    decode(manifest, key, ciphertext, options, None, progress)
+}
+
+/// [`decode_ciphertext`] with the image going to `sink` (an EBS snapshot …) instead of a file;
+/// `options.out_dir` is ignored. The sink sees the image's data before the digest is checked:
+/// it must not make the image usable (complete a snapshot) unless this returns `Ok`.
+///
+/// # Errors
+/// As [`decode_ciphertext`]; the sink's own are [`Error::Tar`] (`WriteOutput`).
+pub fn decode_ciphertext_into(
+    manifest: &Manifest,
+    key: &UserKey,
+    ciphertext: impl Read,
+    options: DecodeOptions<'_>,
+    sink: &mut dyn ImageSink,
+    progress: &dyn Progress,
+) -> Result<DecodeReport, Error> {
+    let options = DecodeOptions {
+        out_dir: None,
+        ..options
+    };
+    decode(manifest, key, ciphertext, options, Some(sink), progress)
+}
+
+fn decode(
+    manifest: &Manifest,
+    key: &UserKey,
+    ciphertext: impl Read,
+    options: DecodeOptions<'_>,
+    sink: Option<&mut dyn ImageSink>,
+    progress: &dyn Progress,
+) -> Result<DecodeReport, Error> {
     let DecodeOptions {
         out_dir,
         overwrite,
@@ -270,7 +330,7 @@ pub fn decode_ciphertext(
     let started = Instant::now();
 
     progress.start(
-        if out_dir.is_some() {
+        if out_dir.is_some() || sink.is_some() {
             "unbundling"
         } else {
             "verifying"
@@ -323,17 +383,20 @@ pub fn decode_ciphertext(
         }
         None => None,
     };
-    let hashing = reader
-        .extract_to(temp.as_mut().map(|t| &mut t.file), &mut |_| {})
-        .map_err(|e| match (out_dir, space::full_in_chain(&e)) {
-            (Some(dir), Some(full)) => Error::NoSpace(NoSpace::midway(
-                dir,
-                format!("the image {}", info.name),
-                Some(info.map.data_bytes()),
-                full,
-            )),
-            _ => Error::from(e),
-        })?;
+    let extracted = match (temp.as_mut(), sink) {
+        (Some(t), _) => reader.extract_to(Some(&mut t.file), &mut |_| {}),
+        (None, Some(sink)) => reader.extract_into(Some(sink), &mut |_| {}),
+        (None, None) => reader.extract_to(None, &mut |_| {}),
+    };
+    let hashing = extracted.map_err(|e| match (out_dir, space::full_in_chain(&e)) {
+        (Some(dir), Some(full)) => Error::NoSpace(NoSpace::midway(
+            dir,
+            format!("the image {}", info.name),
+            Some(info.map.data_bytes()),
+            full,
+        )),
+        _ => Error::from(e),
+    })?;
     let (tar_digest, tar_bytes, _gunzip) = hashing.finish();
     progress.finish();
     // The tar reader reads to EOF (§3.7), so the whole ciphertext has been counted. A source

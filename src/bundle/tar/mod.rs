@@ -18,7 +18,7 @@ mod tests;
 mod writer;
 
 pub use self::header::{MemberMeta, header_blocks};
-pub use self::reader::{MemberInfo, TarReader};
+pub use self::reader::{ImageSink, MemberInfo, TarReader};
 pub use self::sparse::{DataRegion, SparseMap};
 pub use self::writer::{stream_len, write_stream, write_stream_from_reader};
 

@@ -5,7 +5,7 @@
 //! Bare § numbers in this module refer to docs/format.md.
 
 use std::fs::File;
-use std::io::Read;
+use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 
 use super::header::{
@@ -264,16 +264,32 @@ impl<R: Read> TarReader<R> {
     /// Those of [`TarReader::read_member_header`] if it was not called yet, truncation, output
     /// I/O errors, [`TarError::MoreThanOneMember`] and [`TarError::TrailingGarbage`].
     pub fn extract_to(
+        self,
+        out: Option<&mut File>,
+        on_progress: &mut dyn FnMut(u64),
+    ) -> Result<R, TarError> {
+        match out {
+            Some(file) => self.extract_into(Some(&mut FileSink(file)), on_progress),
+            None => self.extract_into(None, on_progress),
+        }
+    }
+
+    /// [`TarReader::extract_to`] into any [`ImageSink`] (or nowhere when `None`).
+    ///
+    /// # Errors
+    /// As [`TarReader::extract_to`]; the sink's errors are [`TarError::WriteOutput`] and
+    /// [`TarError::SetOutputLen`].
+    pub fn extract_into(
         mut self,
-        mut out: Option<&mut File>,
+        mut out: Option<&mut dyn ImageSink>,
         on_progress: &mut dyn FnMut(u64),
     ) -> Result<R, TarError> {
         let info = match self.member.take() {
             Some(info) => info,
             None => self.read_member_header()?,
         };
-        if let Some(file) = out.as_deref_mut() {
-            file.set_len(0)
+        if let Some(sink) = out.as_deref_mut() {
+            sink.begin(info.size)
                 .map_err(|source| TarError::SetOutputLen { len: 0, source })?;
         }
         let mut buf = vec![0u8; IO_BUFFER_BYTES];
@@ -284,8 +300,12 @@ impl<R: Read> TarReader<R> {
             while pos < region.end() {
                 let n = chunk_len(region.end() - pos, buf.len());
                 self.read_exact_at(&mut buf[..n], "member data")?;
-                if let Some(file) = out.as_deref_mut() {
-                    write_sparse(file, pos, &buf[..n])?;
+                if let Some(sink) = out.as_deref_mut() {
+                    sink.write_at(pos, &buf[..n])
+                        .map_err(|source| TarError::WriteOutput {
+                            offset: pos,
+                            source,
+                        })?;
                 }
                 pos += n as u64;
                 done += n as u64;
@@ -294,8 +314,8 @@ impl<R: Read> TarReader<R> {
         }
         let pad = block_padding(info.map.data_bytes());
         self.read_exact_at(&mut buf[..pad], "member data padding")?;
-        if let Some(file) = out {
-            file.set_len(info.size)
+        if let Some(sink) = out {
+            sink.end(info.size)
                 .map_err(|source| TarError::SetOutputLen {
                     len: info.size,
                     source,
@@ -357,12 +377,39 @@ impl<R: Read> TarReader<R> {
 }
 
 /// Writes `data` at `pos`, leaving 4 KiB-aligned all-zero blocks unwritten (holes).
-fn write_sparse(file: &File, pos: u64, data: &[u8]) -> Result<(), TarError> {
-    let flush = |from: usize, to: usize| {
-        let at = pos + from as u64;
-        file.write_all_at(&data[from..to], at)
-            .map_err(|source| TarError::WriteOutput { offset: at, source })
-    };
+/// Where an extracted member's bytes go ([`TarReader::extract_into`]): a file, or anything
+/// else that takes an image in order (the blocks of an EBS snapshot).
+pub trait ImageSink {
+    /// Called once, before any data, with the member's size.
+    fn begin(&mut self, size: u64) -> io::Result<()>;
+    /// The member's `data` at `offset`. Offsets only grow and writes never overlap; what is
+    /// never written (holes) reads as zeros.
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()>;
+    /// Called once, after all the data, with the member's size.
+    fn end(&mut self, size: u64) -> io::Result<()>;
+}
+
+/// A file as an [`ImageSink`]: truncated first (so holes read as zeros), written with
+/// positional writes that skip all-zero 4 KiB blocks, then set to the member's size, so the
+/// output stays sparse (§3.7).
+struct FileSink<'a>(&'a File);
+
+impl ImageSink for FileSink<'_> {
+    fn begin(&mut self, _size: u64) -> io::Result<()> {
+        self.0.set_len(0)
+    }
+
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        write_sparse(self.0, offset, data)
+    }
+
+    fn end(&mut self, size: u64) -> io::Result<()> {
+        self.0.set_len(size)
+    }
+}
+
+fn write_sparse(file: &File, pos: u64, data: &[u8]) -> io::Result<()> {
+    let flush = |from: usize, to: usize| file.write_all_at(&data[from..to], pos + from as u64);
     let mut run: Option<usize> = None;
     let mut i = 0usize;
     while i < data.len() {

@@ -264,7 +264,7 @@ pub struct StreamUnbundleReport {
 }
 
 /// Downloads the parts of `manifest` from `location` and decodes them straight into the image
-/// in `options.out_dir` (none: everything checked, nothing written) ([`PartStream`] → [`pipeline::decode_ciphertext`]): no part is written to disk,
+/// in `options.out_dir` (none: everything checked, nothing written), or into `sink` ([`PartStream`] → [`pipeline::decode_ciphertext`]): no part is written to disk,
 /// the image is a temporary file renamed only after every check passed, and on any failure
 /// (a GET, a corrupt object, a wrong key, an interrupt) nothing is left behind. A failure of
 /// the download is returned as itself, not as the decode error it caused.
@@ -278,6 +278,7 @@ pub fn unbundle_stream(
     manifest: &Manifest,
     key: &UserKey,
     options: pipeline::DecodeOptions<'_>,
+    sink: Option<&mut dyn crate::bundle::tar::ImageSink>,
     concurrency: usize,
     progress: &dyn Progress,
 ) -> Result<StreamUnbundleReport, S3Error> {
@@ -312,13 +313,16 @@ pub fn unbundle_stream(
     let failure = source.failure();
     let fetched = source.fetched();
     let parts = manifest.image.parts.len();
-    let decode =
-        pipeline::decode_ciphertext(manifest, key, source, options, progress).map_err(|e| {
-            match failure.lock().ok().and_then(|mut f| f.take()) {
-                Some(s3_error) => s3_error,
-                None => bundle_err(e),
-            }
-        })?;
+    let decoded = match sink {
+        Some(sink) => {
+            pipeline::decode_ciphertext_into(manifest, key, source, options, sink, progress)
+        }
+        None => pipeline::decode_ciphertext(manifest, key, source, options, progress),
+    };
+    let decode = decoded.map_err(|e| match failure.lock().ok().and_then(|mut f| f.take()) {
+        Some(s3_error) => s3_error,
+        None => bundle_err(e),
+    })?;
     Ok(StreamUnbundleReport {
         decode,
         parts,

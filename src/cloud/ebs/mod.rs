@@ -31,6 +31,12 @@ use tokio::task::JoinSet;
 use crate::bundle::tar::SparseMap;
 use crate::progress::Progress;
 
+mod convert;
+pub use convert::{
+    Conversion, ConvertError, Converted, SnapshotSink, check_boot_sector, check_bootable_disk,
+    convert_bundle, convert_image_file,
+};
+
 /// The EBS direct APIs' block size: every `PutSnapshotBlock` carries exactly this much.
 pub const BLOCK_BYTES: usize = 512 << 10;
 
@@ -628,142 +634,4 @@ fn send_image_blocks(
         skipped + total_blocks.saturating_sub(looked_at),
         aggregate,
     ))
-}
-
-/// An image made into an EBS-backed AMI (`to-ebs`): the snapshot, then the registration.
-#[derive(Debug, Clone)]
-pub struct Conversion {
-    /// How the snapshot is made.
-    pub snapshot: SnapshotOptions,
-    /// The AMI to register from it (its `snapshot_id` is filled in); `None` stops at the
-    /// snapshot.
-    pub register: Option<crate::cloud::ec2::EbsRegistration>,
-    /// Deregister an AMI of the same name booting from something else.
-    pub force: bool,
-    /// Wait for the AMI to be `available`.
-    pub wait: bool,
-}
-
-/// What [`convert_image_file`] made.
-#[derive(Debug, Clone)]
-pub struct Converted {
-    /// The snapshot.
-    pub snapshot: SnapshotReport,
-    /// The AMI, when one was registered.
-    pub registered: Option<crate::cloud::ec2::Registered>,
-    /// Wall time of the registration (and its wait).
-    pub register_time: Duration,
-}
-
-/// Why an image was not made into an EBS-backed AMI.
-#[derive(Debug, thiserror::Error)]
-pub enum ConvertError {
-    /// The snapshot.
-    #[error(transparent)]
-    Snapshot(#[from] EbsError),
-    /// The registration.
-    #[error(transparent)]
-    Register(#[from] crate::cloud::ec2::Ec2Error),
-    /// The image has no partition table: an HVM EBS root must be a whole disk.
-    #[error(
-        "{0} is a bare filesystem (no partition table, no boot code): it cannot boot as the root \
-         of an EBS-backed (HVM) AMI. Save the server again as a partitioned image with GRUB 2 \
-         (amibundle bundle-vol -P mbr --clone-only, then to-ebs -i of that image), or pass \
-         --no-register to keep only the snapshot (a data volume)"
-    )]
-    BareFilesystem(String),
-    /// The image could not be inspected.
-    #[error("reading the partition table of {path}")]
-    Inspect {
-        /// The image.
-        path: String,
-        /// Why.
-        #[source]
-        source: io::Error,
-    },
-}
-
-impl ConvertError {
-    /// Permission problems (exit code 3).
-    pub fn is_access_problem(&self) -> bool {
-        match self {
-            ConvertError::Snapshot(e) => e.is_access_problem(),
-            _ => false,
-        }
-    }
-}
-
-/// Whether the image at `path` can be an HVM root disk: a partition table (MBR or GPT) with a
-/// root partition, and boot code in its first sector. Checked before anything is sent.
-pub fn check_bootable_disk(path: &Path) -> Result<(), ConvertError> {
-    let what = path.display().to_string();
-    let inspect = |source: io::Error| ConvertError::Inspect {
-        path: what.clone(),
-        source,
-    };
-    let table =
-        crate::image::partition::root_partition(path).map_err(|e| inspect(io::Error::other(e)))?;
-    let boot_code = crate::image::partition::has_boot_code(path).map_err(inspect)?;
-    if table.is_none() || !boot_code {
-        return Err(ConvertError::BareFilesystem(what));
-    }
-    Ok(())
-}
-
-/// Makes the image file at `path` into a snapshot in `region` and, as `conversion` asks,
-/// registers an AMI booting from it. An image to register is checked first
-/// ([`check_bootable_disk`]).
-pub fn convert_image_file(
-    runtime: &Handle,
-    cloud: &crate::cloud::config::CloudConfig,
-    region: &str,
-    path: &Path,
-    conversion: &Conversion,
-    progress: &dyn Progress,
-) -> Result<Converted, ConvertError> {
-    let ebs = cloud.ebs_client(region);
-    let ec2 = cloud.ec2_client(region);
-    if let Some(register) = &conversion.register {
-        check_bootable_disk(path)?;
-        // A name that is taken fails now, not after the upload.
-        if !conversion.force {
-            runtime.block_on(crate::cloud::ec2::refuse_taken_name(
-                &ec2,
-                region,
-                &register.name,
-            ))?;
-        }
-    }
-    let snapshot = snapshot_image_file(runtime, &ebs, &ec2, path, &conversion.snapshot, progress)?;
-    let Some(template) = &conversion.register else {
-        return Ok(Converted {
-            snapshot,
-            registered: None,
-            register_time: Duration::ZERO,
-        });
-    };
-    let started = Instant::now();
-    let req = crate::cloud::ec2::EbsRegistration {
-        snapshot_id: snapshot.snapshot_id.clone(),
-        ..template.clone()
-    };
-    let registered = runtime.block_on(async {
-        let registered =
-            crate::cloud::ec2::register_ebs_image(&ec2, region, &req, conversion.force).await?;
-        if conversion.wait {
-            crate::cloud::ec2::wait_available(
-                &ec2,
-                region,
-                &registered.image_id,
-                Duration::from_secs(crate::cloud::ec2::WAIT_TIMEOUT_SECS),
-            )
-            .await?;
-        }
-        Ok::<_, crate::cloud::ec2::Ec2Error>(registered)
-    })?;
-    Ok(Converted {
-        snapshot,
-        registered: Some(registered),
-        register_time: started.elapsed(),
-    })
 }
