@@ -81,12 +81,23 @@ pub enum ScanError {
 /// Longest Huffman code in deflate (RFC 1951 §3.2.7).
 const MAX_CODE_BITS: usize = 15;
 
-/// Entries of each primary table (a power of two: one lookup resolves codes of up to log₂ of it
-/// bits); longer codes take the slow path. Most literal/length codes in practice are ≤ 10 bits
-/// and distance codes ≤ 8 bits, as in zlib; code-length codes are ≤ 7 bits by definition.
-const LITLEN_FAST: usize = 1 << 10;
-const DIST_FAST: usize = 1 << 8;
+/// Index bits of each primary table: one lookup resolves every code of up to this many bits;
+/// longer codes take the careful path. On binaries compressed by libdeflate at level 6, 0.3% of
+/// the items have a longer literal/length or distance code; a 10-bit literal/length table made
+/// the scanner about 10% slower, a 12-bit one no faster (with twice the table to build per
+/// block). Code-length codes are ≤ 7 bits by definition.
+const LITLEN_TABLE_BITS: u32 = 11;
+const DIST_TABLE_BITS: u32 = 8;
+/// Entries of each primary table.
+const LITLEN_FAST: usize = 1 << LITLEN_TABLE_BITS;
+const DIST_FAST: usize = 1 << DIST_TABLE_BITS;
 const CODELEN_FAST: usize = 1 << 7;
+
+/// The most bits one item resolved by the primary tables takes: a length code with 5 extra bits,
+/// then a distance code with 13 extra bits. [`scan_fast`] relies on it leaving, of the 57 bits it
+/// holds at least after a refill, enough bits for the next literal/length lookup.
+const MAX_FAST_ITEM_BITS: u32 = LITLEN_TABLE_BITS + 5 + DIST_TABLE_BITS + 13;
+const _: () = assert!(MAX_FAST_ITEM_BITS <= 49 && MAX_FAST_ITEM_BITS + LITLEN_TABLE_BITS <= 57);
 
 /// Literal/length and distance alphabets that a dynamic header may declare (RFC 1951 §3.2.7:
 /// HLIT ≤ 29 + 257 = 286 codes, HDIST ≤ 29 + 1 = 30 codes; 286/287 and 30/31 never occur in data).
@@ -97,35 +108,75 @@ const MAX_DIST_CODES: usize = 30;
 const PEEK_BITS: u32 = 57;
 
 /// Longest match in the bit stream: a 15-bit length code with 5 extra bits, then a 15-bit
-/// distance code with 13 extra bits.
+/// distance code with 13 extra bits. [`scan_symbol`] finds it all in one [`BitReader::peek`].
 const MAX_MATCH_BITS: u32 = 48;
+const _: () = assert!(MAX_MATCH_BITS <= PEEK_BITS);
 
 /// The end-of-block symbol.
 const END_OF_BLOCK: u16 = 256;
+
+/// Longest distance in deflate (RFC 1951 §3.2.5): once this many bytes have been decoded, every
+/// distance code is in range.
+const WINDOW: u64 = 32768;
 
 /// Order in which a dynamic header lists the code-length code's lengths (RFC 1951 §3.2.7).
 const CODELEN_ORDER: [usize; 19] = [
     16, 17, 18, 0, 8, 7, 9, 6, 10, 5, 11, 4, 12, 3, 13, 2, 14, 1, 15,
 ];
 
-/// Base match length and extra bits of length symbols 257..=285 (RFC 1951 §3.2.5).
-const LENGTH_BASE: [u16; 29] = [
+/// Base match length and extra bits of length symbols 257..=285 (RFC 1951 §3.2.5), padded to 32
+/// entries so that the fast loop can index them with a 5-bit mask instead of a bounds check
+/// (the padding is never read: symbols 286 and 287 are exceptional entries).
+const LENGTH_BASE: [u16; 32] = [
     3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 15, 17, 19, 23, 27, 31, 35, 43, 51, 59, 67, 83, 99, 115, 131,
-    163, 195, 227, 258,
+    163, 195, 227, 258, 0, 0, 0,
 ];
 const LENGTH_EXTRA: [u8; 29] = [
     0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 4, 4, 4, 4, 5, 5, 5, 5, 0,
 ];
 
-/// Base distance and extra bits of distance symbols 0..=29 (RFC 1951 §3.2.5).
-const DIST_BASE: [u16; 30] = [
+/// Base distance and extra bits of distance symbols 0..=29 (RFC 1951 §3.2.5), padded like
+/// [`LENGTH_BASE`] (symbols 30 and 31 are exceptional entries).
+const DIST_BASE: [u16; 32] = [
     1, 2, 3, 4, 5, 7, 9, 13, 17, 25, 33, 49, 65, 97, 129, 193, 257, 385, 513, 769, 1025, 1537,
-    2049, 3073, 4097, 6145, 8193, 12289, 16385, 24577,
+    2049, 3073, 4097, 6145, 8193, 12289, 16385, 24577, 0, 0,
 ];
 const DIST_EXTRA: [u8; 30] = [
     0, 0, 0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13,
     13,
 ];
+
+/// Primary table entries (u32), built once per code so that the hot loop needs no other data:
+///
+/// * bits 0..=5: the bits the item takes in the stream: the code, plus for a length or distance
+///   symbol its extra bits (at most 15 + 13 = 28), so one shift skips it; bits 6 and 7 are zero,
+///   so that the low byte of the entry is that count (see `bitsleft` in [`scan_fast`]);
+/// * bits 8..=11: the code length alone (0: no code of at most log₂ FAST bits starts with these
+///   bits: a longer code or no code at all, left to [`Huffman::lookup_slow`]);
+/// * bits 12..=15: the number of extra bits;
+/// * bits 16..=24: the symbol;
+/// * [`MATCH`]: a length symbol 257..=285;
+/// * [`EXCEPTIONAL`]: anything the fast loop leaves to the careful path: end-of-block, the
+///   symbols that must not occur (literal/length 286/287, distance 30/31), codes longer than the
+///   table resolves and bit patterns that are no code.
+const ENTRY_BITS_MASK: u32 = 0x3f;
+const ENTRY_CODE_SHIFT: u32 = 8;
+const ENTRY_EXTRA_SHIFT: u32 = 12;
+const ENTRY_SYMBOL_SHIFT: u32 = 16;
+const MATCH: u32 = 1 << 30;
+const EXCEPTIONAL: u32 = 1 << 31;
+/// The entry of bit patterns that start no code the table resolves.
+const NO_ENTRY: u32 = EXCEPTIONAL;
+
+/// The value of the extra bits of a length or distance whose code, of the entry's code length,
+/// is at the low end of `bits`.
+#[inline]
+fn extra_value(bits: u64, entry: u32) -> u32 {
+    let code = (entry >> ENTRY_CODE_SHIFT) & 0xf;
+    let extra = (entry >> ENTRY_EXTRA_SHIFT) & 0xf;
+    // Masked to at most 13 bits: the truncation is exact.
+    ((bits >> code) & ((1 << extra) - 1)) as u32
+}
 
 /// LSB-first bit reader over a byte slice (RFC 1951 §3.1.1). Reads past the end see zero bits,
 /// but every consumption is checked against the real length, so they are never accepted.
@@ -196,13 +247,12 @@ enum CodeKind {
 }
 
 /// A canonical Huffman decoding table: a primary table of `FAST` entries indexed by the next input
-/// bits
-/// resolving every code of at most that length, and a canonical (count/symbol) slow path for
-/// longer codes and unassigned bit patterns.
+/// bits resolving every code of at most log₂ `FAST` bits, and a canonical (count/symbol) slow path
+/// for longer codes and unassigned bit patterns.
 struct Huffman<const FAST: usize> {
     kind: CodeKind,
-    /// `symbol << 4 | code length`; a length of 0 sends the lookup to the slow path.
-    fast: [u16; FAST],
+    /// Entries as described at [`ENTRY_BITS_MASK`].
+    fast: [u32; FAST],
     /// Number of codes of each length 0..=15.
     counts: [u16; MAX_CODE_BITS + 1],
     /// Symbols ordered by code (length, then symbol value).
@@ -213,9 +263,37 @@ impl<const FAST: usize> Huffman<FAST> {
     fn new(kind: CodeKind) -> Self {
         Self {
             kind,
-            fast: [0; FAST],
+            fast: [NO_ENTRY; FAST],
             counts: [0; MAX_CODE_BITS + 1],
             symbols: Vec::new(),
+        }
+    }
+
+    /// The primary table entry of `symbol`, whose code is `len` bits long.
+    fn entry(&self, symbol: u16, len: usize) -> u32 {
+        // Code lengths are at most 15 bits: the cast is exact.
+        let len = len as u32;
+        let code = len << ENTRY_CODE_SHIFT | u32::from(symbol) << ENTRY_SYMBOL_SHIFT;
+        let index = usize::from(symbol);
+        match self.kind {
+            CodeKind::CodeLengths => code | len,
+            CodeKind::LitLen if symbol < END_OF_BLOCK => code | len,
+            CodeKind::LitLen => match LENGTH_EXTRA.get(index.wrapping_sub(257)) {
+                Some(&extra) => {
+                    let extra = u32::from(extra);
+                    MATCH | code | extra << ENTRY_EXTRA_SHIFT | (len + extra)
+                }
+                // End-of-block, 286 and 287.
+                None => EXCEPTIONAL | code,
+            },
+            CodeKind::Dist => match DIST_EXTRA.get(index) {
+                Some(&extra) => {
+                    let extra = u32::from(extra);
+                    code | extra << ENTRY_EXTRA_SHIFT | (len + extra)
+                }
+                // 30 and 31.
+                None => EXCEPTIONAL | code,
+            },
         }
     }
 
@@ -271,29 +349,33 @@ impl<const FAST: usize> Huffman<FAST> {
             }
         }
 
-        // Primary table: every code of length ≤ log₂ FAST, bit-reversed (deflate sends Huffman
-        // codes most significant bit first into an LSB-first stream), replicated over all
-        // values of the bits that follow it.
-        self.fast.fill(0);
+        // Primary table, grown by doubling as libdeflate does: after the step for length `len`,
+        // the first 2^len entries form a table indexed by `len` bits that resolves every code
+        // of at most `len` bits. Doubling copies the table into its upper half (the extra index
+        // bit follows every code already placed, so it does not matter to them), then each code
+        // of length `len` takes the one entry of its bit-reversed value (deflate sends Huffman
+        // codes most significant bit first into an LSB-first stream); in a code that is not
+        // over-subscribed that entry starts no shorter code, so it still held NO_ENTRY. Every
+        // entry is written about twice, with no work per unused entry of a sparse code.
+        self.fast[0] = NO_ENTRY;
+        let mut size = 1;
         let mut code: u32 = 0;
         let mut index = 0usize;
         for len in 1..=MAX_CODE_BITS {
-            let count = u32::from(self.counts[len]);
-            if 1 << len <= FAST {
-                for i in 0..count {
-                    let symbol = self.symbols[index + i as usize];
-                    let reversed = (code + i).reverse_bits() >> (32 - len);
-                    let entry = (symbol << 4) | len as u16;
-                    let step = 1usize << len;
-                    let mut slot = reversed as usize;
-                    while slot < self.fast.len() {
-                        self.fast[slot] = entry;
-                        slot += step;
-                    }
-                }
+            if size == FAST {
+                break;
             }
-            index += count as usize;
-            code = (code + count) << 1;
+            self.fast.copy_within(..size, size);
+            size *= 2;
+            let count = usize::from(self.counts[len]);
+            for (i, &symbol) in self.symbols[index..index + count].iter().enumerate() {
+                // The code fits in `len` bits (the code is not over-subscribed), so the index is
+                // below `size`.
+                let reversed = (code + i as u32).reverse_bits() >> (32 - len);
+                self.fast[reversed as usize] = self.entry(symbol, len);
+            }
+            index += count;
+            code = (code + count as u32) << 1;
         }
         Ok(())
     }
@@ -312,9 +394,10 @@ impl<const FAST: usize> Huffman<FAST> {
     fn lookup(&self, bits: u64, bit: usize, limit: usize) -> Result<(u16, u32), ScanError> {
         // FAST is a power of two, so the index is in bounds.
         let entry = self.fast[(bits as usize) & (FAST - 1)];
-        let len = u32::from(entry & 0xf);
+        let len = (entry >> ENTRY_CODE_SHIFT) & 0xf;
         if len != 0 {
-            return Ok((entry >> 4, len));
+            // Nine bits: the truncation is exact.
+            return Ok(((entry >> ENTRY_SYMBOL_SHIFT) as u16 & 0x1ff, len));
         }
         self.lookup_slow(bits, bit, limit)
     }
@@ -516,8 +599,12 @@ fn read_dynamic_header(reader: &mut BitReader<'_>, tables: &mut Tables) -> Resul
 /// Decodes the symbols of a Huffman block up to and including end-of-block; returns the number
 /// of bytes decoded so far in the stream (`decoded` plus this block's).
 ///
-/// This is the scanner's hot loop: each round reads the input once ([`BitReader::peek`] yields at
-/// least 57 bits) and decodes from it as many literals and complete matches as surely fit.
+/// Two decoders take turns: [`scan_fast`] decodes the common items as fast as it can and stops,
+/// at an item boundary, before anything else; [`scan_symbol`] then decodes that one item with
+/// every check, reporting any error exactly, and hands back. Since the fast loop only accepts what
+/// the careful path would accept, and leaves the rest to it at the same position, the verdict and
+/// every error are the careful path's. Every round of this loop consumes input (the careful path
+/// consumes at least one bit or fails), so it cannot run away.
 fn scan_codes(
     reader: &mut BitReader<'_>,
     litlen: &Huffman<LITLEN_FAST>,
@@ -525,79 +612,188 @@ fn scan_codes(
     mut decoded: u64,
 ) -> Result<u64, ScanError> {
     loop {
-        let start = reader.pos;
-        let bits = reader.peek();
-        // Bits of `bits` decoded in this round; consumed from `reader` when the round ends.
-        let mut used: u32 = 0;
-        loop {
-            let bit = start + used as usize;
-            let (symbol, len) = litlen.lookup(bits >> used, bit, reader.limit)?;
-            if symbol < END_OF_BLOCK {
-                used += len;
-                decoded += 1;
-                // Another symbol of up to 15 bits still fits in the 57 bits peeked.
-                if used <= PEEK_BITS - MAX_CODE_BITS as u32 {
-                    continue;
-                }
-                break;
-            }
-            if symbol == END_OF_BLOCK {
-                reader.consume(used + len)?;
-                return Ok(decoded);
-            }
-            if used + MAX_MATCH_BITS > PEEK_BITS {
-                // The whole match may not be in `bits`: decode it in the next round.
-                break;
-            }
-            let index = usize::from(symbol - 257);
-            let (Some(&base), Some(&extra)) = (LENGTH_BASE.get(index), LENGTH_EXTRA.get(index))
-            else {
-                reader.consume(used)?;
-                return Err(ScanError::Invalid {
-                    bit,
-                    what: "literal/length symbol 286 or 287",
-                });
-            };
-            used += len;
-            let extra = u32::from(extra);
-            // Masked to at most 5 bits: the truncation is exact.
-            let length = u32::from(base) + ((bits >> used) & ((1 << extra) - 1)) as u32;
-            used += extra;
+        reader.pos = if decoded < WINDOW {
+            scan_fast::<true>(reader.data, reader.pos, litlen, dist, &mut decoded)
+        } else {
+            scan_fast::<false>(reader.data, reader.pos, litlen, dist, &mut decoded)
+        };
+        match scan_symbol(reader, litlen, dist, decoded)? {
+            Some(len) => decoded += len,
+            None => return Ok(decoded),
+        }
+    }
+}
 
-            let dist_bit = start + used as usize;
-            let (symbol, len) = dist.lookup(bits >> used, dist_bit, reader.limit)?;
-            let symbol = usize::from(symbol);
-            let (Some(&base), Some(&extra)) = (DIST_BASE.get(symbol), DIST_EXTRA.get(symbol))
-            else {
-                reader.consume(used)?;
-                return Err(ScanError::Invalid {
-                    bit: dist_bit,
-                    what: "distance symbol 30 or 31",
-                });
-            };
-            used += len;
-            let extra = u32::from(extra);
-            // Masked to at most 13 bits: the truncation is exact.
-            let distance = u32::from(base) + ((bits >> used) & ((1 << extra) - 1)) as u32;
-            used += extra;
-            if u64::from(distance) > decoded {
-                // A match cut off by the end of the data is a truncation.
-                reader.consume(used)?;
-                return Err(ScanError::DistanceTooFar {
-                    bit: dist_bit,
-                    distance,
-                    available: decoded,
-                });
+/// The careful path: decodes one literal, match or end-of-block starting at `reader.pos`, with
+/// every check; returns the bytes it decodes to, or `None` for end-of-block.
+fn scan_symbol(
+    reader: &mut BitReader<'_>,
+    litlen: &Huffman<LITLEN_FAST>,
+    dist: &Huffman<DIST_FAST>,
+    decoded: u64,
+) -> Result<Option<u64>, ScanError> {
+    let start = reader.pos;
+    // A match takes at most MAX_MATCH_BITS, all in the bits peeked.
+    let bits = reader.peek();
+    let (symbol, len) = litlen.lookup(bits, start, reader.limit)?;
+    if symbol < END_OF_BLOCK {
+        reader.consume(len)?;
+        return Ok(Some(1));
+    }
+    if symbol == END_OF_BLOCK {
+        reader.consume(len)?;
+        return Ok(None);
+    }
+    let index = usize::from(symbol - 257);
+    let Some(&extra) = LENGTH_EXTRA.get(index) else {
+        return Err(ScanError::Invalid {
+            bit: start,
+            what: "literal/length symbol 286 or 287",
+        });
+    };
+    let mut used = len;
+    let extra = u32::from(extra);
+    // Masked to at most 5 bits: the truncation is exact.
+    let length = u32::from(LENGTH_BASE[index]) + ((bits >> used) & ((1 << extra) - 1)) as u32;
+    used += extra;
+
+    let dist_bit = start + used as usize;
+    let (symbol, len) = dist.lookup(bits >> used, dist_bit, reader.limit)?;
+    let symbol = usize::from(symbol);
+    let Some(&extra) = DIST_EXTRA.get(symbol) else {
+        // A length cut off by the end of the data is a truncation.
+        reader.consume(used)?;
+        return Err(ScanError::Invalid {
+            bit: dist_bit,
+            what: "distance symbol 30 or 31",
+        });
+    };
+    used += len;
+    let extra = u32::from(extra);
+    // Masked to at most 13 bits: the truncation is exact.
+    let distance = u32::from(DIST_BASE[symbol]) + ((bits >> used) & ((1 << extra) - 1)) as u32;
+    used += extra;
+    // A match cut off by the end of the data is a truncation.
+    reader.consume(used)?;
+    if u64::from(distance) > decoded {
+        return Err(ScanError::DistanceTooFar {
+            bit: dist_bit,
+            distance,
+            available: decoded,
+        });
+    }
+    Ok(Some(u64::from(length)))
+}
+
+/// The fast loop: decodes literals and matches from bit `pos` of `data` while they are resolved
+/// by the primary tables and lie entirely within `data`, adding the number of bytes they decode
+/// to `decoded`; returns the bit offset of the first item it leaves to [`scan_symbol`]: one whose
+/// literal/length or distance entry is [`EXCEPTIONAL`], a match that reaches before the start of
+/// the stream, any item once fewer than 8 bytes of `data` are left to load and, with
+/// `CHECK_DISTANCES`, the first item after `WINDOW` bytes are decoded. Without
+/// `CHECK_DISTANCES` (which the caller passes only once `WINDOW` bytes are decoded, when every
+/// distance is in range) it does not compute distances at all: a distance entry's bit count is
+/// all it needs.
+///
+/// Bits are held in a register as in libdeflate's decompressor: `bitbuf` holds the stream from
+/// the current position at its low end (then zeros, shifted in as bits are consumed), of which
+/// `bitsleft` bits are counted as loaded, and
+/// `in_pos` is the index of the first byte not yet counted; the current position is
+/// `in_pos * 8 - bitsleft`. A refill ORs in the 8 bytes at `in_pos` shifted past the counted
+/// bits and counts the whole bytes that fit (after it 56 ≤ bitsleft ≤ 63, without a branch):
+/// the bits of the word that spill above `bitsleft` are the stream's following bits, which the
+/// next refill ORs in again at the same place, so after a refill all 64 bits of `bitbuf` are
+/// stream bits (57 after the first fill, which skips up to 7). An item takes at most
+/// [`MAX_FAST_ITEM_BITS`] (37 with the table sizes above), so one refill per item is enough, and
+/// the next literal/length entry can be looked up right after an item, before the refill (at
+/// least 57 - 37 = 20 stream bits are left), which keeps the refill off the chain of dependent
+/// loads and shifts that decoding is.
+///
+/// `bitsleft` is decremented by whole entries, not by their bit counts: the low byte of an entry
+/// is its bit count (bits 6 and 7 are zero), a subtraction only borrows upwards, and the true
+/// count is in 0..=63, so the low 6 bits of `bitsleft` stay exact while the upper bits collect
+/// garbage, masked off before each refill. Likewise `u64::wrapping_shr` uses only the low 6 bits
+/// of an entry as the shift. This saves a mask on the critical path.
+fn scan_fast<const CHECK_DISTANCES: bool>(
+    data: &[u8],
+    pos: usize,
+    litlen: &Huffman<LITLEN_FAST>,
+    dist: &Huffman<DIST_FAST>,
+    decoded: &mut u64,
+) -> usize {
+    let (litlen, dist) = (&litlen.fast, &dist.fast);
+    // Only bytes that exist are loaded, so whatever the loop consumes is within the data: it can
+    // never accept a truncated item.
+    let load = |at: usize| {
+        data.get(at..)
+            .and_then(|rest| rest.first_chunk::<8>())
+            .map(|bytes| u64::from_le_bytes(*bytes))
+    };
+    let Some(word) = load(pos / 8) else {
+        return pos;
+    };
+    // The first fill counts 7 bytes, less the bits before `pos` in the first: at least 49 bits,
+    // and 57 stream bits in `bitbuf`, enough for one item and the next lookup.
+    let skip = (pos % 8) as u32;
+    let mut bitbuf = word >> skip;
+    let mut bitsleft = 56 - skip;
+    let mut in_pos = pos / 8 + 7;
+    let mut n = *decoded;
+    let mut entry = litlen[(bitbuf as usize) & (LITLEN_FAST - 1)];
+    loop {
+        if entry & (MATCH | EXCEPTIONAL) == 0 {
+            // A literal: the most common item, and the only data-dependent branch (a
+            // branchless variant that always looks up a distance entry and masks it out for
+            // literals was slower: it lengthens every literal's dependency chain).
+            bitbuf = bitbuf.wrapping_shr(entry);
+            bitsleft = bitsleft.wrapping_sub(entry);
+            n += 1;
+        } else {
+            if entry & EXCEPTIONAL != 0 {
+                break;
             }
-            decoded += u64::from(length);
-            if used > PEEK_BITS - MAX_CODE_BITS as u32 {
+            // A match: its length symbol and extra bits, then its distance code and extra
+            // bits. Nothing is consumed until the whole match is accepted. The length is not
+            // on the critical path, only the shifts are.
+            let symbol = (entry >> ENTRY_SYMBOL_SHIFT) as usize;
+            let length =
+                u32::from(LENGTH_BASE[symbol.wrapping_sub(257) & 31]) + extra_value(bitbuf, entry);
+            let rest = bitbuf.wrapping_shr(entry);
+            let dist_entry = dist[(rest as usize) & (DIST_FAST - 1)];
+            if dist_entry & EXCEPTIONAL != 0 {
+                break;
+            }
+            if CHECK_DISTANCES {
+                let symbol = (dist_entry >> ENTRY_SYMBOL_SHIFT) as usize;
+                let distance = u32::from(DIST_BASE[symbol & 31]) + extra_value(rest, dist_entry);
+                if u64::from(distance) > n {
+                    break;
+                }
+            }
+            bitbuf = rest.wrapping_shr(dist_entry);
+            bitsleft = bitsleft.wrapping_sub(entry).wrapping_sub(dist_entry);
+            n += u64::from(length);
+            if CHECK_DISTANCES && n >= WINDOW {
+                // Every distance is now in range: let the caller continue without the checks.
                 break;
             }
         }
-        // Literals and matches past the end of the data were decoded from zero padding; this
-        // rejects them as a truncation.
-        reader.consume(used)?;
+        // Look up the next item before refilling (see above): at least 57 - MAX_FAST_ITEM_BITS
+        // stream bits remain at the low end of `bitbuf`, enough for the LITLEN_TABLE_BITS the
+        // lookup takes.
+        let next = litlen[(bitbuf as usize) & (LITLEN_FAST - 1)];
+        let Some(word) = load(in_pos) else {
+            break;
+        };
+        bitsleft &= ENTRY_BITS_MASK;
+        bitbuf |= word << bitsleft;
+        in_pos += 7 - (bitsleft >> 3) as usize;
+        bitsleft |= 56;
+        entry = next;
     }
+    bitsleft &= ENTRY_BITS_MASK;
+    *decoded = n;
+    in_pos * 8 - bitsleft as usize
 }
 
 #[cfg(test)]
