@@ -17,6 +17,7 @@ mod faults;
 mod golden;
 mod imds;
 mod independent;
+mod netmodel;
 mod restore;
 mod save;
 mod secrets;
