@@ -176,13 +176,13 @@ pub struct NetModel {
     pub total_bytes_per_sec: Option<f64>,
 }
 
-/// Debt a [`Pacer`] forgives: a sleep that overshoots by up to this much is made up by the next
-/// chunks instead of slowing the link down (a token bucket this many seconds deep).
+/// How long a link may have been idle and still count from where it was: a token bucket this
+/// many seconds deep, so that the small gaps of a copy loop do not slow a link down.
 const PACER_SLACK: Duration = Duration::from_millis(5);
 
 /// A token bucket kept as the time its link is next free: a chunk of `n` bytes occupies it for
 /// `n / rate` seconds, starting when the previous chunk's time ends (or now, if the link has been
-/// idle for longer than [`PACER_SLACK`]).
+/// idle for longer than [`PACER_SLACK`] and the writer's own lateness).
 #[derive(Debug)]
 struct Pacer {
     bytes_per_sec: Option<f64>,
@@ -197,11 +197,13 @@ impl Pacer {
         }
     }
 
-    /// Books `n` bytes on the link; returns when they have gone through it.
-    fn book(&self, n: usize, now: Instant) -> Option<Instant> {
+    /// Books `n` bytes on the link; returns when they have gone through it. `late` is how
+    /// long the writer overslept its previous chunk: time the link lost to a busy machine, not
+    /// to idleness, made up rather than forgiven.
+    fn book(&self, n: usize, now: Instant, late: Duration) -> Option<Instant> {
         let rate = self.bytes_per_sec?;
         let mut free_at = lock(&self.free_at);
-        let earliest = now.checked_sub(PACER_SLACK).unwrap_or(now);
+        let earliest = now.checked_sub(PACER_SLACK.max(late)).unwrap_or(now);
         let start = free_at.map_or(now, |t| t.max(earliest));
         let done = start + Duration::from_secs_f64(n as f64 / rate);
         *free_at = Some(done);
@@ -214,6 +216,18 @@ impl Pacer {
 struct Paced<'a, W: Write> {
     inner: &'a mut W,
     links: [&'a Pacer; 2],
+    /// How long the previous chunk's sleep overshot (a loaded machine wakes threads late).
+    late: Duration,
+}
+
+impl<'a, W: Write> Paced<'a, W> {
+    fn new(inner: &'a mut W, links: [&'a Pacer; 2]) -> Self {
+        Self {
+            inner,
+            links,
+            late: Duration::ZERO,
+        }
+    }
 }
 
 impl<W: Write> Write for Paced<'_, W> {
@@ -222,10 +236,11 @@ impl<W: Write> Write for Paced<'_, W> {
         let done = self
             .links
             .iter()
-            .filter_map(|l| l.book(buf.len(), now))
+            .filter_map(|l| l.book(buf.len(), now, self.late))
             .max();
         if let Some(t) = done {
             std::thread::sleep(t.saturating_duration_since(now));
+            self.late = Instant::now().saturating_duration_since(t);
         }
         self.inner.write_all(buf)?;
         Ok(buf.len())
@@ -612,10 +627,7 @@ fn forward(
     if !body_unread {
         let mut hasher = Sha256::new();
         let mut head = Vec::new();
-        let mut paced = Paced {
-            inner: &mut u.writer,
-            links: [&links.up, &sh.total.up],
-        };
+        let mut paced = Paced::new(&mut u.writer, [&links.up, &sh.total.up]);
         ex.body_len = copy_body(cr, &mut paced, framing, &mut |b| {
             if sh.recording {
                 hasher.update(b);
@@ -674,10 +686,7 @@ fn forward(
         return Ok(Next::Close);
     }
     cw.write_all(&out_head)?;
-    let mut paced = Paced {
-        inner: cw,
-        links: [&links.down, &sh.total.down],
-    };
+    let mut paced = Paced::new(cw, [&links.down, &sh.total.down]);
     if let (Cut::Stall(d), Framing::Length(n)) = (cut, rframing) {
         io::copy(&mut (&mut u.reader).take(n / 2), &mut paced)?;
         paced.flush()?;
