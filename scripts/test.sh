@@ -13,6 +13,10 @@ scripts/setup-emulator.sh >/dev/null
 cargo fmt --check
 (cd fuzz && cargo fmt --check)
 cargo clippy --all-targets --locked -- -D warnings
+# tools/netproxy (the benchmarks' network model) includes tests/it/support/{http,proxy}.rs by
+# path: it must keep building on its own (seconds: no AWS SDK).
+cargo fmt --check --manifest-path tools/netproxy/Cargo.toml
+cargo clippy --locked --release --manifest-path tools/netproxy/Cargo.toml -- -D warnings
 # The VM boot test (docs/bootability.md): a real Debian 12 guest saves itself with bundle-vol and
 # the result must boot by its own firmware, MBR/GPT, GRUB, kernel, initramfs and fstab. CI runs
 # the MBR + root=PARTUUID style and the GPT style with --generalize side by side (about 4 minutes

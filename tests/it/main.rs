@@ -18,6 +18,7 @@ mod faults;
 mod golden;
 mod imds;
 mod independent;
+mod netmodel;
 mod restore;
 mod save;
 mod secrets;

@@ -10,25 +10,9 @@ use crate::support::http::{Body, HttpClient, request};
 use crate::support::imds::ImdsServer;
 use crate::support::moto::{FAKE_AUTHORIZATION, Moto};
 use crate::support::proxy::{Action, RecordingProxy, RequestHead};
+use crate::support::{noise as data, sha256_hex};
 
 const THREE_MIB: usize = 3 * 1024 * 1024;
-
-/// Deterministic incompressible-looking bytes (xorshift64), different per seed.
-fn data(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
-fn sha256_hex(b: &[u8]) -> String {
-    hex::encode(openssl::sha::sha256(b))
-}
 
 fn md5_hex(b: &[u8]) -> String {
     hex::encode(openssl::hash::hash(openssl::hash::MessageDigest::md5(), b).unwrap())

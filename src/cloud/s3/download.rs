@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_s3::Client;
 use futures::stream::{self, StreamExt, TryStreamExt};
+use sha1::{Digest as _, Sha1};
 
 use super::{BundleLocation, S3Error, local_failure, request_error};
 use crate::bundle::digest::sha1_hex;
@@ -255,6 +256,9 @@ async fn fetch_part_once(
             .unwrap_or(0),
     );
     let mut body = out.body;
+    // Hashed as it arrives, while the link is the bottleneck, rather than in one piece at the
+    // end, when the other parts of its wave end too.
+    let mut sha1 = Sha1::new();
     while let Some(chunk) = body
         .try_next()
         .await
@@ -264,9 +268,10 @@ async fn fetch_part_once(
         if size > limit {
             return Err(GetFailure::Final(too_large(announced.unwrap_or(size))));
         }
+        sha1.update(&chunk);
         data.extend_from_slice(&chunk);
     }
-    let actual = sha1_hex(&data);
+    let actual = hex::encode(sha1.finalize());
     if !actual.eq_ignore_ascii_case(&part.digest) {
         return Err(GetFailure::Final(S3Error::Corrupt {
             bucket: bucket.clone(),

@@ -37,9 +37,14 @@ pub use self::location::{BundleLocation, default_bucket_name, validate_bucket_na
 pub use self::unbundle::{PartStream, StreamFailure, StreamUnbundleReport, unbundle_stream};
 pub use self::upload::{UploadOptions, UploadReport, put_bundle_object, upload_bundle};
 
-/// Parts uploaded or downloaded at once by default. Each holds one 10 MiB part in memory, so
-/// the default costs about 80 MiB; S3 itself takes thousands of requests per second per prefix.
-pub const DEFAULT_CONCURRENCY: usize = 8;
+/// Parts uploaded or downloaded at once by default. S3 serves each connection far slower than
+/// an instance's network interface (AWS sizes it at 85–90 MB/s a request), so throughput grows
+/// with the parts in flight until the interface is full; under the benchmarks' network model
+/// (docs/benchmarks.md: a sixth of the interface per connection) 12 reached the plateau that 8
+/// fell short of, since every part also spends a first-byte latency and its hashing idle on its
+/// connection. Each holds one 10 MiB part in memory, so the default costs about 120 MiB; S3
+/// itself takes thousands of requests per second per prefix.
+pub const DEFAULT_CONCURRENCY: usize = 12;
 
 /// The canned ACL EC2 needs on every object of a bundle: owner FULL_CONTROL plus read access for
 /// EC2's AMI service (RegisterImage documentation).

@@ -10,7 +10,7 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Longest message head accepted; real SDK heads are a few KiB.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -364,15 +364,17 @@ impl Conns {
     /// Sleeps up to `d`, returning early (false) when the server stops.
     pub fn sleep(&self, d: Duration) -> bool {
         let step = Duration::from_millis(10);
-        let mut slept = Duration::ZERO;
-        while slept < d {
+        let end = Instant::now() + d;
+        loop {
             if self.stopping() {
                 return false;
             }
-            std::thread::sleep(step.min(d - slept));
-            slept += step;
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return true;
+            }
+            std::thread::sleep(step.min(left));
         }
-        !self.stopping()
     }
 }
 

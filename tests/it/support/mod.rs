@@ -16,6 +16,24 @@ use std::process::{Command, Output, Stdio};
 
 use tempfile::TempDir;
 
+/// Deterministic incompressible-looking bytes (xorshift64), different per seed.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// SHA-256 of `b`, lowercase hex (what the recording proxy records of a request body).
+pub fn sha256_hex(b: &[u8]) -> String {
+    hex::encode(openssl::sha::sha256(b))
+}
+
 /// `tests/data` (see its README).
 pub fn testdata() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data")

@@ -11,13 +11,18 @@
 //! the client's connection reuse that the SDK relies on. When the upstream closes, the proxy
 //! reconnects for the client's next request. Everything else, request head included (the
 //! `Host` header is signed by SigV4), is forwarded unchanged.
+//!
+//! A [`NetModel`] makes the proxy behave like a network to a distant store: a time to first
+//! byte per exchange and bandwidth caps per connection and over all connections (token buckets,
+//! each direction on its own). The benchmark scripts run it as a process
+//! (`tools/netproxy`, which includes this file), without recording.
 
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openssl::sha::Sha256;
 
@@ -153,11 +158,124 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
+/// A network between the client and the upstream, applied by the proxy to every forwarded
+/// exchange (the default is none: loopback speed).
+///
+/// * `latency`: the response's first byte reaches the client no sooner than this after the
+///   request's last byte was passed upstream: the store's time to first byte (its own
+///   processing included, so the emulator's time counts towards it rather than on top). An
+///   interim `100 Continue` is relayed at once (a network round trip, not the store's work).
+/// * `conn_bytes_per_sec`: each client connection's bandwidth, in each direction.
+/// * `total_bytes_per_sec`: all connections together, in each direction.
+///
+/// Bodies are paced in the proxy's copy chunks (at most 64 KiB); message heads are not counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct NetModel {
+    pub latency: Duration,
+    pub conn_bytes_per_sec: Option<f64>,
+    pub total_bytes_per_sec: Option<f64>,
+}
+
+/// How long a link may have been idle and still count from where it was: a token bucket this
+/// many seconds deep, so that the small gaps of a copy loop do not slow a link down.
+const PACER_SLACK: Duration = Duration::from_millis(5);
+
+/// A token bucket kept as the time its link is next free: a chunk of `n` bytes occupies it for
+/// `n / rate` seconds, starting when the previous chunk's time ends (or now, if the link has been
+/// idle for longer than [`PACER_SLACK`] and the writer's own lateness).
+#[derive(Debug)]
+struct Pacer {
+    bytes_per_sec: Option<f64>,
+    free_at: Mutex<Option<Instant>>,
+}
+
+impl Pacer {
+    fn new(bytes_per_sec: Option<f64>) -> Self {
+        Self {
+            bytes_per_sec: bytes_per_sec.filter(|r| *r > 0.0),
+            free_at: Mutex::new(None),
+        }
+    }
+
+    /// Books `n` bytes on the link; returns when they have gone through it. `late` is how
+    /// long the writer overslept its previous chunk: time the link lost to a busy machine, not
+    /// to idleness, made up rather than forgiven.
+    fn book(&self, n: usize, now: Instant, late: Duration) -> Option<Instant> {
+        let rate = self.bytes_per_sec?;
+        let mut free_at = lock(&self.free_at);
+        let earliest = now.checked_sub(PACER_SLACK.max(late)).unwrap_or(now);
+        let start = free_at.map_or(now, |t| t.max(earliest));
+        let done = start + Duration::from_secs_f64(n as f64 / rate);
+        *free_at = Some(done);
+        Some(done)
+    }
+}
+
+/// A writer whose bytes pass through a connection's link and the shared one, each chunk
+/// released when both have carried it.
+struct Paced<'a, W: Write> {
+    inner: &'a mut W,
+    links: [&'a Pacer; 2],
+    /// How long the previous chunk's sleep overshot (a loaded machine wakes threads late).
+    late: Duration,
+}
+
+impl<'a, W: Write> Paced<'a, W> {
+    fn new(inner: &'a mut W, links: [&'a Pacer; 2]) -> Self {
+        Self {
+            inner,
+            links,
+            late: Duration::ZERO,
+        }
+    }
+}
+
+impl<W: Write> Write for Paced<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let now = Instant::now();
+        let done = self
+            .links
+            .iter()
+            .filter_map(|l| l.book(buf.len(), now, self.late))
+            .max();
+        if let Some(t) = done {
+            std::thread::sleep(t.saturating_duration_since(now));
+            self.late = Instant::now().saturating_duration_since(t);
+        }
+        self.inner.write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// The two directions of a link: client to upstream, upstream to client.
+struct Links {
+    up: Pacer,
+    down: Pacer,
+}
+
+impl Links {
+    fn new(bytes_per_sec: Option<f64>) -> Self {
+        Self {
+            up: Pacer::new(bytes_per_sec),
+            down: Pacer::new(bytes_per_sec),
+        }
+    }
+}
+
 struct Shared {
     upstream: String,
     plan: Box<dyn FaultPlan>,
     log: Mutex<Vec<Exchange>>,
     seq: AtomicU64,
+    /// Whether exchanges are recorded (and request bodies hashed).
+    recording: bool,
+    net: NetModel,
+    /// The shared link of [`NetModel::total_bytes_per_sec`].
+    total: Links,
 }
 
 impl Shared {
@@ -165,6 +283,9 @@ impl Shared {
     /// read a response always finds it recorded; replaces the record at `index` (one made
     /// before a stall) if it is this exchange's. Returns its index for later corrections.
     fn record(&self, index: Option<usize>, ex: &Exchange) -> usize {
+        if !self.recording {
+            return 0;
+        }
         let mut log = lock(&self.log);
         if let Some(i) = index {
             if let Some(r) = log.get_mut(i).filter(|r| r.seq == ex.seq) {
@@ -177,6 +298,9 @@ impl Shared {
     }
 
     fn set_error(&self, index: Option<usize>, ex: &Exchange, e: &io::Error) {
+        if !self.recording {
+            return;
+        }
         let mut log = lock(&self.log);
         let error = Some(e.to_string());
         match index
@@ -220,11 +344,24 @@ impl RecordingProxy {
 
     /// Starts a proxy that asks `plan` what to do with each request.
     pub fn start_with(upstream: &str, plan: Box<dyn FaultPlan>) -> Self {
+        Self::launch(upstream, plan, NetModel::default(), true)
+    }
+
+    /// Starts a proxy that forwards everything through the network `model`; with `recording`
+    /// false it keeps no [`Exchange`]s and hashes nothing (a long-running benchmark proxy).
+    pub fn start_modelled(upstream: &str, model: NetModel, recording: bool) -> Self {
+        Self::launch(upstream, Box::new(ForwardAll), model, recording)
+    }
+
+    fn launch(upstream: &str, plan: Box<dyn FaultPlan>, net: NetModel, recording: bool) -> Self {
         let shared = Arc::new(Shared {
             upstream: super::http::authority(upstream).to_string(),
             plan,
             log: Mutex::new(Vec::new()),
             seq: AtomicU64::new(0),
+            recording,
+            net,
+            total: Links::new(net.total_bytes_per_sec),
         });
         let sh = shared.clone();
         let server = LoopbackServer::start(Arc::new(move |stream, id, conns| {
@@ -256,6 +393,14 @@ struct Upstream {
     writer: TcpStream,
 }
 
+/// What a client connection keeps across its requests.
+struct ClientConn {
+    /// The upstream connection, while the upstream keeps it open.
+    upstream: Option<Upstream>,
+    /// This connection's own link of [`NetModel::conn_bytes_per_sec`].
+    links: Links,
+}
+
 /// What one exchange leaves for the connection's next request.
 #[derive(PartialEq, Eq)]
 enum Next {
@@ -270,7 +415,10 @@ fn serve(client: TcpStream, id: u64, conns: &Arc<Conns>, sh: &Shared) {
     };
     let mut cr = BufReader::new(read_half);
     let mut cw = client;
-    let mut up: Option<Upstream> = None;
+    let mut cc = ClientConn {
+        upstream: None,
+        links: Links::new(sh.net.conn_bytes_per_sec),
+    };
     // An unreadable head (the client closed, or sent garbage) ends the connection.
     while let Ok(Some(head)) = read_head(&mut cr) {
         let Ok((method, target, version)) = head.request_line() else {
@@ -311,7 +459,7 @@ fn serve(client: TcpStream, id: u64, conns: &Arc<Conns>, sh: &Shared) {
                 &head,
                 &mut cr,
                 &mut cw,
-                &mut up,
+                &mut cc,
                 id,
                 conns,
                 sh,
@@ -329,7 +477,7 @@ fn serve(client: TcpStream, id: u64, conns: &Arc<Conns>, sh: &Shared) {
                     &head,
                     &mut cr,
                     &mut cw,
-                    &mut up,
+                    &mut cc,
                     id,
                     conns,
                     sh,
@@ -344,7 +492,7 @@ fn serve(client: TcpStream, id: u64, conns: &Arc<Conns>, sh: &Shared) {
                     &head,
                     &mut cr,
                     &mut cw,
-                    &mut up,
+                    &mut cc,
                     id,
                     conns,
                     sh,
@@ -359,7 +507,7 @@ fn serve(client: TcpStream, id: u64, conns: &Arc<Conns>, sh: &Shared) {
                     &head,
                     &mut cr,
                     &mut cw,
-                    &mut up,
+                    &mut cc,
                     id,
                     conns,
                     sh,
@@ -395,7 +543,7 @@ fn serve(client: TcpStream, id: u64, conns: &Arc<Conns>, sh: &Shared) {
         }
     }
     let _ = cw.shutdown(Shutdown::Both);
-    if let Some(u) = up {
+    if let Some(u) = cc.upstream {
         let _ = u.writer.shutdown(Shutdown::Both);
     }
 }
@@ -417,7 +565,7 @@ fn forward(
     head: &Head,
     cr: &mut BufReader<TcpStream>,
     cw: &mut TcpStream,
-    up: &mut Option<Upstream>,
+    cc: &mut ClientConn,
     id: u64,
     conns: &Conns,
     sh: &Shared,
@@ -425,6 +573,10 @@ fn forward(
     index: &mut Option<usize>,
     cut: Cut,
 ) -> io::Result<Next> {
+    let ClientConn {
+        upstream: up,
+        links,
+    } = cc;
     let truncate = cut == Cut::Truncate;
     let framing = request_framing(head)?;
     let u = match up {
@@ -445,6 +597,7 @@ fn forward(
         }
     };
     u.writer.write_all(&head.raw)?;
+    let mut sent = Instant::now();
 
     // RFC 9110 §10.1.1: relay the upstream's verdict on `Expect: 100-continue` instead of
     // answering for it, so a test sees what the emulator really does; stop waiting after a
@@ -474,12 +627,18 @@ fn forward(
     if !body_unread {
         let mut hasher = Sha256::new();
         let mut head = Vec::new();
-        ex.body_len = copy_body(cr, &mut u.writer, framing, &mut |b| {
-            hasher.update(b);
-            capture(&mut head, b);
+        let mut paced = Paced::new(&mut u.writer, [&links.up, &sh.total.up]);
+        ex.body_len = copy_body(cr, &mut paced, framing, &mut |b| {
+            if sh.recording {
+                hasher.update(b);
+                capture(&mut head, b);
+            }
         })?;
-        ex.body_sha256_hex = hex::encode(hasher.finish());
+        if sh.recording {
+            ex.body_sha256_hex = hex::encode(hasher.finish());
+        }
         ex.body_head = head;
+        sent = Instant::now();
     }
     let resp = match early_final {
         Some(h) => h,
@@ -502,6 +661,14 @@ fn forward(
     ex.status = status;
     ex.response_headers = resp.headers.clone();
     *index = Some(sh.record(*index, ex));
+    // The store's time to first byte.
+    if !sh.net.latency.is_zero() {
+        let wait = (sent + sh.net.latency).saturating_duration_since(Instant::now());
+        if !conns.sleep(wait) {
+            *up = None;
+            return Ok(Next::Close);
+        }
+    }
 
     let out_head = resp.raw_without_connection(client_close);
     if truncate {
@@ -519,18 +686,24 @@ fn forward(
         return Ok(Next::Close);
     }
     cw.write_all(&out_head)?;
+    let mut paced = Paced::new(cw, [&links.down, &sh.total.down]);
     if let (Cut::Stall(d), Framing::Length(n)) = (cut, rframing) {
-        io::copy(&mut (&mut u.reader).take(n / 2), cw)?;
-        cw.flush()?;
+        io::copy(&mut (&mut u.reader).take(n / 2), &mut paced)?;
+        paced.flush()?;
         if !conns.sleep(d) {
             *up = None;
             return Ok(Next::Close);
         }
-        copy_body(&mut u.reader, cw, Framing::Length(n - n / 2), &mut |_| {})?;
+        copy_body(
+            &mut u.reader,
+            &mut paced,
+            Framing::Length(n - n / 2),
+            &mut |_| {},
+        )?;
     } else {
-        copy_body(&mut u.reader, cw, rframing, &mut |_| {})?;
+        copy_body(&mut u.reader, &mut paced, rframing, &mut |_| {})?;
     }
-    cw.flush()?;
+    paced.flush()?;
     if upstream_close {
         if let Some(u) = up.take() {
             let _ = u.writer.shutdown(Shutdown::Both);
