@@ -13,6 +13,8 @@
 #      are outside the limit (they are amibundle's to hide).
 #
 # Usage: scripts/bench-bundle.sh [DATA_BYTES]   (default 1500000000)
+#   AMIBUNDLE_BIN=PATH runs that binary instead of building target/release/amibundle (to measure
+#   an older build side by side with the same script).
 # Needs root only to install missing packages (pigz, GNU time, e2fsprogs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,8 +29,12 @@ if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-cargo build --locked --release --quiet
-bin=$PWD/target/release/amibundle
+if [ -n "${AMIBUNDLE_BIN:-}" ]; then
+  bin=$AMIBUNDLE_BIN
+else
+  cargo build --locked --release --quiet
+  bin=$PWD/target/release/amibundle
+fi
 threads=$(nproc)
 
 work=$(mktemp -d "${TMPDIR:-/var/tmp}/amibundle-bench.XXXXXX")
