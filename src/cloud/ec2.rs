@@ -256,7 +256,7 @@ pub async fn register_image(
                 .build()
         })
         .collect();
-    let mut call = ec2
+    let call = ec2
         .register_image()
         .name(&req.name)
         .image_location(&req.image_location)
@@ -267,10 +267,25 @@ pub async fn register_image(
         .set_description(req.description.clone())
         .set_kernel_id(req.kernel_id.clone())
         .set_ramdisk_id(req.ramdisk_id.clone());
-    if req.ena_support {
+    let networking = (req.ena_support, req.sriov_net_support);
+    let source = (LOCATION_TAG, req.image_location.as_str());
+    send_and_tag(ec2, region, call, networking, source, &req.tags).await
+}
+
+/// Sends a RegisterImage `call` (with ENA and SR-IOV as `networking` says) and tags the new
+/// AMI with `source` (what it was registered from, for idempotent reruns) and `tags`.
+async fn send_and_tag(
+    ec2: &Client,
+    region: &str,
+    mut call: aws_sdk_ec2::operation::register_image::builders::RegisterImageFluentBuilder,
+    networking: (bool, bool),
+    source: (&str, &str),
+    tags: &[(String, String)],
+) -> Result<Registered, Ec2Error> {
+    if networking.0 {
         call = call.ena_support(true);
     }
-    if req.sriov_net_support {
+    if networking.1 {
         call = call.sriov_net_support("simple");
     }
     let out = call
@@ -278,20 +293,14 @@ pub async fn register_image(
         .await
         .map_err(|e| request_error("registering the AMI", region, e))?;
     let image_id = out.image_id().unwrap_or_default().to_string();
-    let mut tags = vec![
-        Tag::builder()
-            .key(LOCATION_TAG)
-            .value(&req.image_location)
-            .build(),
-    ];
-    tags.extend(
-        req.tags
-            .iter()
+    let mut all = vec![Tag::builder().key(source.0).value(source.1).build()];
+    all.extend(
+        tags.iter()
             .map(|(k, v)| Tag::builder().key(k).value(v).build()),
     );
     ec2.create_tags()
         .resources(&image_id)
-        .set_tags(Some(tags))
+        .set_tags(Some(all))
         .send()
         .await
         .map_err(|e| request_error("tagging the AMI", region, e))?;
@@ -431,7 +440,7 @@ pub async fn register_ebs_image(
             .virtual_name(virtual_name)
             .build()
     }));
-    let mut call = ec2
+    let call = ec2
         .register_image()
         .name(&req.name)
         .architecture(ArchitectureValues::from(req.architecture.as_str()))
@@ -442,38 +451,9 @@ pub async fn register_ebs_image(
         ))
         .set_block_device_mappings(Some(mappings))
         .set_description(req.description.clone());
-    if req.ena_support {
-        call = call.ena_support(true);
-    }
-    if req.sriov_net_support {
-        call = call.sriov_net_support("simple");
-    }
-    let out = call
-        .send()
-        .await
-        .map_err(|e| request_error("registering the AMI", region, e))?;
-    let image_id = out.image_id().unwrap_or_default().to_string();
-    let mut tags = vec![
-        Tag::builder()
-            .key(SNAPSHOT_TAG)
-            .value(&req.snapshot_id)
-            .build(),
-    ];
-    tags.extend(
-        req.tags
-            .iter()
-            .map(|(k, v)| Tag::builder().key(k).value(v).build()),
-    );
-    ec2.create_tags()
-        .resources(&image_id)
-        .set_tags(Some(tags))
-        .send()
-        .await
-        .map_err(|e| request_error("tagging the AMI", region, e))?;
-    Ok(Registered {
-        image_id,
-        created: true,
-    })
+    let networking = (req.ena_support, req.sriov_net_support);
+    let source = (SNAPSHOT_TAG, req.snapshot_id.as_str());
+    send_and_tag(ec2, region, call, networking, source, &req.tags).await
 }
 
 /// Polls until the AMI is `available`; fails on `failed`/`invalid`/`error` or at the deadline.

@@ -424,7 +424,11 @@ fn a_bundled_disk_becomes_an_ami_with_the_manifests_architecture_and_a_corrupt_o
         completes_before,
         "a snapshot was completed"
     );
-    assert_eq!(start_snapshots(&cloud), starts_before, "a snapshot was started");
+    assert_eq!(
+        start_snapshots(&cloud),
+        starts_before,
+        "a snapshot was started"
+    );
 }
 
 /// CompleteSnapshot requests seen at the proxy.

@@ -75,16 +75,23 @@ pub(crate) struct MigrateManifest {
     /// The region the bundle moves to
     #[arg(long, value_name = "REGION")]
     pub region: Option<String>,
-    /// New kernel id
+    #[command(flatten)]
+    pub target: Retarget,
+}
+
+/// How ec2-migrate-manifest and ec2-migrate-bundle retarget a manifest to another region.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Retarget {
+    /// Kernel id in the target region (the manifest's is never mapped)
     #[arg(long, value_name = "ID")]
     pub kernel: Option<String>,
-    /// New ramdisk id
+    /// Ramdisk id in the target region
     #[arg(long, value_name = "ID")]
     pub ramdisk: Option<String>,
-    /// Do not map kernel and ramdisk (those not given are removed)
+    /// Do not map kernel and ramdisk (amibundle never maps them: those not given are removed)
     #[arg(long)]
     pub no_mapping: bool,
-    /// EC2 certificate of the target (default: the one for --region)
+    /// EC2 certificate of the target region (default: its pinned one)
     #[arg(long, value_name = "PATH")]
     pub ec2cert: Option<PathBuf>,
     /// amibundle: accept an --ec2cert that is none of Amazon's (test setups only)
@@ -114,10 +121,10 @@ pub(crate) fn migrate_manifest(argv: Vec<OsString>) -> Result<Outcome, Refusal> 
         .opt_if("--privatekey", &a.privatekey)
         .flag_if("--allow-insecure-key", a.privatekey.is_some())
         .opt_if("--region", &a.region)
-        .opt_if("--kernel", &a.kernel)
-        .opt_if("--ramdisk", &a.ramdisk)
-        .flag_if("--no-mapping", a.no_mapping)
-        .opt_if("--ec2cert", &a.ec2cert)
-        .flag_if("--unpinned-ec2cert", a.unpinned_ec2cert);
+        .opt_if("--kernel", &a.target.kernel)
+        .opt_if("--ramdisk", &a.target.ramdisk)
+        .flag_if("--no-mapping", a.target.no_mapping)
+        .opt_if("--ec2cert", &a.target.ec2cert)
+        .flag_if("--unpinned-ec2cert", a.target.unpinned_ec2cert);
     Ok(out.done(Credentials::default(), notes))
 }

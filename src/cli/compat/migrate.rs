@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
+use super::local::Retarget;
 use super::s3::{S3Opts, location_region};
 use super::{Argv, Common, Outcome, Refusal, Tool, parse_with, require};
 
@@ -39,21 +40,10 @@ pub(crate) struct MigrateBundle {
     /// Canned ACL of the copied objects
     #[arg(long, value_name = "ACL", default_value = "aws-exec-read")]
     pub acl: String,
-    /// Kernel id in the destination region (the copy is then paravirtual)
-    #[arg(long, value_name = "ID")]
-    pub kernel: Option<String>,
-    /// Ramdisk id in the destination region
-    #[arg(long, value_name = "ID")]
-    pub ramdisk: Option<String>,
-    /// Do not map kernel and ramdisk (amibundle never maps them: ids not given are removed)
-    #[arg(long)]
-    pub no_mapping: bool,
-    /// EC2 certificate of the destination region (default: its pinned one)
-    #[arg(long, value_name = "PATH")]
-    pub ec2cert: Option<PathBuf>,
-    /// amibundle: accept an --ec2cert that is none of Amazon's (test setups only)
-    #[arg(long)]
-    pub unpinned_ec2cert: bool,
+    /// The kernel, ramdisk and EC2 certificate of the destination (a kernel makes the copy
+    /// paravirtual)
+    #[command(flatten)]
+    pub target: Retarget,
 }
 
 /// Translates an `ec2-migrate-bundle` command line.
@@ -98,13 +88,13 @@ pub(crate) fn migrate_bundle(argv: Vec<OsString>) -> Result<Outcome, Refusal> {
     .flag("--allow-insecure-key")
     .opt("--acl", &a.acl)
     .flag("--no-register")
-    .opt_if("--kernel-id", &a.kernel)
-    .opt_if("--ramdisk-id", &a.ramdisk)
-    .flag_if("--unpinned-ec2cert", a.unpinned_ec2cert);
-    if a.kernel.is_some() || a.ramdisk.is_some() {
+    .opt_if("--kernel-id", &a.target.kernel)
+    .opt_if("--ramdisk-id", &a.target.ramdisk)
+    .flag_if("--unpinned-ec2cert", a.target.unpinned_ec2cert);
+    if a.target.kernel.is_some() || a.target.ramdisk.is_some() {
         out.opt("--virtualization-type", "paravirtual");
     }
-    if let Some(path) = &a.ec2cert {
+    if let Some(path) = &a.target.ec2cert {
         let mut spec = OsString::from(format!("{target}="));
         spec.push(path);
         out.opt("--ec2cert", spec);
