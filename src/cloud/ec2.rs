@@ -183,6 +183,22 @@ pub struct Registered {
     pub created: bool,
 }
 
+/// The AMI of ours named `name`, if any (AMI names are unique per account and region).
+async fn own_image_named(
+    ec2: &Client,
+    region: &str,
+    name: &str,
+) -> Result<Option<Image>, Ec2Error> {
+    let existing = ec2
+        .describe_images()
+        .owners("self")
+        .filters(Filter::builder().name("name").values(name).build())
+        .send()
+        .await
+        .map_err(|e| request_error("looking for an existing AMI", region, e))?;
+    Ok(existing.images().first().cloned())
+}
+
 fn tag_value<'a>(image: &'a Image, key: &str) -> Option<&'a str> {
     image
         .tags()
@@ -204,14 +220,8 @@ pub async fn register_image(
             why: "HVM AMIs boot their own kernel; kernel and ramdisk ids are for --virtualization-type paravirtual",
         });
     }
-    let existing = ec2
-        .describe_images()
-        .owners("self")
-        .filters(Filter::builder().name("name").values(&req.name).build())
-        .send()
-        .await
-        .map_err(|e| request_error("looking for an existing AMI", region, e))?;
-    if let Some(image) = existing.images().first() {
+    if let Some(image) = own_image_named(ec2, region, &req.name).await? {
+        let image = &image;
         let image_id = image.image_id().unwrap_or_default().to_string();
         let location = image
             .image_location()
@@ -345,14 +355,7 @@ const SNAPSHOT_TAG: &str = "amibundle:root-snapshot";
 /// `force` lets [`register_ebs_image`] deregister it instead.
 pub async fn refuse_taken_name(ec2: &Client, region: &str, name: &str) -> Result<(), Ec2Error> {
     validate_ami_name(name)?;
-    let existing = ec2
-        .describe_images()
-        .owners("self")
-        .filters(Filter::builder().name("name").values(name).build())
-        .send()
-        .await
-        .map_err(|e| request_error("looking for an existing AMI", region, e))?;
-    match existing.images().first() {
+    match own_image_named(ec2, region, name).await?.as_ref() {
         None => Ok(()),
         Some(image) => Err(Ec2Error::NameTaken {
             name: name.to_string(),
@@ -379,14 +382,8 @@ pub async fn register_ebs_image(
     force: bool,
 ) -> Result<Registered, Ec2Error> {
     validate_ami_name(&req.name)?;
-    let existing = ec2
-        .describe_images()
-        .owners("self")
-        .filters(Filter::builder().name("name").values(&req.name).build())
-        .send()
-        .await
-        .map_err(|e| request_error("looking for an existing AMI", region, e))?;
-    if let Some(image) = existing.images().first() {
+    if let Some(image) = own_image_named(ec2, region, &req.name).await? {
+        let image = &image;
         let image_id = image.image_id().unwrap_or_default().to_string();
         let root_snapshot = image
             .block_device_mappings()

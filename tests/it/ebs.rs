@@ -307,15 +307,7 @@ fn reference_bundles_local_and_in_s3_become_snapshots_equal_to_their_images() {
             vec!["-m".into(), manifest.display().to_string()]
         } else {
             let bucket = format!("vectors-{i}/in");
-            run_ok(&mut cloud.cmd(&[
-                "upload",
-                "-m",
-                manifest.to_str().unwrap(),
-                "--region",
-                "us-east-1",
-                "-b",
-                &bucket,
-            ]));
+            upload(&cloud, &manifest, &bucket);
             vec![
                 "--image-location".into(),
                 format!("{bucket}/{}", expected["manifest"].as_str().unwrap()),
@@ -386,15 +378,7 @@ fn a_bundled_disk_becomes_an_ami_with_the_manifests_architecture_and_a_corrupt_o
 
     // A part corrupted in S3 (its SHA-1 no longer matches): checked before any byte of it is
     // decrypted, so no snapshot is even started (a bundle's only part here).
-    run_ok(&mut cloud.cmd(&[
-        "upload",
-        "-m",
-        manifest.to_str().unwrap(),
-        "--region",
-        "us-east-1",
-        "-b",
-        "corrupt/x",
-    ]));
+    upload(&cloud, &manifest, "corrupt/x");
     let part = cloud.object("corrupt", "x/disk.img.part.0").unwrap();
     let mut bad = part.clone();
     let last = bad.len() - 1;
@@ -439,4 +423,17 @@ fn completes(cloud: &Cloud) -> usize {
         .into_iter()
         .filter(|e| e.method == "POST" && e.path.starts_with("/snapshots/completion/"))
         .count()
+}
+
+/// Uploads the bundle of `manifest` to `bucket[/prefix]` in us-east-1.
+fn upload(cloud: &Cloud, manifest: &Path, bucket: &str) {
+    run_ok(&mut cloud.cmd(&[
+        "upload",
+        "-m",
+        manifest.to_str().unwrap(),
+        "--region",
+        "us-east-1",
+        "-b",
+        bucket,
+    ]));
 }
