@@ -34,7 +34,12 @@ pub struct ToEbsArgs {
     #[arg(long, value_name = "AMI_ID")]
     pub ami: Option<String>,
     /// The private key that decrypts the bundle (default: amibundle's own)
-    #[arg(short = 'k', long = "privatekey", value_name = "PATH")]
+    #[arg(
+        short = 'k',
+        long = "privatekey",
+        value_name = "PATH",
+        conflicts_with = "image"
+    )]
     pub private_key: Option<PathBuf>,
     /// Accept a private key file that others can read
     #[arg(long)]
@@ -157,10 +162,7 @@ pub fn run(args: ToEbsArgs, progress: &dyn Progress) -> anyhow::Result<()> {
                     manifest: m.clone(),
                     parts: None,
                 },
-                (None, Some(l), _) => {
-                    BundleRef::parse(&format!("s3://{}", l.trim_start_matches("s3://")))
-                        .context("checking --image-location")?
-                }
+                (None, Some(l), _) => s3_bundle(l).context("checking --image-location")?,
                 (None, None, Some(ami)) => {
                     let source = runtime.block_on(ec2::describe_image(
                         &cloud.ec2_client(&region),
@@ -168,7 +170,7 @@ pub fn run(args: ToEbsArgs, progress: &dyn Progress) -> anyhow::Result<()> {
                         ami,
                     ))?;
                     inherit_from_ami(&mut conversion, &args, &source);
-                    BundleRef::parse(&format!("s3://{}", source.image_location))
+                    s3_bundle(&source.image_location)
                         .with_context(|| format!("reading the image location of {ami}"))?
                 }
                 (None, None, None) => anyhow::bail!("pass -i, -m, --image-location or --ami"),
@@ -195,6 +197,15 @@ pub fn run(args: ToEbsArgs, progress: &dyn Progress) -> anyhow::Result<()> {
     }
     .with_context(|| format!("making {what} into an EBS snapshot"))?;
     print(&args, &region, &done)
+}
+
+/// A bundle in S3 named by its manifest's address (`[s3://]BUCKET/[PREFIX/]NAME.manifest.xml`).
+fn s3_bundle(address: &str) -> Result<BundleRef, crate::cloud::s3::S3Error> {
+    let (location, manifest_name) = crate::cloud::s3::BundleLocation::parse_manifest_url(address)?;
+    Ok(BundleRef::S3 {
+        location,
+        manifest_name,
+    })
 }
 
 /// The conversion the flags ask for.

@@ -437,3 +437,62 @@ fn upload(cloud: &Cloud, manifest: &Path, bucket: &str) {
         bucket,
     ]));
 }
+
+#[test]
+fn a_bundle_signed_by_another_key_or_holding_a_bare_filesystem_starts_no_snapshot() {
+    let cloud = Cloud::start();
+    let keys = Keys::new();
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = |image: &Path, name: &str| -> std::path::PathBuf {
+        let out = dir.path().join(name);
+        fs::create_dir(&out).unwrap();
+        run_ok(
+            amibundle(cloud.home.path())
+                .args(["bundle-image", "-i"])
+                .arg(image)
+                .args(["-u", "123456789012", "-r", "x86_64", "-d"])
+                .arg(&out)
+                .args(keys.bundle_args()),
+        );
+        out.join(format!(
+            "{}.manifest.xml",
+            image.file_name().unwrap().to_str().unwrap()
+        ))
+    };
+    let to_ebs = |manifest: &Path| {
+        run_err(&mut cloud.cmd(&[
+            "to-ebs",
+            "-m",
+            manifest.to_str().unwrap(),
+            "-k",
+            keys.user_key().to_str().unwrap(),
+            "--region",
+            "us-east-1",
+        ]))
+    };
+
+    // Signed by another key (the EC2 stand-in's): refused by the signature check.
+    let image = dir.path().join("disk.img");
+    disk_image(&image);
+    let manifest = bundle(&image, "signed");
+    let xml = fs::read_to_string(&manifest).unwrap();
+    fs::write(&manifest, signed_with(&xml, &keys.ec2_key())).unwrap();
+    let err = to_ebs(&manifest);
+    assert!(err.contains("signature"), "{err}");
+    assert_eq!(start_snapshots(&cloud), 0, "a snapshot was started");
+
+    // A bare filesystem inside a correctly signed bundle: refused at its first block, before
+    // the snapshot is started.
+    let bare = dir.path().join("rootfs.img");
+    let mut f = fs::File::create(&bare).unwrap();
+    f.set_len(4 << 20).unwrap();
+    f.seek(SeekFrom::Start(1080)).unwrap();
+    f.write_all(&[0x53, 0xef]).unwrap();
+    drop(f);
+    let err = to_ebs(&bundle(&bare, "bare"));
+    assert!(
+        err.contains("bare filesystem") && err.contains("--no-register"),
+        "{err}"
+    );
+    assert_eq!(start_snapshots(&cloud), 0, "a snapshot was started");
+}

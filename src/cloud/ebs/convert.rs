@@ -90,16 +90,12 @@ impl ConvertError {
 }
 
 /// Whether the first two sectors of a disk (`head`, at least 1,024 bytes) can start an HVM
-/// boot: boot code in the first 440 bytes, and a partition table (a GPT header at LBA 1, or an
-/// MBR signature with at least one partition entry).
+/// boot: boot code in the first 440 bytes, and a partition table as bundle-vol's detection reads
+/// it (`partition::table_style`: a GPT header at LBA 1, or an MBR signature).
 pub fn check_boot_sector(head: &[u8]) -> bool {
-    if head.len() < 1024 {
-        return false;
-    }
-    let boot_code = head[..440].iter().any(|&b| b != 0);
-    let gpt = &head[512..520] == b"EFI PART";
-    let mbr = head[510..512] == [0x55, 0xAA] && (0..4).any(|i| head[446 + 16 * i + 4] != 0);
-    boot_code && (gpt || mbr)
+    head.len() >= 1024
+        && head[..440].iter().any(|&b| b != 0)
+        && crate::image::partition::table_style(head, 512).is_some()
 }
 
 /// [`check_boot_sector`] of the image file at `path`.

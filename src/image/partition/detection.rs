@@ -252,7 +252,7 @@ fn read_table_style(disk: &Path, block_size: u64) -> Result<PartitionStyle, Part
 /// The table in a disk's first two logical sectors (`head`, sectors of `block_size` bytes):
 /// GPT when LBA 1 starts with the GPT signature (a hybrid MBR in LBA 0 does not matter), MBR
 /// when LBA 0 ends with 0x55AA, else unknown.
-pub(super) fn table_style(head: &[u8], block_size: usize) -> Option<PartitionStyle> {
+pub fn table_style(head: &[u8], block_size: usize) -> Option<PartitionStyle> {
     if head.get(block_size..block_size + 8) == Some(b"EFI PART") {
         Some(PartitionStyle::Gpt)
     } else if head.get(510..512) == Some(&[0x55, 0xAA]) {

@@ -50,7 +50,7 @@ mod table;
 mod tests;
 
 pub use bootloader::{GrubReport, has_boot_code, install_grub};
-pub use detection::{Detection, Sysfs, detect, root_partition};
+pub use detection::{Detection, Sysfs, detect, root_partition, table_style};
 pub use source::MAX_MBR_NUMBER;
 pub use table::{TableSpec, write_table};
 
