@@ -12,7 +12,7 @@ use super::{image_report, output};
 use crate::bundle::manifest;
 use crate::bundle::pipeline::ImageInput;
 use crate::cloud::imds::{self, ImdsOptions, InheritedFields};
-use crate::image::bootcheck::{CheckOptions, Virtualization};
+use crate::image::bootcheck::{CheckOptions, Platform, Virtualization};
 use crate::image::fs::FsType;
 use crate::image::mount;
 use crate::image::partition::{Bootloader, PartitionChoice};
@@ -304,6 +304,7 @@ fn volume_options(
             ),
             ena: args.bundle.stream.ami.ena_support,
             sriov: args.bundle.stream.ami.sriov_net_support,
+            platform: Platform::Xen,
         }),
         allow_unbootable: args.allow_unbootable,
     }

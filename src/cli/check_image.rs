@@ -1,5 +1,6 @@
 //! `amibundle check-image`: will this image (or bundle) boot on an instance-store (Xen)
-//! instance? Read-only; the checks are `image::bootcheck`'s.
+//! instance, or (`--platform nitro`) as an EBS-backed AMI on Nitro? Read-only; the checks are
+//! `image::bootcheck`'s.
 
 use std::path::PathBuf;
 
@@ -11,7 +12,7 @@ use super::keys::{self, SignatureArgs, SignatureCheck};
 use super::output;
 use crate::bundle::pipeline::DecodeOptions;
 use crate::cloud::unbundle::{BundleRef, unbundle};
-use crate::image::bootcheck::{self, BootReport, CheckOptions, Severity, Virtualization};
+use crate::image::bootcheck::{self, BootReport, CheckOptions, Platform, Severity, Virtualization};
 use crate::image::fs as imgfs;
 use crate::image::mount;
 use crate::progress::Progress;
@@ -26,6 +27,10 @@ pub struct CheckImageArgs {
     /// How the AMI will be registered: hvm or paravirtual
     #[arg(long, value_name = "TYPE", default_value = "hvm", value_parser = ["hvm", "paravirtual"])]
     pub virtualization_type: String,
+    /// Where it will run: xen (an instance-store AMI: xen-blkfront, xen-netfront) or nitro (an
+    /// EBS-backed AMI made by to-ebs: nvme, ena, no /dev/xvd* names)
+    #[arg(long, value_name = "PLATFORM", default_value = "xen", value_parser = ["xen", "nitro"])]
+    pub platform: String,
     /// ENA will be enabled: the image needs the ena driver
     #[arg(long)]
     pub ena_support: bool,
@@ -62,6 +67,10 @@ pub fn run(args: CheckImageArgs, progress: &dyn Progress) -> anyhow::Result<()> 
         virtualization: Virtualization::from_ami_type(&args.virtualization_type),
         ena: args.ena_support,
         sriov: args.sriov_net_support,
+        platform: match args.platform.as_str() {
+            "nitro" => Platform::Nitro,
+            _ => Platform::Xen,
+        },
     };
     let target = &args.target;
     std::fs::metadata(target).with_context(|| format!("reading {}", target.display()))?;

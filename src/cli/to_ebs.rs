@@ -98,6 +98,14 @@ pub struct ToEbsArgs {
     #[arg(long, value_name = "MINUTES", default_value_t = ebs::DEFAULT_TIMEOUT_MINUTES,
           value_parser = clap::value_parser!(i32).range(10..=4320))]
     pub timeout: i32,
+    /// Where to keep the record of the blocks sent, so that a run killed (or cut off from the
+    /// network) resumes its snapshot on the rerun [default: /var/lib/amibundle/to-ebs for
+    /// root, else ~/.local/state/amibundle/to-ebs; $XDG_STATE_HOME/amibundle/to-ebs when set]
+    #[arg(long, value_name = "DIR", conflicts_with = "no_resume")]
+    pub state_dir: Option<PathBuf>,
+    /// Keep no record: a run that is killed starts again from nothing
+    #[arg(long)]
+    pub no_resume: bool,
     /// Deregister an AMI of the same name that boots from another snapshot
     #[arg(long)]
     pub force: bool,
@@ -264,6 +272,13 @@ fn conversion(
             timeout_minutes: args.timeout,
             concurrency: args.concurrency.max(1),
             client_token: None,
+            journal_dir: match (&args.state_dir, args.no_resume) {
+                (_, true) => None,
+                (Some(dir), false) => Some(dir.clone()),
+                (None, false) => Some(ebs::default_journal_dir().context(
+                    "no place for the resume journal (no HOME): pass --state-dir DIR or --no-resume",
+                )?),
+            },
         },
         register,
         force: args.force,
@@ -301,15 +316,25 @@ fn print(args: &ToEbsArgs, region: &str, done: &ebs::Converted) -> anyhow::Resul
             "snapshot_id": s.snapshot_id,
             "volume_size_gib": s.volume_size_gib,
             "blocks_sent": s.blocks_sent,
+            "blocks_resumed": s.blocks_resumed,
             "blocks_skipped": s.blocks_skipped,
+            "resumed": s.resumed,
             "snapshot_seconds": s.elapsed.as_secs_f64(),
             "ami_id": done.registered.as_ref().map(|r| r.image_id.clone()),
             "ami_created": done.registered.as_ref().map(|r| r.created),
             "register_seconds": done.registered.as_ref().map(|_| done.register_time.as_secs_f64()),
         }))?;
     } else {
+        let resumed = if s.resumed {
+            format!(
+                " (resumed: {} block(s) sent before were kept)",
+                s.blocks_resumed
+            )
+        } else {
+            String::new()
+        };
         eprintln!(
-            "snapshot {} ({} GiB): {} block(s) of 512 KiB sent, {} empty block(s) skipped, in {:.1} s",
+            "snapshot {} ({} GiB): {} block(s) of 512 KiB sent{resumed}, {} empty block(s) skipped, in {:.1} s",
             s.snapshot_id,
             s.volume_size_gib,
             s.blocks_sent,

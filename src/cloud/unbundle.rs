@@ -162,13 +162,41 @@ fn unbundle_to(
     sink: Option<&mut dyn ImageSink>,
     progress: &dyn Progress,
 ) -> Result<Unbundled, UnbundleError> {
+    open(bundle, remote, key, check)?.decode(key, options, sink, progress)
+}
+
+/// A bundle whose manifest was read and whose signature was checked, not yet decoded.
+pub struct OpenedBundle<'a> {
+    what: String,
+    started: Instant,
+    source: Opened<'a>,
+    /// Its manifest.
+    pub manifest: Manifest,
+    /// How the manifest was signed; `None` when the check was skipped.
+    pub signature: Option<SignatureForm>,
+    manifest_bytes: usize,
+}
+
+enum Opened<'a> {
+    Local(Box<LocalBundle>),
+    S3 {
+        remote: Remote<'a>,
+        client: aws_sdk_s3::Client,
+        location: BundleLocation,
+    },
+}
+
+/// Reads the manifest of `bundle` and checks its signature with `check` (and `key`, the
+/// private key that decrypts it); nothing is decrypted yet. A bundle in S3 needs `remote`.
+pub fn open<'a>(
+    bundle: &BundleRef,
+    remote: Option<Remote<'a>>,
+    key: &UserKey,
+    check: &SignatureCheck,
+) -> Result<OpenedBundle<'a>, UnbundleError> {
     let started = Instant::now();
     let what = bundle.describe();
     let read_err = |source: Box<dyn std::error::Error + Send + Sync>| UnbundleError::Read {
-        what: what.clone(),
-        source,
-    };
-    let decode_err = |source: Box<dyn std::error::Error + Send + Sync>| UnbundleError::Decode {
         what: what.clone(),
         source,
     };
@@ -177,19 +205,13 @@ fn unbundle_to(
             let local =
                 LocalBundle::open(manifest, parts.as_deref()).map_err(|e| read_err(e.into()))?;
             let signature = check.check(&local.raw, &local.manifest, &what, Some(key))?;
-            let decoded = match sink {
-                Some(sink) => local.decode_into(key, options, sink, progress),
-                None => local.decode(key, options, progress),
-            };
-            let decode = decoded.map_err(|e| decode_err(e.into()))?;
-            Ok(Unbundled {
+            Ok(OpenedBundle {
                 manifest: local.manifest.clone(),
-                decode,
                 signature,
-                parts: local.manifest.image.parts.len(),
-                bytes_downloaded: 0,
                 manifest_bytes: local.raw.len(),
-                elapsed: started.elapsed(),
+                source: Opened::Local(Box::new(local)),
+                what,
+                started,
             })
         }
         BundleRef::S3 {
@@ -207,27 +229,75 @@ fn unbundle_to(
                 })
                 .map_err(|e| read_err(e.into()))?;
             let signature = check.check(&raw, &manifest, &what, Some(key))?;
-            let report = s3::unbundle_stream(
-                remote.runtime,
-                &client,
-                location,
-                &manifest,
-                key,
-                options,
-                sink,
-                remote.concurrency,
-                progress,
-            )
-            .map_err(|e| decode_err(e.into()))?;
-            Ok(Unbundled {
+            Ok(OpenedBundle {
                 manifest,
-                decode: report.decode,
                 signature,
-                parts: report.parts,
-                bytes_downloaded: report.bytes,
                 manifest_bytes: raw.len(),
-                elapsed: started.elapsed(),
+                source: Opened::S3 {
+                    remote,
+                    client,
+                    location: location.clone(),
+                },
+                what,
+                started,
             })
         }
+    }
+}
+
+impl OpenedBundle<'_> {
+    /// Decodes the bundle with `options` (into `options.out_dir`, or only checked), the image
+    /// going to `sink` when given (which sees it before its digest is checked and must not
+    /// make it usable unless this returns `Ok`). A bundle in S3 streams its parts.
+    pub fn decode(
+        self,
+        key: &UserKey,
+        options: DecodeOptions<'_>,
+        sink: Option<&mut dyn ImageSink>,
+        progress: &dyn Progress,
+    ) -> Result<Unbundled, UnbundleError> {
+        let what = self.what;
+        let decode_err = |source: Box<dyn std::error::Error + Send + Sync>| UnbundleError::Decode {
+            what: what.clone(),
+            source,
+        };
+        let (decode, parts, bytes_downloaded) = match self.source {
+            Opened::Local(local) => {
+                let decoded = match sink {
+                    Some(sink) => local.decode_into(key, options, sink, progress),
+                    None => local.decode(key, options, progress),
+                };
+                let decode = decoded.map_err(|e| decode_err(e.into()))?;
+                (decode, self.manifest.image.parts.len(), 0)
+            }
+            Opened::S3 {
+                remote,
+                client,
+                location,
+            } => {
+                let report = s3::unbundle_stream(
+                    remote.runtime,
+                    &client,
+                    &location,
+                    &self.manifest,
+                    key,
+                    options,
+                    sink,
+                    remote.concurrency,
+                    progress,
+                )
+                .map_err(|e| decode_err(e.into()))?;
+                (report.decode, report.parts, report.bytes)
+            }
+        };
+        Ok(Unbundled {
+            manifest: self.manifest,
+            decode,
+            signature: self.signature,
+            parts,
+            bytes_downloaded,
+            manifest_bytes: self.manifest_bytes,
+            elapsed: self.started.elapsed(),
+        })
     }
 }

@@ -10,7 +10,7 @@ use crate::cloud::{Cloud, ec2_call};
 use crate::support::http::{self, Body};
 use crate::support::*;
 
-const BLOCK: usize = 512 << 10;
+pub(crate) const BLOCK: usize = 512 << 10;
 
 /// Moto routes a request by its signing scope; this one says EBS.
 const EBS_AUTHORIZATION: &str = "AWS4-HMAC-SHA256 \
@@ -19,7 +19,7 @@ const EBS_AUTHORIZATION: &str = "AWS4-HMAC-SHA256 \
 /// A 24 MiB sparse disk image: an MBR with boot code and one Linux partition, data islands (one
 /// spanning a block boundary, one single byte), a block of explicit zeros written as data, and
 /// holes everywhere else.
-fn disk_image(path: &Path) {
+pub(crate) fn disk_image(path: &Path) {
     let mut f = fs::File::create(path).unwrap();
     f.set_len(24 << 20).unwrap();
     let mut mbr = [0u8; 512];
@@ -66,7 +66,10 @@ fn ebs_get(cloud: &Cloud, target: &str) -> http::Response {
 }
 
 /// The snapshot's blocks as EBS serves them: index → bytes.
-fn snapshot_blocks(cloud: &Cloud, snapshot: &str) -> std::collections::BTreeMap<u64, Vec<u8>> {
+pub(crate) fn snapshot_blocks(
+    cloud: &Cloud,
+    snapshot: &str,
+) -> std::collections::BTreeMap<u64, Vec<u8>> {
     let r = ebs_get(cloud, &format!("/snapshots/{snapshot}/blocks"));
     assert_eq!(r.status, 200, "{}", r.text());
     let listing: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
@@ -176,7 +179,7 @@ fn an_image_becomes_a_snapshot_equal_to_it_and_an_ebs_ami_booting_from_it() {
 }
 
 /// StartSnapshot requests seen at the proxy.
-fn start_snapshots(cloud: &Cloud) -> usize {
+pub(crate) fn start_snapshots(cloud: &Cloud) -> usize {
     cloud
         .proxy
         .exchanges()
@@ -268,7 +271,7 @@ fn a_block_ebs_refuses_fails_with_exit_3_naming_the_permission_and_deletes_the_s
 }
 
 /// The image the snapshot holds: its blocks where it has them, zeros elsewhere.
-fn snapshot_image(cloud: &Cloud, snapshot: &str, size: usize) -> Vec<u8> {
+pub(crate) fn snapshot_image(cloud: &Cloud, snapshot: &str, size: usize) -> Vec<u8> {
     let mut image = vec![0u8; size.div_ceil(BLOCK) * BLOCK];
     for (index, bytes) in snapshot_blocks(cloud, snapshot) {
         assert!(bytes.iter().any(|&b| b != 0), "block {index} is all zeros");
@@ -280,7 +283,7 @@ fn snapshot_image(cloud: &Cloud, snapshot: &str, size: usize) -> Vec<u8> {
     image
 }
 
-fn sha1_hex(data: &[u8]) -> String {
+pub(crate) fn sha1_hex(data: &[u8]) -> String {
     use sha1::{Digest, Sha1};
     hex::encode(Sha1::digest(data))
 }
@@ -416,7 +419,7 @@ fn a_bundled_disk_becomes_an_ami_with_the_manifests_architecture_and_a_corrupt_o
 }
 
 /// CompleteSnapshot requests seen at the proxy.
-fn completes(cloud: &Cloud) -> usize {
+pub(crate) fn completes(cloud: &Cloud) -> usize {
     cloud
         .proxy
         .exchanges()
@@ -426,7 +429,7 @@ fn completes(cloud: &Cloud) -> usize {
 }
 
 /// Uploads the bundle of `manifest` to `bucket[/prefix]` in us-east-1.
-fn upload(cloud: &Cloud, manifest: &Path, bucket: &str) {
+pub(crate) fn upload(cloud: &Cloud, manifest: &Path, bucket: &str) {
     run_ok(&mut cloud.cmd(&[
         "upload",
         "-m",

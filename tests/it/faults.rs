@@ -90,7 +90,7 @@ impl FaultPlan for RandomFaults {
 }
 
 /// A cloud whose proxy faults `rate_percent` of object transfers once `enabled` is set.
-fn faulty_cloud(seed: u64, rate_percent: u64) -> (Cloud, Arc<AtomicBool>) {
+pub(crate) fn faulty_cloud(seed: u64, rate_percent: u64) -> (Cloud, Arc<AtomicBool>) {
     let enabled = Arc::new(AtomicBool::new(false));
     let plan = RandomFaults {
         seed,
@@ -101,14 +101,14 @@ fn faulty_cloud(seed: u64, rate_percent: u64) -> (Cloud, Arc<AtomicBool>) {
     (Cloud::start_with(Box::new(plan)), enabled)
 }
 
-fn cmd(cloud: &Cloud, args: &[&str]) -> Command {
+pub(crate) fn cmd(cloud: &Cloud, args: &[&str]) -> Command {
     let mut c = cloud.cmd(args);
     c.env("AMIBUNDLE_RETRY_BASE_MS", RETRY_BASE_MS);
     c
 }
 
 /// Faults the proxy injected so far.
-fn faults_injected(cloud: &Cloud) -> usize {
+pub(crate) fn faults_injected(cloud: &Cloud) -> usize {
     cloud
         .proxy
         .exchanges()

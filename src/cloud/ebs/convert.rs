@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
 
 use super::{
-    BLOCK_BYTES, BlockSender, EbsError, SnapshotOptions, SnapshotReport, complete_snapshot,
-    delete_failed, snapshot_image_file, start_snapshot,
+    BLOCK_BYTES, BlockSender, EbsError, SentBlocks, Session, SnapshotOptions, SnapshotReport,
+    snapshot_image_file,
 };
 use crate::bundle::crypto::UserKey;
 use crate::bundle::pipeline::DecodeOptions;
@@ -193,8 +193,20 @@ pub fn convert_image_file(
         check_bootable_disk(path)?;
     }
     check_name(runtime, &ec2, region, conversion)?;
-    let snapshot = snapshot_image_file(runtime, &ebs, &ec2, path, &conversion.snapshot, progress)?;
-    register(runtime, &ec2, region, conversion, snapshot, None)
+    let (snapshot, session) = snapshot_image_file(
+        runtime,
+        &ebs,
+        &ec2,
+        region,
+        path,
+        &conversion.snapshot,
+        progress,
+    )?;
+    // A registration that fails leaves the journal saying the snapshot is complete: the rerun
+    // goes straight to registering it.
+    let converted = register(runtime, &ec2, region, conversion, snapshot, None)?;
+    session.close()?;
+    Ok(converted)
 }
 
 /// Makes the image of `bundle` (a local one, or one in S3 with `remote`) into a snapshot while
@@ -218,79 +230,85 @@ pub fn convert_bundle(
     let ebs = cloud.ebs_client(region);
     let ec2 = cloud.ec2_client(region);
     check_name(runtime, &ec2, region, conversion)?;
-    let mut sink = SnapshotSink::new(
+    let session = Session::open(
         runtime.clone(),
-        ebs.clone(),
+        ebs,
+        ec2.clone(),
         conversion.snapshot.clone(),
+        &format!("{region} bundle {}", bundle_key(bundle)),
+    )?;
+    let mut sink = SnapshotSink::new(
+        session,
         conversion.register.is_some().then(|| bundle.describe()),
     );
-    let options = DecodeOptions {
-        allow_oversize,
-        ..DecodeOptions::default()
-    };
-    let started = Instant::now();
-    let decoded = unbundle::unbundle_into(bundle, remote, key, check, options, &mut sink, progress);
-    let finished = match decoded {
-        Ok(unbundled) => sink.finish().map(|done| (done, unbundled)),
-        Err(e) => Err(sink
-            .take_failure()
-            .map_or(ConvertError::Bundle(e), Into::into)),
-    };
-    let ((snapshot_id, gib, blocks, skipped, aggregate), unbundled) = match finished {
-        Ok(done) => done,
-        Err(e) => {
-            if let Some(id) = sink.snapshot_id() {
-                runtime.block_on(delete_failed(&ec2, &id));
-            }
-            return Err(e);
-        }
-    };
-    if let Err(e) = runtime.block_on(complete_snapshot(
-        &ebs,
-        &ec2,
-        &snapshot_id,
-        blocks,
-        &aggregate,
-    )) {
-        runtime.block_on(delete_failed(&ec2, &snapshot_id));
-        return Err(e.into());
-    }
-    let snapshot = SnapshotReport {
-        snapshot_id,
-        volume_size_gib: gib,
-        blocks_sent: blocks,
-        blocks_skipped: skipped,
-        elapsed: started.elapsed(),
-    };
-    let architecture = unbundled
+    let opened = unbundle::open(bundle, remote, key, check)?;
+    let architecture = opened
         .manifest
         .machine
         .as_ref()
         .map(|m| m.architecture.clone());
-    register(
+    let options = DecodeOptions {
+        allow_oversize,
+        ..DecodeOptions::default()
+    };
+    let finished = match sink
+        .session
+        .completed_before(Some(opened.manifest.image.size))
+    {
+        Ok(Some(done)) => Ok(done),
+        Ok(None) => match opened.decode(key, options, Some(&mut sink), progress) {
+            Ok(_) => sink.finish(),
+            Err(e) => Err(sink
+                .take_failure()
+                .map_or(ConvertError::Bundle(e), Into::into)),
+        },
+        Err(e) => Err(e.into()),
+    };
+    let snapshot = match finished {
+        Ok(snapshot) => snapshot,
+        Err(e) => {
+            let resumable = match &e {
+                ConvertError::Snapshot(e) => e.is_resumable(),
+                _ => crate::interrupt::signal().is_some(),
+            };
+            sink.session.abandon(resumable);
+            return Err(e);
+        }
+    };
+    let converted = register(
         runtime,
         &ec2,
         region,
         conversion,
         snapshot,
         architecture.as_deref(),
-    )
+    )?;
+    sink.session.close()?;
+    Ok(converted)
 }
 
-/// An [`ImageSink`] that cuts the image into 512 KiB blocks as it arrives and sends them into a
-/// new snapshot ([`BlockSender`]): started when the first block is complete (after checking
-/// that the image can boot, when `check_boot` names it), holes and blocks of zeros never sent.
-/// The first EBS failure is kept ([`SnapshotSink::take_failure`]) so the caller reports it
-/// rather than the decode error it caused.
+/// What names a bundle across runs: its manifest's address in S3, or its manifest's canonical
+/// path.
+fn bundle_key(bundle: &BundleRef) -> String {
+    match bundle {
+        BundleRef::Local { manifest, .. } => std::fs::canonicalize(manifest)
+            .unwrap_or_else(|_| manifest.clone())
+            .display()
+            .to_string(),
+        BundleRef::S3 { .. } => bundle.describe(),
+    }
+}
+
+/// An [`ImageSink`] that cuts the image into 512 KiB blocks as it arrives and sends them into
+/// the snapshot of a [`Session`] ([`BlockSender`]): started (or resumed) when the first block is
+/// complete (after checking that the image can boot, when `check_boot` names it), holes and
+/// blocks of zeros never sent. The first EBS failure is kept ([`SnapshotSink::take_failure`])
+/// so the caller reports it rather than the decode error it caused.
 pub struct SnapshotSink {
-    runtime: Handle,
-    client: aws_sdk_ebs::Client,
-    options: SnapshotOptions,
+    session: Session,
     /// The image's name, when it must be bootable.
     check_boot: Option<String>,
     size: u64,
-    /// The snapshot (id, GiB) once started, and its sender until finished.
-    snapshot: Option<(String, u64)>,
     sender: Option<BlockSender>,
     /// The block being filled and its index.
     block: Vec<u8>,
@@ -299,20 +317,12 @@ pub struct SnapshotSink {
 }
 
 impl SnapshotSink {
-    /// A sink for a snapshot made with `options`.
-    pub fn new(
-        runtime: Handle,
-        client: aws_sdk_ebs::Client,
-        options: SnapshotOptions,
-        check_boot: Option<String>,
-    ) -> Self {
+    /// A sink for the snapshot of `session`.
+    pub fn new(session: Session, check_boot: Option<String>) -> Self {
         SnapshotSink {
-            runtime,
-            client,
-            options,
+            session,
             check_boot,
             size: 0,
-            snapshot: None,
             sender: None,
             block: Vec::new(),
             index: None,
@@ -321,26 +331,8 @@ impl SnapshotSink {
     }
 
     /// The snapshot started, if any.
-    pub fn snapshot_id(&self) -> Option<String> {
-        self.snapshot.as_ref().map(|(id, _)| id.clone())
-    }
-
-    /// Starts the snapshot and its sender.
-    fn start(&mut self, concurrency: usize) -> Result<(), ConvertError> {
-        let (id, gib) = self.runtime.block_on(start_snapshot(
-            &self.client,
-            self.size.max(1),
-            &self.options,
-        ))?;
-        tracing::info!("started snapshot {id} ({gib} GiB)");
-        self.sender = Some(BlockSender::new(
-            self.runtime.clone(),
-            self.client.clone(),
-            id.clone(),
-            concurrency,
-        ));
-        self.snapshot = Some((id, gib));
-        Ok(())
+    pub fn snapshot_id(&self) -> Option<&str> {
+        self.session.snapshot_id()
     }
 
     /// The failure that stopped the sink.
@@ -361,14 +353,14 @@ impl SnapshotSink {
             return Ok(());
         };
         let block = std::mem::take(&mut self.block);
-        if self.snapshot.is_none() {
+        if self.sender.is_none() {
             if let Some(name) = &self.check_boot {
                 // The first block written holds the boot sector only if it is block 0.
                 if index != 0 || !check_boot_sector(&block) {
                     return Err(ConvertError::NotBootable(name.clone()));
                 }
             }
-            self.start(self.options.concurrency)?;
+            self.sender = Some(self.session.start(self.size.max(1))?);
         }
         if let Some(sender) = &mut self.sender {
             sender.send(index, block)?;
@@ -376,24 +368,22 @@ impl SnapshotSink {
         Ok(())
     }
 
-    /// Sends the last block and waits for all; returns (snapshot id, GiB, blocks sent, blocks
-    /// skipped, aggregate checksum). An image whose blocks are all zeros still gets its (empty)
-    /// snapshot.
-    fn finish(&mut self) -> Result<(String, u64, u64, u64, String), ConvertError> {
+    /// Sends the last block, waits for all, and completes the snapshot. An image whose blocks
+    /// are all zeros still gets its (empty) snapshot.
+    fn finish(&mut self) -> Result<SnapshotReport, ConvertError> {
         self.flush()?;
-        if self.snapshot.is_none() {
+        if self.sender.is_none() {
             // Nothing but zeros: no boot sector, or an empty (all-zero) data volume.
             if let Some(name) = &self.check_boot {
                 return Err(ConvertError::NotBootable(name.clone()));
             }
-            self.start(1)?;
+            self.sender = Some(self.session.start(self.size.max(1))?);
         }
-        let (Some((id, gib)), Some(sender)) = (self.snapshot.clone(), self.sender.take()) else {
+        let Some(sender) = self.sender.take() else {
             return Err(EbsError::Empty("the image".into()).into());
         };
-        let total = self.size.div_ceil(BLOCK_BYTES as u64);
-        let (sent, _zero, aggregate) = sender.finish()?;
-        Ok((id, gib, sent, total.saturating_sub(sent), aggregate))
+        let sent: SentBlocks = sender.finish()?;
+        Ok(self.session.complete(&sent)?)
     }
 }
 

@@ -11,10 +11,9 @@
 //! that fails is deleted, never left looking complete.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
-use std::path::Path;
-use std::sync::Arc;
+use std::io;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aws_sdk_ebs::Client;
@@ -28,14 +27,15 @@ use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::bundle::tar::SparseMap;
-use crate::progress::Progress;
-
 mod convert;
+mod journal;
+mod session;
 pub use convert::{
     Conversion, ConvertError, Converted, SnapshotSink, check_boot_sector, check_bootable_disk,
     convert_bundle, convert_image_file,
 };
+pub use journal::{Journal, JournalError, Recorded, Started, default_dir as default_journal_dir};
+pub use session::{Session, snapshot_image_file};
 
 /// The EBS direct APIs' block size: every `PutSnapshotBlock` carries exactly this much.
 pub const BLOCK_BYTES: usize = 512 << 10;
@@ -67,8 +67,12 @@ pub struct SnapshotOptions {
     pub timeout_minutes: i32,
     /// Blocks sent at once.
     pub concurrency: usize,
-    /// `StartSnapshot`'s idempotency token: the same token starts no second snapshot.
+    /// `StartSnapshot`'s idempotency token: the same token starts no second snapshot. With a
+    /// journal, the journal's token is used.
     pub client_token: Option<String>,
+    /// Where the resume journals are kept ([`Journal`]); `None` makes a run that is killed
+    /// start again from nothing.
+    pub journal_dir: Option<PathBuf>,
 }
 
 impl Default for SnapshotOptions {
@@ -81,6 +85,7 @@ impl Default for SnapshotOptions {
             timeout_minutes: DEFAULT_TIMEOUT_MINUTES,
             concurrency: DEFAULT_CONCURRENCY,
             client_token: None,
+            journal_dir: None,
         }
     }
 }
@@ -92,10 +97,14 @@ pub struct SnapshotReport {
     pub snapshot_id: String,
     /// Its size, GiB (the image's size rounded up).
     pub volume_size_gib: u64,
-    /// Blocks sent.
+    /// Blocks sent by this run.
     pub blocks_sent: u64,
+    /// Blocks an earlier, interrupted run had sent that were still right (resumed runs).
+    pub blocks_resumed: u64,
     /// Blocks of the image never sent: holes and blocks of zeros.
     pub blocks_skipped: u64,
+    /// Whether an earlier run's pending snapshot was resumed.
+    pub resumed: bool,
     /// Wall time from `StartSnapshot` to `completed`.
     pub elapsed: Duration,
 }
@@ -130,6 +139,9 @@ pub enum EbsError {
         source: Box<dyn std::error::Error + Send + Sync>,
         /// An access problem (exit code 3).
         access: bool,
+        /// A network or service failure that outlasted the retries: the snapshot is kept
+        /// pending for a rerun to resume.
+        transient: bool,
     },
     /// The snapshot did not complete.
     #[error("snapshot {snapshot} ended in state {state}{message}")]
@@ -168,6 +180,9 @@ pub enum EbsError {
     /// A signal arrived.
     #[error(transparent)]
     Interrupted(io::Error),
+    /// The resume journal could not be used.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
 }
 
 impl EbsError {
@@ -177,6 +192,41 @@ impl EbsError {
             EbsError::Start { access, .. } | EbsError::Request { access, .. } => *access,
             _ => false,
         }
+    }
+
+    /// Failures after which the pending snapshot is kept for a rerun to resume (a signal, the
+    /// network or the service failing past the retries, the journal, a wait that ran out)
+    /// rather than deleted (a refusal, a bad image, a failed snapshot).
+    pub fn is_resumable(&self) -> bool {
+        match self {
+            EbsError::Request { transient, .. } => *transient,
+            EbsError::Interrupted(_) | EbsError::Journal(_) | EbsError::WaitTimeout { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+/// Whether a request failed for a passing reason: the connection, a timeout, a 5xx or a
+/// throttle that outlasted the SDK's retries.
+fn is_transient<E: ProvideErrorMetadata>(err: &aws_sdk_ebs::error::SdkError<E>) -> bool {
+    use aws_sdk_ebs::error::SdkError;
+    match err {
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
+            true
+        }
+        SdkError::ServiceError(e) => {
+            e.raw().status().is_server_error()
+                || matches!(
+                    err.code(),
+                    Some(
+                        "ThrottlingException"
+                            | "RequestThrottledException"
+                            | "InternalServerException"
+                            | "ServiceUnavailableException"
+                    )
+                )
+        }
+        _ => false,
     }
 }
 
@@ -277,18 +327,41 @@ where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
     let access = is_access_code(err.code());
+    let transient = is_transient(&err);
     EbsError::Request {
         action,
         snapshot: snapshot.to_string(),
         hint: access_hint(access),
         source: sdk_message(err),
         access,
+        transient,
     }
+}
+
+/// What a [`BlockSender`] did.
+#[derive(Debug, Clone)]
+pub struct SentBlocks {
+    /// Blocks sent by this run.
+    pub sent: u64,
+    /// Blocks an earlier run had sent with the same bytes, not sent again.
+    pub resumed: u64,
+    /// Blocks of zeros not sent.
+    pub zero: u64,
+    /// Blocks the snapshot holds: `CompleteSnapshot`'s count.
+    pub written: u64,
+    /// The linear aggregate checksum (base64 SHA-256 of the blocks' SHA-256s in index order).
+    pub aggregate: String,
 }
 
 /// Sends the blocks of one snapshot, several at once, from a synchronous caller (the image is
 /// read, or decoded, on the caller's thread; `runtime` runs the requests). All-zero blocks are
 /// counted and dropped. Memory: at most `concurrency` blocks in flight.
+///
+/// A sender resuming an earlier run's snapshot knows what that run sent (`previous`, from its
+/// journal): a block whose SHA-256 matches is not sent again, one that differs is (zeros
+/// included, to overwrite it), and any such block this run never offers is overwritten with
+/// zeros by [`BlockSender::finish`], so the snapshot holds exactly this run's image. Each block
+/// EBS acknowledges is recorded in the journal.
 pub struct BlockSender {
     runtime: Handle,
     client: Client,
@@ -296,7 +369,11 @@ pub struct BlockSender {
     permits: Arc<Semaphore>,
     tasks: JoinSet<Result<(u64, [u8; 32]), EbsError>>,
     checksums: BTreeMap<u64, [u8; 32]>,
-    skipped: u64,
+    previous: BTreeMap<u64, [u8; 32]>,
+    journal: Option<Arc<Mutex<Journal>>>,
+    zero: u64,
+    sent: u64,
+    resumed: u64,
 }
 
 impl BlockSender {
@@ -309,8 +386,24 @@ impl BlockSender {
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
             tasks: JoinSet::new(),
             checksums: BTreeMap::new(),
-            skipped: 0,
+            previous: BTreeMap::new(),
+            journal: None,
+            zero: 0,
+            sent: 0,
+            resumed: 0,
         }
+    }
+
+    /// Resumes from what an earlier run sent (`previous`: index → SHA-256), recording what
+    /// this run sends in `journal`.
+    pub fn resuming(
+        mut self,
+        previous: BTreeMap<u64, [u8; 32]>,
+        journal: Option<Arc<Mutex<Journal>>>,
+    ) -> Self {
+        self.previous = previous;
+        self.journal = journal;
+        self
     }
 
     /// Queues block `index` (exactly [`BLOCK_BYTES`]; a short last block is padded with
@@ -318,8 +411,15 @@ impl BlockSender {
     /// block sent so far.
     pub fn send(&mut self, index: u64, mut block: Vec<u8>) -> Result<(), EbsError> {
         block.resize(BLOCK_BYTES, 0);
-        if all_zero(&block) {
-            self.skipped += 1;
+        let before = self.previous.remove(&index);
+        if before.is_none() && all_zero(&block) {
+            self.zero += 1;
+            return Ok(());
+        }
+        let checksum = sha256(&block);
+        if before == Some(checksum) {
+            self.checksums.insert(index, checksum);
+            self.resumed += 1;
             return Ok(());
         }
         self.collect_finished()?;
@@ -327,9 +427,9 @@ impl BlockSender {
             .runtime
             .block_on(self.permits.clone().acquire_owned())
             .map_err(|_| EbsError::Interrupted(io::Error::other("block sender closed")))?;
-        let checksum = sha256(&block);
         let client = self.client.clone();
         let snapshot = self.snapshot_id.clone();
+        self.sent += 1;
         self.tasks.spawn_on(
             async move {
                 let _permit = permit;
@@ -339,6 +439,7 @@ impl BlockSender {
                     hint: "",
                     source: "block index beyond the EBS direct APIs' range".into(),
                     access: false,
+                    transient: false,
                 })?;
                 client
                     .put_snapshot_block()
@@ -376,14 +477,25 @@ impl BlockSender {
             hint: "",
             source: Box::new(e),
             access: false,
+            transient: false,
         })??;
+        if let Some(journal) = &self.journal {
+            journal
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .record_block(index, &checksum)?;
+        }
         self.checksums.insert(index, checksum);
         Ok(())
     }
 
-    /// Waits for every block; returns the blocks sent, the blocks skipped and the linear
-    /// aggregate checksum (base64 SHA-256 of the blocks' SHA-256s in index order).
-    pub fn finish(mut self) -> Result<(u64, u64, String), EbsError> {
+    /// Overwrites with zeros the blocks an earlier run sent that this run's image does not
+    /// hold, waits for every block, and returns what was done.
+    pub fn finish(mut self) -> Result<SentBlocks, EbsError> {
+        for index in std::mem::take(&mut self.previous).into_keys() {
+            self.previous.insert(index, [0; 32]);
+            self.send(index, Vec::new())?;
+        }
         let runtime = self.runtime.clone();
         while let Some(done) = runtime.block_on(self.tasks.join_next()) {
             self.record(done)?;
@@ -392,17 +504,19 @@ impl BlockSender {
         for checksum in self.checksums.values() {
             aggregate.update(checksum);
         }
-        Ok((
-            self.checksums.len() as u64,
-            self.skipped,
-            BASE64.encode(aggregate.finish()),
-        ))
+        Ok(SentBlocks {
+            sent: self.sent,
+            resumed: self.resumed,
+            zero: self.zero,
+            written: self.checksums.len() as u64,
+            aggregate: BASE64.encode(aggregate.finish()),
+        })
     }
 }
 
 impl Drop for BlockSender {
     fn drop(&mut self) {
-        // Requests still in flight on an error path are abandoned; the snapshot is deleted.
+        // Requests still in flight on an error path are abandoned.
         self.tasks.abort_all();
     }
 }
@@ -412,6 +526,17 @@ impl Drop for BlockSender {
 pub async fn complete_snapshot(
     client: &Client,
     ec2: &aws_sdk_ec2::Client,
+    snapshot_id: &str,
+    blocks: u64,
+    aggregate: &str,
+) -> Result<(), EbsError> {
+    request_completion(client, snapshot_id, blocks, aggregate).await?;
+    wait_completed(ec2, snapshot_id).await
+}
+
+/// `CompleteSnapshot` with the count and the linear aggregate.
+pub async fn request_completion(
+    client: &Client,
     snapshot_id: &str,
     blocks: u64,
     aggregate: &str,
@@ -433,7 +558,47 @@ pub async fn complete_snapshot(
             message: String::new(),
         });
     }
-    wait_completed(ec2, snapshot_id).await
+    Ok(())
+}
+
+/// The state of a snapshot and EBS's message about it, from EC2's DescribeSnapshots; `None`
+/// when there is no such snapshot.
+pub async fn describe_state(
+    ec2: &aws_sdk_ec2::Client,
+    snapshot_id: &str,
+) -> Result<Option<(String, String)>, EbsError> {
+    let out = match ec2
+        .describe_snapshots()
+        .snapshot_ids(snapshot_id)
+        .send()
+        .await
+    {
+        Ok(out) => out,
+        Err(e) if e.code() == Some("InvalidSnapshot.NotFound") => return Ok(None),
+        Err(e) => {
+            let access = is_access_code(e.code());
+            let transient = is_transient(&e);
+            return Err(EbsError::Request {
+                action: "describing".into(),
+                snapshot: snapshot_id.to_string(),
+                hint: if access {
+                    ": the credentials need ec2:DescribeSnapshots"
+                } else {
+                    ""
+                },
+                source: sdk_message(e),
+                access,
+                transient,
+            });
+        }
+    };
+    Ok(out.snapshots().first().map(|snap| {
+        (
+            snap.state()
+                .map_or("unknown".to_string(), |s| s.as_str().to_string()),
+            snap.state_message().unwrap_or_default().to_string(),
+        )
+    }))
 }
 
 /// Polls DescribeSnapshots until the snapshot is `completed` (an `error` state fails).
@@ -441,39 +606,20 @@ pub async fn wait_completed(ec2: &aws_sdk_ec2::Client, snapshot_id: &str) -> Res
     let started = Instant::now();
     let mut delay = Duration::from_millis(200);
     loop {
-        let out = ec2
-            .describe_snapshots()
-            .snapshot_ids(snapshot_id)
-            .send()
-            .await
-            .map_err(|e| {
-                let access = is_access_code(e.code());
-                EbsError::Request {
-                    action: "describing".into(),
-                    snapshot: snapshot_id.to_string(),
-                    hint: if access {
-                        ": the credentials need ec2:DescribeSnapshots"
-                    } else {
-                        ""
-                    },
-                    source: sdk_message(e),
-                    access,
-                }
-            })?;
-        let snap = out.snapshots().first();
-        let state = snap
-            .and_then(|s| s.state())
-            .map_or("unknown".to_string(), |s| s.as_str().to_string());
+        let (state, message) = describe_state(ec2, snapshot_id)
+            .await?
+            .unwrap_or(("missing".to_string(), String::new()));
         match state.as_str() {
             "completed" => return Ok(()),
-            "error" | "recoverable" => {
+            "error" | "recoverable" | "missing" => {
                 return Err(EbsError::Failed {
                     snapshot: snapshot_id.to_string(),
                     state,
-                    message: snap
-                        .and_then(|s| s.state_message())
-                        .map(|m| format!(": {m}"))
-                        .unwrap_or_default(),
+                    message: if message.is_empty() {
+                        message
+                    } else {
+                        format!(": {message}")
+                    },
                 });
             }
             _ => {}
@@ -502,136 +648,4 @@ pub async fn delete_failed(ec2: &aws_sdk_ec2::Client, snapshot_id: &str) {
     } else {
         tracing::info!("deleted the failed snapshot {snapshot_id}");
     }
-}
-
-/// Makes a snapshot of the raw image file (or block device) at `path`: only the blocks that
-/// hold data are read (holes found with `SEEK_DATA`/`SEEK_HOLE` are skipped unread), and of
-/// those only the ones with a non-zero byte are sent. A failure deletes the snapshot.
-pub fn snapshot_image_file(
-    runtime: &Handle,
-    client: &Client,
-    ec2: &aws_sdk_ec2::Client,
-    path: &Path,
-    options: &SnapshotOptions,
-    progress: &dyn Progress,
-) -> Result<SnapshotReport, EbsError> {
-    let what = path.display().to_string();
-    let read_err = |offset: u64| {
-        let what = what.clone();
-        move |source: io::Error| EbsError::Read {
-            what,
-            offset,
-            source,
-        }
-    };
-    let mut file = File::open(path).map_err(read_err(0))?;
-    let size = match file.metadata().map_err(read_err(0))? {
-        m if m.is_file() => m.len(),
-        // A block device: its size is where its end is.
-        _ => file.seek(SeekFrom::End(0)).map_err(read_err(0))?,
-    };
-    if size == 0 {
-        return Err(EbsError::Empty(what));
-    }
-    let map = SparseMap::from_file(&file).unwrap_or_else(|_| SparseMap::dense(size));
-    let started = Instant::now();
-    let (snapshot_id, gib) = runtime.block_on(start_snapshot(client, size, options))?;
-    tracing::info!("started snapshot {snapshot_id} ({gib} GiB) of {what}");
-    let sent = send_image_blocks(
-        runtime,
-        client,
-        &snapshot_id,
-        &mut file,
-        &map,
-        &what,
-        options.concurrency,
-        progress,
-    )
-    .and_then(|(blocks, skipped, aggregate)| {
-        runtime.block_on(complete_snapshot(
-            client,
-            ec2,
-            &snapshot_id,
-            blocks,
-            &aggregate,
-        ))?;
-        Ok((blocks, skipped))
-    });
-    match sent {
-        Ok((blocks_sent, blocks_skipped)) => Ok(SnapshotReport {
-            snapshot_id,
-            volume_size_gib: gib,
-            blocks_sent,
-            blocks_skipped,
-            elapsed: started.elapsed(),
-        }),
-        Err(e) => {
-            runtime.block_on(delete_failed(ec2, &snapshot_id));
-            Err(e)
-        }
-    }
-}
-
-/// Reads the blocks of `file` that `map` says hold data and hands them to a [`BlockSender`].
-#[allow(clippy::too_many_arguments)]
-fn send_image_blocks(
-    runtime: &Handle,
-    client: &Client,
-    snapshot_id: &str,
-    file: &mut File,
-    map: &SparseMap,
-    what: &str,
-    concurrency: usize,
-    progress: &dyn Progress,
-) -> Result<(u64, u64, String), EbsError> {
-    let size = map.size();
-    let total_blocks = size.div_ceil(BLOCK_BYTES as u64);
-    let mut sender = BlockSender::new(
-        runtime.clone(),
-        client.clone(),
-        snapshot_id.to_string(),
-        concurrency,
-    );
-    let mut blocks_to_read = 0u64;
-    let mut seen = 0u64;
-    for region in map.regions() {
-        let first = (region.offset / BLOCK_BYTES as u64).max(seen);
-        let last = region.end().div_ceil(BLOCK_BYTES as u64);
-        blocks_to_read += last.saturating_sub(first);
-        seen = seen.max(last);
-    }
-    progress.start(
-        "sending blocks",
-        Some((blocks_to_read * BLOCK_BYTES as u64).min(size)),
-    );
-    let mut next = 0u64; // the first block not yet looked at
-    for region in map.regions() {
-        let first = region.offset / BLOCK_BYTES as u64;
-        let last = region.end().div_ceil(BLOCK_BYTES as u64);
-        for index in first.max(next)..last {
-            crate::interrupt::check().map_err(EbsError::Interrupted)?;
-            let offset = index * BLOCK_BYTES as u64;
-            let len = (size - offset).min(BLOCK_BYTES as u64) as usize;
-            let mut block = vec![0u8; len];
-            file.seek(SeekFrom::Start(offset))
-                .and_then(|_| file.read_exact(&mut block))
-                .map_err(|source| EbsError::Read {
-                    what: what.to_string(),
-                    offset,
-                    source,
-                })?;
-            sender.send(index, block)?;
-            progress.inc(len as u64);
-        }
-        next = next.max(last);
-    }
-    let (sent, skipped, aggregate) = sender.finish()?;
-    progress.finish();
-    // Blocks in holes were never looked at: they count as skipped.
-    let looked_at = sent + skipped;
-    Ok((
-        sent,
-        skipped + total_blocks.saturating_sub(looked_at),
-        aggregate,
-    ))
 }

@@ -13,6 +13,10 @@
 //!   initramfs never sees the root disk), `xen-netfront` (the network), and `ena` / `ixgbevf`
 //!   when enhanced networking is asked for;
 //! * `/etc/fstab`: every entry resolves in the image or is `nofail`;
+//! * for an EBS-backed AMI on Nitro ([`Platform::Nitro`]) instead of Xen's drivers: `nvme`
+//!   (EBS volumes are NVMe devices there; built in, or in the initramfs) and `ena` (the only
+//!   network), and no `root=` or `/etc/fstab` entry naming a Xen-era device (`/dev/xvda1`,
+//!   `/dev/sda1`), which Nitro's `/dev/nvme0n1p1` does not answer to;
 //! * a serial console (`console=ttyS0` for HVM, `hvc0` for paravirtual), so that
 //!   `get-console-output` shows the boot.
 //!
@@ -58,11 +62,34 @@ impl Virtualization {
     }
 }
 
+/// The hosts the image will run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Platform {
+    /// Xen: instance-store AMIs (C1, C3, D2, I2, M1, M2, M3, R3, X1): `xen-blkfront`,
+    /// `xen-netfront`.
+    #[default]
+    Xen,
+    /// Nitro: every current instance type, EBS-backed AMIs only: the root volume is an NVMe
+    /// device (`nvme`), the network ENA (`ena`), and Xen's device names do not exist.
+    Nitro,
+}
+
+impl Platform {
+    fn host(self) -> &'static str {
+        match self {
+            Platform::Xen => "a Xen host",
+            Platform::Nitro => "a Nitro instance",
+        }
+    }
+}
+
 /// What to check for.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CheckOptions {
     /// HVM or paravirtual.
     pub virtualization: Virtualization,
+    /// Xen (instance store) or Nitro (EBS).
+    pub platform: Platform,
     /// ENA networking will be enabled (`--ena-support`): the `ena` driver is needed.
     pub ena: bool,
     /// Intel 82599 VF networking will be enabled (`--sriov-net-support`): `ixgbevf` is needed.
@@ -518,6 +545,24 @@ impl Checker<'_> {
                      root={should} in the source system's GRUB configuration"
                 ),
             );
+        } else if self.opts.platform == Platform::Nitro && is_xen_device_name(value) {
+            let should = self
+                .disk
+                .root
+                .uuid
+                .as_ref()
+                .map_or("UUID=<the root filesystem's UUID>".to_string(), |u| {
+                    format!("UUID={u}")
+                });
+            self.error(
+                "root-device-name",
+                format!(
+                    "the kernel mounts root={value}: on Nitro the root volume is                      /dev/nvme0n1p1, which answers to no Xen device name"
+                ),
+                &format!(
+                    "use root={should} in the source system's GRUB configuration                      (GRUB_CMDLINE_LINUX or GRUB_DEVICE_UUID, then update-grub)"
+                ),
+            );
         } else if value.starts_with("/dev/")
             && !value.starts_with("/dev/disk/")
             && !value.starts_with("/dev/xvd")
@@ -645,17 +690,29 @@ impl Checker<'_> {
         };
         let family_fix = self.initramfs_fix();
 
-        // xen-blkfront: the root disk itself; the initramfs must have it.
-        if !is_builtin("xen-blkfront", "CONFIG_XEN_BLKDEV_FRONTEND") {
-            if !is_module("xen-blkfront") {
+        // The root disk's driver: the initramfs must have it.
+        let (disk_module, disk_option, disk_code) = match self.opts.platform {
+            Platform::Xen => (
+                "xen-blkfront",
+                "CONFIG_XEN_BLKDEV_FRONTEND",
+                "no-xen-blkfront",
+            ),
+            Platform::Nitro => ("nvme", "CONFIG_BLK_DEV_NVME", "no-nvme"),
+        };
+        let host = self.opts.platform.host();
+        if !is_builtin(disk_module, disk_option) {
+            if !is_module(disk_module) {
                 self.error(
-                    "no-xen-blkfront",
+                    disk_code,
                     format!(
-                        "the kernel {version} has no xen-blkfront driver (neither built in nor a \
-                         module): it cannot see its root disk on a Xen host"
+                        "the kernel {version} has no {disk_module} driver (neither built in nor \
+                         a module): it cannot see its root disk on {host}"
                     ),
-                    "install a kernel with Xen guest support (e.g. Debian's linux-image-cloud-amd64, \
-                     Amazon Linux's kernel) in the source system and bundle again",
+                    &format!(
+                        "install a kernel with {disk_module} (e.g. Debian's \
+                         linux-image-cloud-amd64, Amazon Linux's kernel) in the source system \
+                         and bundle again"
+                    ),
                 );
             } else if let Some(initrd) = initrd.and_then(grub_path) {
                 let file = self
@@ -663,15 +720,13 @@ impl Checker<'_> {
                     .open_file(Path::new(&initrd))
                     .map_err(self.io_err("opening", &initrd))?;
                 match file.map(initramfs::list) {
-                    Some(Ok(names))
-                        if !names.iter().any(|n| ends_with_module(n, "xen-blkfront")) =>
-                    {
+                    Some(Ok(names)) if !names.iter().any(|n| ends_with_module(n, disk_module)) => {
                         self.error(
-                            "no-xen-blkfront",
+                            disk_code,
                             format!(
-                                "the initramfs /{initrd} lacks the xen-blkfront module (built for \
-                                 the machine it was made on, e.g. a Nitro instance): the boot \
-                                 stops before the root disk appears"
+                                "the initramfs /{initrd} lacks the {disk_module} module (built \
+                                 for the machine it was made on): the boot stops before the \
+                                 root disk appears on {host}"
                             ),
                             &family_fix,
                         );
@@ -681,7 +736,7 @@ impl Checker<'_> {
                         Severity::Warning,
                         "initrd-unreadable",
                         format!(
-                            "/{initrd}: {}; whether it has xen-blkfront was not checked",
+                            "/{initrd}: {}; whether it has {disk_module} was not checked",
                             crate::bundle::error_chain(&e)
                         ),
                         &family_fix,
@@ -691,22 +746,25 @@ impl Checker<'_> {
                 }
             } else {
                 self.error(
-                    "no-xen-blkfront",
+                    disk_code,
                     format!(
-                        "xen-blkfront is a module of the kernel {version} and the default entry \
-                         loads no initramfs to bring it"
+                        "{disk_module} is a module of the kernel {version} and the default \
+                         entry loads no initramfs to bring it"
                     ),
                     &family_fix,
                 );
             }
         }
         // The network drivers load from the root filesystem once it is mounted.
-        let mut nets = vec![(
-            "xen-netfront",
-            "CONFIG_XEN_NETDEV_FRONTEND",
-            "no-xen-netfront",
-        )];
-        if self.opts.ena {
+        let mut nets = match self.opts.platform {
+            Platform::Xen => vec![(
+                "xen-netfront",
+                "CONFIG_XEN_NETDEV_FRONTEND",
+                "no-xen-netfront",
+            )],
+            Platform::Nitro => Vec::new(),
+        };
+        if self.opts.ena || self.opts.platform == Platform::Nitro {
             nets.push(("ena", "CONFIG_ENA_ETHERNET", "no-ena"));
         }
         if self.opts.sriov {
@@ -740,15 +798,22 @@ impl Checker<'_> {
             self.root.open_dir(Path::new("etc/initramfs-tools")),
             Ok(Lookup::Dir(_))
         );
+        let (modules, conf) = match self.opts.platform {
+            Platform::Xen => ("xen-blkfront xen-netfront", "xen"),
+            Platform::Nitro => ("nvme ena", "nitro"),
+        };
+        let first = modules.split(' ').next().unwrap_or(modules);
         if initramfs_tools || !dracut {
-            "add xen-blkfront to /etc/initramfs-tools/modules and run update-initramfs -u in the \
-             source system, then bundle again"
-                .into()
+            format!(
+                "add {first} to /etc/initramfs-tools/modules and run update-initramfs -u in the \
+                 source system, then bundle again"
+            )
         } else {
-            "write add_drivers+=\" xen-blkfront xen-netfront \" to \
-             /etc/dracut.conf.d/xen.conf and run dracut -f in the source system (dracut's \
-             host-only mode leaves out drivers the build machine does not use), then bundle again"
-                .into()
+            format!(
+                "write add_drivers+=\" {modules} \" to /etc/dracut.conf.d/{conf}.conf and run \
+                 dracut -f in the source system (dracut's host-only mode leaves out drivers the \
+                 build machine does not use), then bundle again"
+            )
         }
     }
 
@@ -766,6 +831,24 @@ impl Checker<'_> {
         };
         match fstab::Fstab::parse(&text) {
             Ok(table) => {
+                if self.opts.platform == Platform::Nitro {
+                    for e in &table.entries {
+                        let optional = e.options.split(',').any(|o| o == "nofail" || o == "noauto");
+                        if is_xen_device_name(&e.spec) && !optional {
+                            self.error(
+                                "fstab-device-name",
+                                format!(
+                                    "/etc/fstab line {} mounts {} on {}: on Nitro disks are \
+                                     NVMe devices (/dev/nvme0n1p1, /dev/nvme1n1) and that \
+                                     name does not exist, so the boot stops",
+                                    e.line, e.spec, e.file
+                                ),
+                                "name the filesystem by UUID= or LABEL= in the source system's \
+                                 /etc/fstab (or add nofail), or bundle with --generate-fstab",
+                            );
+                        }
+                    }
+                }
                 for w in table.review(&self.disk.root) {
                     let severity = if w.breaks_boot {
                         Severity::Error
@@ -789,6 +872,14 @@ impl Checker<'_> {
         }
         Ok(())
     }
+}
+
+/// Whether `name` is a Xen-era disk name (`/dev/xvda1`, `/dev/sda1`, `/dev/hda1`), which a
+/// Nitro instance's NVMe devices do not answer to.
+fn is_xen_device_name(name: &str) -> bool {
+    ["/dev/xvd", "/dev/sd", "/dev/hd"]
+        .iter()
+        .any(|p| name.starts_with(p))
 }
 
 /// Whether `path` (`kernel/drivers/block/xen-blkfront.ko.zst`) is the module `name`.

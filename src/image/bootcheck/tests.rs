@@ -507,3 +507,114 @@ fn grub_paths_and_entries_are_read_like_grub() {
         std::cmp::Ordering::Greater
     );
 }
+
+/// A tree made for Nitro: nvme as a module in modules.dep and in the initramfs, ena a module.
+fn nitro_tree(root: &Path) {
+    good_tree(root);
+    write(
+        root,
+        &format!("boot/initrd.img-{VERSION}"),
+        &initrd(
+            &["nvme/host/nvme.ko", "nvme/host/nvme-core.ko"],
+            &["gzip", "-c"],
+        ),
+    );
+    write(
+        root,
+        &format!("lib/modules/{VERSION}/modules.dep"),
+        b"kernel/drivers/nvme/host/nvme.ko: kernel/drivers/nvme/host/nvme-core.ko\n\
+          kernel/drivers/nvme/host/nvme-core.ko:\n\
+          kernel/drivers/net/ethernet/amazon/ena/ena.ko:\n",
+    );
+}
+
+#[test]
+fn nitro_needs_nvme_in_the_initramfs_ena_and_no_xen_device_names() {
+    let nitro = CheckOptions {
+        platform: Platform::Nitro,
+        ..CheckOptions::default()
+    };
+    // Made for Nitro: passes for Nitro, and fails for Xen (no xen-blkfront, no xen-netfront).
+    let tmp = tempfile::tempdir().unwrap();
+    nitro_tree(tmp.path());
+    let report = check(tmp.path(), &disk(), &nitro);
+    assert_eq!(report.problems, [], "{report:#?}");
+    let xen = codes(&check(tmp.path(), &disk(), &CheckOptions::default()));
+    assert!(
+        xen.contains(&"no-xen-blkfront") && xen.contains(&"no-xen-netfront"),
+        "{xen:?}"
+    );
+
+    // A Xen tree (no nvme at all) on Nitro.
+    let (errors, report) = defect(|_| {}, &disk(), &nitro);
+    assert_eq!(errors, ["no-nvme"], "{report:#?}");
+    assert!(report.problems[0].message.contains("Nitro"), "{report:#?}");
+
+    let nitro_defect = |make: &dyn Fn(&Path)| {
+        let tmp = tempfile::tempdir().unwrap();
+        nitro_tree(tmp.path());
+        make(tmp.path());
+        let report = check(tmp.path(), &disk(), &nitro);
+        (codes(&report), report)
+    };
+    // nvme a module the initramfs lacks (an initramfs made on a Xen host, host-only).
+    let (errors, report) = nitro_defect(&|r| {
+        write(
+            r,
+            &format!("boot/initrd.img-{VERSION}"),
+            &initrd(&["block/xen-blkfront.ko"], &["gzip", "-c"]),
+        );
+    });
+    assert_eq!(errors, ["no-nvme"], "{report:#?}");
+    assert!(report.problems[0].fix.contains("nvme"), "{report:#?}");
+    // No ena: no network.
+    let (errors, _) = nitro_defect(&|r| {
+        write(
+            r,
+            &format!("lib/modules/{VERSION}/modules.dep"),
+            b"kernel/drivers/nvme/host/nvme.ko:\n",
+        );
+    });
+    assert_eq!(errors, ["no-ena"]);
+    // nvme built in: no initramfs needed for it.
+    let (errors, _) = nitro_defect(&|r| {
+        write(
+            r,
+            &format!("lib/modules/{VERSION}/modules.dep"),
+            b"kernel/drivers/net/ethernet/amazon/ena/ena.ko:\n",
+        );
+        write(
+            r,
+            &format!("lib/modules/{VERSION}/modules.builtin"),
+            b"kernel/drivers/nvme/host/nvme.ko\n",
+        );
+    });
+    assert_eq!(errors, Vec::<&str>::new());
+    // root=/dev/xvda1 and an fstab naming /dev/xvda1 and /dev/sdb (a nofail one is fine).
+    let (errors, report) = nitro_defect(&|r| {
+        let p = r.join("boot/grub/grub.cfg");
+        let text = std::fs::read_to_string(&p).unwrap();
+        std::fs::write(
+            &p,
+            text.replace("root=PARTUUID=1234abcd-01", "root=/dev/xvda1"),
+        )
+        .unwrap();
+        write(
+            r,
+            "etc/fstab",
+            b"/dev/xvda1 / ext4 rw 0 1\n/dev/sdb /data ext4 defaults 0 2\n/dev/xvdc /mnt auto nofail 0 0\n",
+        );
+    });
+    assert!(errors.contains(&"root-device-name"), "{report:#?}");
+    assert_eq!(
+        errors.iter().filter(|c| **c == "fstab-device-name").count(),
+        2,
+        "{report:#?}"
+    );
+    let root = report
+        .problems
+        .iter()
+        .find(|p| p.code == "root-device-name")
+        .unwrap();
+    assert!(root.fix.contains(&format!("root=UUID={UUID}")), "{root}");
+}

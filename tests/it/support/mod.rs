@@ -112,6 +112,8 @@ pub fn amibundle(home: &Path) -> Command {
     cmd.env("HOME", home)
         .env_remove("XDG_CONFIG_HOME")
         .env_remove("XDG_CACHE_HOME")
+        // to-ebs's resume journals go under the private HOME, not /var/lib/amibundle.
+        .env("XDG_STATE_HOME", home.join("state"))
         .env_remove("EC2_AMITOOL_HOME")
         .env_remove("EC2_HOME")
         .env_remove("RUST_LOG")
