@@ -108,8 +108,9 @@ pub fn run(args: CheckImageArgs, progress: &dyn Progress) -> anyhow::Result<()> 
     let errors = report.errors().count();
     if errors > 0 {
         bail!(
-            "{} will not boot on an instance-store (Xen) instance: {errors} problem(s) above",
-            target.display()
+            "{} will not boot {}: {errors} problem(s) above",
+            target.display(),
+            where_(&args.platform)
         );
     }
     Ok(())
@@ -138,6 +139,7 @@ fn print(args: &CheckImageArgs, report: &BootReport) -> anyhow::Result<()> {
             "target": args.target,
             "bootable": report.bootable(),
             "virtualization": args.virtualization_type,
+            "platform": args.platform,
             "config": report.config,
             "kernel": report.kernel,
             "kernel_version": report.kernel_version,
@@ -173,9 +175,19 @@ fn print(args: &CheckImageArgs, report: &BootReport) -> anyhow::Result<()> {
     }
     if report.bootable() {
         println!(
-            "{}: will boot on an instance-store (Xen) instance as far as the checks can tell",
-            args.target.display()
+            "{}: will boot {} as far as the checks can tell",
+            args.target.display(),
+            where_(&args.platform)
         );
     }
     Ok(())
+}
+
+/// Where the check says the image will (or will not) boot.
+fn where_(platform: &str) -> &'static str {
+    if platform == "nitro" {
+        "as an EBS-backed AMI on a Nitro instance"
+    } else {
+        "on an instance-store (Xen) instance"
+    }
 }

@@ -102,6 +102,9 @@ fn an_image_becomes_a_snapshot_equal_to_it_and_an_ebs_ami_booting_from_it() {
         "--arch",
         "x86_64",
         "--ena-support",
+        // Random bytes in a partition: no filesystem for the Nitro check (tests/it/ebs_boot.rs
+        // has the real one).
+        "--allow-unbootable",
         "--tag",
         "team=web",
         "--region",
@@ -171,6 +174,7 @@ fn an_image_becomes_a_snapshot_equal_to_it_and_an_ebs_ami_booting_from_it() {
         image.to_str().unwrap(),
         "--name",
         "web-ebs",
+        "--allow-unbootable",
         "--region",
         "us-east-1",
     ]));

@@ -249,6 +249,7 @@ fn a_run_killed_after_asking_for_completion_goes_straight_to_registering_on_its_
         image.to_str().unwrap(),
         "-n",
         "resumed-ami",
+        "--allow-unbootable",
         "--arch",
         "x86_64",
         "--region",
