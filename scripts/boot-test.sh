@@ -25,8 +25,10 @@
 #                             [--jobs N] [--work DIR] [--keep]
 #   --styles      comma-separated, from: mbr-partuuid mbr-uuid gpt-partuuid gpt-label, each
 #                 optionally with +generalize and/or +new-uuid (bundle-vol --new-uuid: the
-#                 references to the old UUID must be rewritten) (default: the four styles and
-#                 mbr-uuid+new-uuid); "ci" is mbr-partuuid,gpt-partuuid+generalize
+#                 references to the old UUID must be rewritten) and/or +ebs (to-ebs streams the
+#                 bundle into an EBS snapshot in a local moto, and the disk read back from the
+#                 snapshot boots from an NVMe controller, as on Nitro) (default: the four styles
+#                 and mbr-uuid+new-uuid); "ci" is mbr-partuuid+ebs,gpt-partuuid+generalize
 #   --guest-runs  bundle-vol runs in a row inside each instance (default 1; every run must
 #                 succeed; the runs before the last make the image only (--clone-only: the
 #                 partitioning, formatting, mounting and GRUB that meet udev) and the last one
@@ -65,7 +67,7 @@ while [[ $# -gt 0 ]]; do
 done
 case $styles in
 all) styles="mbr-partuuid mbr-uuid gpt-partuuid gpt-label mbr-uuid+new-uuid" ;;
-ci) styles="mbr-partuuid gpt-partuuid+generalize" ;;
+ci) styles="mbr-partuuid+ebs gpt-partuuid+generalize" ;;
 *) styles=${styles//,/ } ;;
 esac
 for s in $styles; do
@@ -253,10 +255,62 @@ EOF
 
 # --- one style --------------------------------------------------------------------------------
 disk_mib=2048
+# ebs_snapshot STYLE DIR MANIFEST KEY: `to-ebs` streams the bundle into an EBS snapshot in a
+# private moto emulator (registering an AMI), and the snapshot is read back through the EBS
+# direct APIs (ListSnapshotBlocks, GetSnapshotBlock) into DIR/ebs.raw, a disk of the volume's
+# size, sparse where the snapshot has no block.
+ebs_snapshot() {
+    local style=$1 t=$2 manifest=$3 key=$4
+    local moto_server port moto_pid endpoint python
+    moto_server=$("$repo/scripts/setup-emulator.sh")
+    python=$(dirname "$moto_server")/python
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    "$moto_server" -H 127.0.0.1 -p "$port" >"$t/moto.log" 2>&1 &
+    moto_pid=$!
+    endpoint=http://127.0.0.1:$port
+    for _ in $(seq 100); do curl -sf "$endpoint/moto-api/" >/dev/null 2>&1 && break; sleep 0.2; done
+    local -a aws_env=(AWS_ACCESS_KEY_ID=bt AWS_SECRET_ACCESS_KEY=bt AWS_EC2_METADATA_DISABLED=true
+        AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null XDG_STATE_HOME=$t/state)
+    log "$style: to-ebs: the bundle streamed into an EBS snapshot (moto on $endpoint)"
+    if ! env "${aws_env[@]}" "$binary" to-ebs -m "$manifest" -k "$key" -n "bt-$style-ebs" \
+        --ena-support --endpoint-url "$endpoint" --region us-east-1 --json \
+        >"$t/to-ebs.json" 2>"$t/to-ebs.log"; then
+        sed 's/^/  | /' "$t/to-ebs.log" >&2
+        kill "$moto_pid"
+        die "$style: to-ebs failed"
+    fi
+    local snapshot
+    snapshot=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); assert r["ami_id"].startswith("ami-"); print(r["snapshot_id"])' "$t/to-ebs.json") ||
+        { kill "$moto_pid"; die "$style: to-ebs registered no AMI: $(cat "$t/to-ebs.json")"; }
+    if ! env "${aws_env[@]}" "$python" - "$endpoint" "$snapshot" "$t/ebs.raw" <<'PY'; then
+import sys, boto3
+endpoint, snapshot, out = sys.argv[1:4]
+ebs = boto3.client("ebs", endpoint_url=endpoint, region_name="us-east-1")
+listing = ebs.list_snapshot_blocks(SnapshotId=snapshot)
+block = 512 * 1024  # moto reports BlockSize 512; EBS's blocks are 512 KiB
+with open(out, "wb") as f:
+    f.truncate(listing["VolumeSize"] << 30)
+    for b in listing["Blocks"]:
+        got = ebs.get_snapshot_block(SnapshotId=snapshot, BlockIndex=b["BlockIndex"],
+                                     BlockToken=b["BlockToken"])
+        data = got["BlockData"].read()
+        assert len(data) == block, (b["BlockIndex"], len(data))
+        f.seek(b["BlockIndex"] * block)
+        f.write(data)
+print(f"{len(listing['Blocks'])} blocks of {listing['VolumeSize']} GiB", file=sys.stderr)
+PY
+        kill "$moto_pid"
+        die "$style: reading the snapshot back failed"
+    fi
+    kill "$moto_pid" 2>/dev/null || true
+    wait "$moto_pid" 2>/dev/null || true
+}
+
 run_style() {
-    local style=${1%%+*} t=$work/$1 generalize=$generalize new_uuid=0
+    local style=${1%%+*} t=$work/$1 generalize=$generalize new_uuid=0 ebs=0
     [[ $1 == *+generalize* ]] && generalize=1
     [[ $1 == *+new-uuid* ]] && new_uuid=1
+    [[ $1 == *+ebs* ]] && ebs=1
     mkdir -p "$t"
     log "=== $1 ==="
     local started=$SECONDS
@@ -411,6 +465,9 @@ EOF
     grep -E -i 'warn' "$t/bundle.log" | sed "s/^/boot-test: $style: guest said: /" >&2 || true
 
     # 3. Unbundle on the host and boot the image by its own firmware path.
+    if [[ $ebs -eq 1 ]]; then
+        ebs_snapshot "$style" "$t" "$wm/out/saved.manifest.xml" "$wm/keys/user-key.pem"
+    fi
     mkdir -p "$t/unbundled"
     "$binary" unbundle -m "$wm/out/saved.manifest.xml" -k "$wm/keys/user-key.pem" \
         -d "$t/unbundled" >&2 || die "$style: unbundling the saved bundle failed"
@@ -453,6 +510,25 @@ EOF
             [[ $(fact "$c1" $k) == "$(fact "$c2" $k)" ]] ||
                 die "$style: $k differs: instance '$(fact "$c1" $k)', image '$(fact "$c2" $k)'"
         done
+    fi
+    # 5. +ebs: the disk to-ebs put into the snapshot boots from an NVMe controller, as an
+    # EBS root volume does on Nitro (SeaBIOS boots NVMe; the kernel sees /dev/nvme0n1).
+    if [[ $ebs -eq 1 ]]; then
+        "$binary" check-image --platform nitro "$image" --work-dir "$t" >"$t/check-nitro.txt" 2>&1 ||
+            { sed 's/^/  | /' "$t/check-nitro.txt" >&2; die "$style: check-image --platform nitro refuses the saved image"; }
+        log "$style: booting the EBS snapshot's disk from NVMe ($(du -h --apparent-size "$t/ebs.raw" | cut -f1), $(du -h "$t/ebs.raw" | cut -f1) written)"
+        local c3=$t/ebs.console
+        run_vm "$c3" 600 -drive "file=$t/ebs.raw,format=raw,if=none,id=ebs" \
+            -device "nvme,drive=ebs,serial=amibundle-ebs"
+        grep -a -q '^AMIBUNDLE-BOOT-OK' "$c3" ||
+            { show_console "$c3"; die "$style: the EBS snapshot's disk did not reach its marker"; }
+        for k in hostname rootmode mounts failed fsuuid machine-id; do
+            [[ $(fact "$c2" $k) == "$(fact "$c3" $k)" ]] ||
+                die "$style: +ebs: $k differs: image '$(fact "$c2" $k)', EBS disk '$(fact "$c3" $k)'"
+        done
+        [[ $(fact "$c3" root) == *nvme0n1* ]] ||
+            die "$style: +ebs: the root is $(fact "$c3" root), not on the NVMe disk"
+        rm -f "$t/ebs.raw"
     fi
     log "$style: PASS in $((SECONDS - started)) s (root $(fact "$c2" root), hostname $(fact "$c2" hostname))"
     rm -rf "$t/unbundled" "$disk"

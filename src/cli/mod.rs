@@ -21,6 +21,7 @@ mod register;
 mod restore;
 mod streaming;
 mod to_ebs;
+mod to_ebs_local;
 mod unbundle;
 mod upload;
 mod verify;

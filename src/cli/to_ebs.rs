@@ -2,20 +2,18 @@
 //! the EBS direct APIs (no volume, no helper instance, nothing written locally) and an
 //! EBS-backed AMI booting from it (`cloud::ebs` does the work).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Args;
 use serde_json::json;
 
 use super::cloud_args::{self, CloudArgs};
-use super::{keys, output};
-use crate::bundle::pipeline::DecodeOptions;
+use super::{keys, output, to_ebs_local};
 use crate::cloud::ebs::{self, Conversion, SnapshotOptions};
 use crate::cloud::ec2::{self, EbsRegistration};
 use crate::cloud::unbundle::{BundleRef, Remote};
-use crate::image::bootcheck::{self, CheckOptions, Platform, Virtualization};
-use crate::image::{fs as imgfs, mount};
+use crate::image::mount;
 use crate::progress::Progress;
 
 /// Arguments of `to-ebs`.
@@ -116,6 +114,12 @@ pub struct ToEbsArgs {
     /// check on it before anything is sent (an image file is always checked)
     #[arg(long, conflicts_with_all = ["image", "no_register"])]
     pub check_boot: bool,
+    /// An image without a partition table or boot code (a bare filesystem, the classic
+    /// paravirtual layout): send a partitioned copy of its filesystem with GRUB 2 (made in
+    /// --work-dir as bundle-vol -P mbr makes one; GRUB 2 for BIOS must be in the image) instead
+    /// of refusing it. For a bundle or AMI, its image is decrypted into --work-dir first
+    #[arg(long, conflicts_with = "no_register")]
+    pub partition: bool,
     /// Where --check-boot decrypts the image and where images are mounted for the check
     #[arg(long, value_name = "DIR", default_value = "/var/tmp")]
     pub work_dir: PathBuf,
@@ -164,21 +168,32 @@ pub fn run(args: ToEbsArgs, progress: &dyn Progress) -> anyhow::Result<()> {
     } else {
         None
     };
-    // The Nitro check mounts the image in a private mount namespace, entered before any thread
-    // starts; an image file is checked before any request.
+    // The Nitro check (and --partition) mounts the image in a private mount namespace,
+    // entered before any thread starts; an image file is readied before any request.
     let registering = conversion.register.is_some();
-    let ns = if registering
-        && (args.image.is_some() || args.check_boot)
-        && nix::unistd::geteuid().is_root()
+    let staged = args.check_boot || args.partition;
+    let ns = if registering && (args.image.is_some() || staged) && nix::unistd::geteuid().is_root()
     {
         Some(mount::enter_private_namespace()?)
     } else {
         None
     };
-    if let (Some(image), Some(reg)) = (&args.image, &conversion.register) {
-        // The cheap refusal of a bare filesystem first, then the mounted check.
-        ebs::check_bootable_disk(image)?;
-        nitro_check(&args, ns.as_ref(), image, reg.ena_support)?;
+    let prepared = match (&args.image, &conversion.register) {
+        (Some(image), Some(reg)) => Some(to_ebs_local::prepare_image(
+            &args,
+            ns.as_ref(),
+            image,
+            reg.ena_support,
+            progress,
+        )?),
+        _ => None,
+    };
+    if prepared
+        .as_ref()
+        .is_some_and(to_ebs_local::Prepared::is_copy)
+    {
+        // A copy made anew on every run: nothing to resume.
+        conversion.snapshot.journal_dir = None;
     }
     let runtime = cloud_args::runtime()?;
     let cloud = runtime.block_on(args.cloud.load())?;
@@ -189,7 +204,9 @@ pub fn run(args: ToEbsArgs, progress: &dyn Progress) -> anyhow::Result<()> {
             runtime.handle(),
             &cloud,
             &region,
-            image,
+            prepared
+                .as_ref()
+                .map_or(image.as_path(), |p| p.path.as_path()),
             &conversion,
             progress,
         ),
@@ -218,8 +235,8 @@ pub fn run(args: ToEbsArgs, progress: &dyn Progress) -> anyhow::Result<()> {
                 concurrency: crate::cloud::s3::DEFAULT_CONCURRENCY,
             };
             let remote = matches!(bundle, BundleRef::S3 { .. }).then_some(remote);
-            if args.check_boot {
-                let done = convert_checked(
+            if staged {
+                let done = to_ebs_local::convert_checked(
                     &args,
                     ns.as_ref(),
                     runtime.handle(),
@@ -256,123 +273,10 @@ pub fn run(args: ToEbsArgs, progress: &dyn Progress) -> anyhow::Result<()> {
         (None, None) => anyhow::bail!("pass -i, -m, --image-location or --ami"),
     }
     .with_context(|| format!("making {what} into an EBS snapshot"))?;
+    if let Some(prepared) = prepared {
+        prepared.finish()?;
+    }
     print(&args, &region, &done)
-}
-
-/// The boot check for Nitro (`image::bootcheck` with `Platform::Nitro`) of the image file
-/// `image`, which must pass (unless `--allow-unbootable`) before anything is sent. It mounts
-/// the image read-only, so it needs root; without root it is skipped with a warning naming
-/// the command that runs it.
-fn nitro_check(
-    args: &ToEbsArgs,
-    ns: Option<&mount::PrivateNamespace>,
-    image: &Path,
-    ena: bool,
-) -> anyhow::Result<()> {
-    let Some(ns) = ns else {
-        tracing::warn!(
-            "the Nitro boot check mounts the image and needs root: it was not run; run `sudo \
-             amibundle check-image --platform nitro {}` before using the AMI",
-            image.display()
-        );
-        return Ok(());
-    };
-    if !args.work_dir.is_dir() {
-        bail!("--work-dir {} is not a directory", args.work_dir.display());
-    }
-    let work = imgfs::create_work_dir(&args.work_dir)?;
-    let opts = CheckOptions {
-        virtualization: Virtualization::Hvm,
-        platform: Platform::Nitro,
-        ena,
-        sriov: false,
-    };
-    let report = bootcheck::check_image_file(ns, image, work.path(), &opts).with_context(|| {
-        format!(
-            "checking that {} boots on Nitro (pass --allow-unbootable to register it unchecked)",
-            image.display()
-        )
-    });
-    let report = match report {
-        Ok(report) => report,
-        Err(e) if args.allow_unbootable => {
-            tracing::warn!("{e:#}");
-            return Ok(());
-        }
-        Err(e) => return Err(e),
-    };
-    for p in &report.problems {
-        tracing::warn!(
-            "{}: {}: {} (fix: {})",
-            image.display(),
-            p.code,
-            p.message,
-            p.fix
-        );
-    }
-    let errors = report.errors().count();
-    if errors > 0 && !args.allow_unbootable {
-        bail!(
-            "{} will not boot as an EBS-backed AMI on a Nitro instance: {errors} problem(s) \
-             above; nothing was sent (fix them, or pass --allow-unbootable to register it anyway)",
-            image.display()
-        );
-    }
-    if errors == 0 {
-        tracing::info!("{}: the Nitro boot check passed", image.display());
-    }
-    Ok(())
-}
-
-/// `--check-boot` for a bundle: its image decrypted into a work directory (removed
-/// afterwards), checked for Nitro, then made into the snapshot from there.
-#[allow(clippy::too_many_arguments)]
-fn convert_checked(
-    args: &ToEbsArgs,
-    ns: Option<&mount::PrivateNamespace>,
-    runtime: &tokio::runtime::Handle,
-    cloud: &crate::cloud::config::CloudConfig,
-    region: &str,
-    bundle: &BundleRef,
-    remote: Option<Remote<'_>>,
-    (key, check): (&crate::bundle::crypto::UserKey, &keys::SignatureCheck),
-    conversion: &Conversion,
-    progress: &dyn Progress,
-) -> anyhow::Result<ebs::Converted> {
-    if !args.work_dir.is_dir() {
-        bail!("--work-dir {} is not a directory", args.work_dir.display());
-    }
-    let work = imgfs::create_work_dir(&args.work_dir)?;
-    let options = DecodeOptions {
-        allow_oversize: args.allow_oversize,
-        ..DecodeOptions::into_dir(work.path())
-    };
-    let unbundled =
-        crate::cloud::unbundle::unbundle(bundle, remote, key, check, options, progress)?;
-    let image = unbundled
-        .decode
-        .image_path
-        .context("the unbundled image has no path")?;
-    let mut conversion = conversion.clone();
-    if let Some(reg) = &mut conversion.register {
-        if reg.architecture.is_empty() {
-            reg.architecture = unbundled
-                .manifest
-                .machine
-                .as_ref()
-                .map_or("x86_64".into(), |m| m.architecture.clone());
-        }
-        ebs::check_bootable_disk(&image)?;
-        nitro_check(args, ns, &image, reg.ena_support)?;
-    }
-    Ok(ebs::convert_image_file(
-        runtime,
-        cloud,
-        region,
-        &image,
-        &conversion,
-        progress,
-    )?)
 }
 
 /// A bundle in S3 named by its manifest's address (`[s3://]BUCKET/[PREFIX/]NAME.manifest.xml`).

@@ -31,10 +31,22 @@ fn sh(script: &str) {
     );
 }
 
-/// A 64 MiB MBR disk with boot code and one ext4 partition (UUID [`UUID`]) at 1 MiB holding a
-/// tree whose kernel has `builtin` built in and `modules` as modules (the initramfs carries
-/// the modules), booting `root=ROOT`.
+/// A 64 MiB MBR disk with boot code and one ext4 partition (UUID [`UUID`]) at 1 MiB holding
+/// [`tree`].
 fn disk(path: &Path, builtin: &[&str], modules: &[&str], root: &str) {
+    let tree = tree(builtin, modules, root);
+    let img = path.display();
+    sh(&format!(
+        "truncate -s 64M {img} && echo 'start=2048, type=83, bootable' | sfdisk -q {img} && \
+         mkfs.ext4 -q -F -U {UUID} -E offset=1048576 -d {} {img} 63M && \
+         printf '\\353\\143\\220' | dd of={img} conv=notrunc status=none",
+        tree.path().display()
+    ));
+}
+
+/// A tree whose kernel has `builtin` built in and `modules` as modules (the initramfs carries
+/// the modules), booting `root=ROOT`.
+fn tree(builtin: &[&str], modules: &[&str], root: &str) -> tempfile::TempDir {
     let tree = tempfile::tempdir().unwrap();
     let t = tree.path();
     write(
@@ -77,13 +89,7 @@ fn disk(path: &Path, builtin: &[&str], modules: &[&str], root: &str) {
         "etc/fstab",
         format!("{} / ext4 rw 0 1\n", root.replace("root=", "")).as_bytes(),
     );
-    let img = path.display();
-    sh(&format!(
-        "truncate -s 64M {img} && echo 'start=2048, type=83, bootable' | sfdisk -q {img} && \
-         mkfs.ext4 -q -F -U {UUID} -E offset=1048576 -d {} {img} 63M && \
-         printf '\\353\\143\\220' | dd of={img} conv=notrunc status=none",
-        t.display()
-    ));
+    tree
 }
 
 fn to_ebs(cloud: &Cloud, image: &Path, extra: &[&str]) -> std::process::Output {
@@ -203,4 +209,117 @@ fn a_xen_only_image_is_refused_for_nitro_before_anything_is_sent_and_a_nitro_rea
         0,
         "the work dir was not cleaned"
     );
+}
+
+#[test]
+#[ignore = "needs root: loop devices, mounts, namespaces (scripts/test.sh runs it as root)"]
+fn a_bare_filesystem_is_refused_naming_partition_which_sends_a_partitioned_copy_with_grub() {
+    assert!(nix::unistd::geteuid().is_root(), "needs root");
+    let grub = Path::new("/usr/lib/grub/i386-pc");
+    assert!(
+        grub.join("boot.img").is_file(),
+        "GRUB 2 for BIOS is needed (grub-pc-bin; scripts/install-deps.sh installs it)"
+    );
+    let cloud = Cloud::start();
+    let dir = tempfile::tempdir().unwrap();
+    // The classic paravirtual layout: one filesystem, no table, with GRUB 2's modules inside.
+    let tree = tree(
+        &["nvme/host/nvme"],
+        &["net/ethernet/amazon/ena/ena"],
+        &format!("UUID={UUID}"),
+    );
+    fs::create_dir_all(tree.path().join("usr/lib/grub")).unwrap();
+    sh(&format!(
+        "cp -a {} {}/usr/lib/grub/",
+        grub.display(),
+        tree.path().display()
+    ));
+    let bare = dir.path().join("rootfs.img");
+    sh(&format!(
+        "mkfs.ext4 -q -F -U {UUID} -L bare-root -d {} {} 96M",
+        tree.path().display(),
+        bare.display()
+    ));
+
+    let out = to_ebs(&cloud, &bare, &["-n", "bare", "--ena-support"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("bare filesystem") && err.contains("--partition"),
+        "{err}"
+    );
+    assert!(cloud.proxy.exchanges().is_empty(), "a request was sent");
+
+    let work = dir.path().join("work");
+    fs::create_dir(&work).unwrap();
+    let out = to_ebs(
+        &cloud,
+        &bare,
+        &[
+            "-n",
+            "bare-partitioned",
+            "--ena-support",
+            "--partition",
+            "--work-dir",
+            work.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        report["ami_id"].as_str().unwrap().starts_with("ami-"),
+        "{report}"
+    );
+    assert_eq!(
+        fs::read_dir(&work).unwrap().count(),
+        0,
+        "the copy was not removed"
+    );
+
+    // The snapshot is a disk: an MBR with GRUB's boot code and one bootable Linux partition
+    // holding the same filesystem (its UUID and files), GRUB's core image in place.
+    let snapshot = report["snapshot_id"].as_str().unwrap();
+    let size = report["volume_size_gib"].as_u64().unwrap() as usize;
+    let disk = dir.path().join("snapshot.img");
+    let mut f = fs::File::create(&disk).unwrap();
+    f.set_len((size << 30) as u64).unwrap();
+    for (index, bytes) in crate::ebs::snapshot_blocks(&cloud, snapshot) {
+        use std::io::{Seek, SeekFrom, Write};
+        f.seek(SeekFrom::Start(index * crate::ebs::BLOCK as u64))
+            .unwrap();
+        f.write_all(&bytes).unwrap();
+    }
+    drop(f);
+    let head = fs::read(&disk).unwrap()[..512].to_vec();
+    let boot_img = fs::read(grub.join("boot.img")).unwrap();
+    assert_eq!(
+        head[..2],
+        boot_img[..2],
+        "GRUB's boot code is not in the boot sector"
+    );
+    assert_eq!(head[510..], [0x55, 0xaa]);
+    assert_eq!(head[446], 0x80, "partition 1 is not active");
+    assert_eq!(head[446 + 4], 0x83);
+    let start = u32::from_le_bytes(head[454..458].try_into().unwrap()) as u64 * 512;
+    let mnt = dir.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    sh(&format!(
+        "mount -o ro,loop,offset={start} {} {}",
+        disk.display(),
+        mnt.display()
+    ));
+    let uuid = Command::new("findmnt")
+        .args(["-no", "UUID"])
+        .arg(&mnt)
+        .output()
+        .unwrap();
+    let checked = (
+        String::from_utf8_lossy(&uuid.stdout).trim().to_string(),
+        mnt.join(format!("boot/vmlinuz-{VERSION}")).is_file(),
+        mnt.join("boot/grub/i386-pc/core.img").is_file(),
+    );
+    sh(&format!("umount {}", mnt.display()));
+    assert_eq!(checked, (UUID.to_string(), true, true));
 }

@@ -63,8 +63,9 @@ pub enum ConvertError {
     /// bootable disk.
     #[error(
         "{0} is a bare filesystem or has no boot code (no partition table and boot sector): it \
-         cannot boot as the root of an EBS-backed (HVM) AMI. Save the server again as a \
-         partitioned image with GRUB 2 (amibundle bundle-vol -P mbr), or pass --no-register to \
+         cannot boot as the root of an EBS-backed (HVM) AMI. Pass --partition to send a \
+         partitioned copy with GRUB 2 instead (made in --work-dir, as root), save the server \
+         again as a partitioned image (amibundle bundle-vol -P mbr), or pass --no-register to \
          keep only the snapshot (a data volume)"
     )]
     NotBootable(String),
