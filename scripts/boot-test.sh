@@ -255,34 +255,42 @@ EOF
 
 # --- one style --------------------------------------------------------------------------------
 disk_mib=2048
-# ebs_snapshot STYLE DIR MANIFEST KEY: `to-ebs` streams the bundle into an EBS snapshot in a
-# private moto emulator (registering an AMI), and the snapshot is read back through the EBS
-# direct APIs (ListSnapshotBlocks, GetSnapshotBlock) into DIR/ebs.raw, a disk of the volume's
-# size, sparse where the snapshot has no block.
-ebs_snapshot() {
-    local style=$1 t=$2 manifest=$3 key=$4
-    local moto_server port moto_pid endpoint python
-    moto_server=$("$repo/scripts/setup-emulator.sh")
-    python=$(dirname "$moto_server")/python
+# The +ebs legs: a private moto emulator (ebs_start / ebs_stop), and `to-ebs` with the given
+# arguments registering an AMI there, its snapshot read back through the EBS direct APIs
+# (ListSnapshotBlocks, GetSnapshotBlock) into a disk of the volume's size, sparse where the
+# snapshot has no block (ebs_to_disk).
+ebs_start() {
+    local t=$1 port
+    ebs_moto_server=$("$repo/scripts/setup-emulator.sh")
     port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-    "$moto_server" -H 127.0.0.1 -p "$port" >"$t/moto.log" 2>&1 &
-    moto_pid=$!
-    endpoint=http://127.0.0.1:$port
-    for _ in $(seq 100); do curl -sf "$endpoint/moto-api/" >/dev/null 2>&1 && break; sleep 0.2; done
-    local -a aws_env=(AWS_ACCESS_KEY_ID=bt AWS_SECRET_ACCESS_KEY=bt AWS_EC2_METADATA_DISABLED=true
-        AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null XDG_STATE_HOME=$t/state)
-    log "$style: to-ebs: the bundle streamed into an EBS snapshot (moto on $endpoint)"
-    if ! env "${aws_env[@]}" "$binary" to-ebs -m "$manifest" -k "$key" -n "bt-$style-ebs" \
-        --ena-support --endpoint-url "$endpoint" --region us-east-1 --json \
-        >"$t/to-ebs.json" 2>"$t/to-ebs.log"; then
-        sed 's/^/  | /' "$t/to-ebs.log" >&2
-        kill "$moto_pid"
-        die "$style: to-ebs failed"
+    "$ebs_moto_server" -H 127.0.0.1 -p "$port" >"$t/moto.log" 2>&1 &
+    ebs_moto_pid=$!
+    ebs_endpoint=http://127.0.0.1:$port
+    for _ in $(seq 100); do curl -sf "$ebs_endpoint/moto-api/" >/dev/null 2>&1 && break; sleep 0.2; done
+    ebs_env=(AWS_ACCESS_KEY_ID=bt AWS_SECRET_ACCESS_KEY=bt AWS_EC2_METADATA_DISABLED=true
+        AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null "XDG_STATE_HOME=$t/state")
+}
+
+ebs_stop() {
+    kill "$ebs_moto_pid" 2>/dev/null || true
+    wait "$ebs_moto_pid" 2>/dev/null || true
+}
+
+# ebs_to_disk STYLE DIR NAME OUT TO-EBS-ARGS...
+ebs_to_disk() {
+    local style=$1 t=$2 name=$3 out=$4
+    shift 4
+    if ! env "${ebs_env[@]}" "$binary" to-ebs "$@" -n "bt-$style-$name" --ena-support \
+        --endpoint-url "$ebs_endpoint" --region us-east-1 --json \
+        >"$t/to-ebs-$name.json" 2>"$t/to-ebs-$name.log"; then
+        sed 's/^/  | /' "$t/to-ebs-$name.log" >&2
+        ebs_stop
+        die "$style: to-ebs ($name) failed"
     fi
     local snapshot
-    snapshot=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); assert r["ami_id"].startswith("ami-"); print(r["snapshot_id"])' "$t/to-ebs.json") ||
-        { kill "$moto_pid"; die "$style: to-ebs registered no AMI: $(cat "$t/to-ebs.json")"; }
-    if ! env "${aws_env[@]}" "$python" - "$endpoint" "$snapshot" "$t/ebs.raw" <<'PY'; then
+    snapshot=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); assert r["ami_id"].startswith("ami-"); print(r["snapshot_id"])' "$t/to-ebs-$name.json") ||
+        { ebs_stop; die "$style: to-ebs ($name) registered no AMI: $(cat "$t/to-ebs-$name.json")"; }
+    if ! env "${ebs_env[@]}" "$(dirname "$ebs_moto_server")/python" - "$ebs_endpoint" "$snapshot" "$out" <<'PY'; then
 import sys, boto3
 endpoint, snapshot, out = sys.argv[1:4]
 ebs = boto3.client("ebs", endpoint_url=endpoint, region_name="us-east-1")
@@ -297,13 +305,30 @@ with open(out, "wb") as f:
         assert len(data) == block, (b["BlockIndex"], len(data))
         f.seek(b["BlockIndex"] * block)
         f.write(data)
-print(f"{len(listing['Blocks'])} blocks of {listing['VolumeSize']} GiB", file=sys.stderr)
 PY
-        kill "$moto_pid"
-        die "$style: reading the snapshot back failed"
+        ebs_stop
+        die "$style: reading the snapshot of to-ebs ($name) back failed"
     fi
-    kill "$moto_pid" 2>/dev/null || true
-    wait "$moto_pid" 2>/dev/null || true
+}
+
+# ebs_boot STYLE DIR DISK WHAT REFERENCE-CONSOLE: boots DISK from an NVMe controller, as an EBS
+# root volume is seen on Nitro (SeaBIOS boots NVMe; the kernel sees /dev/nvme0n1), and compares
+# what survived with the reference boot.
+ebs_boot() {
+    local style=$1 t=$2 disk=$3 what=$4 ref=$5 k
+    local console=$t/$what.console
+    log "$style: booting $what from NVMe ($(du -h --apparent-size "$disk" | cut -f1), $(du -h "$disk" | cut -f1) written)"
+    run_vm "$console" 600 -drive "file=$disk,format=raw,if=none,id=ebs" \
+        -device "nvme,drive=ebs,serial=amibundle-ebs"
+    grep -a -q '^AMIBUNDLE-BOOT-OK' "$console" ||
+        { show_console "$console"; ebs_stop; die "$style: $what did not reach its marker"; }
+    for k in hostname rootmode mounts failed fsuuid machine-id; do
+        [[ $(fact "$ref" $k) == "$(fact "$console" $k)" ]] ||
+            { ebs_stop; die "$style: $what: $k differs: image '$(fact "$ref" $k)', $what '$(fact "$console" $k)'"; }
+    done
+    [[ $(fact "$console" root) == *nvme0n1* ]] ||
+        { ebs_stop; die "$style: $what: the root is $(fact "$console" root), not on the NVMe disk"; }
+    rm -f "$disk"
 }
 
 run_style() {
@@ -466,7 +491,11 @@ EOF
 
     # 3. Unbundle on the host and boot the image by its own firmware path.
     if [[ $ebs -eq 1 ]]; then
-        ebs_snapshot "$style" "$t" "$wm/out/saved.manifest.xml" "$wm/keys/user-key.pem"
+        # The bundle streamed into a snapshot, nothing written locally.
+        ebs_start "$t"
+        log "$style: to-ebs: the bundle streamed into an EBS snapshot (moto on $ebs_endpoint)"
+        ebs_to_disk "$style" "$t" bundle "$t/ebs.raw" \
+            -m "$wm/out/saved.manifest.xml" -k "$wm/keys/user-key.pem"
     fi
     mkdir -p "$t/unbundled"
     "$binary" unbundle -m "$wm/out/saved.manifest.xml" -k "$wm/keys/user-key.pem" \
@@ -512,23 +541,23 @@ EOF
         done
     fi
     # 5. +ebs: the disk to-ebs put into the snapshot boots from an NVMe controller, as an
-    # EBS root volume does on Nitro (SeaBIOS boots NVMe; the kernel sees /dev/nvme0n1).
+    # EBS root volume does on Nitro; so does a partitioned copy of the image's root filesystem
+    # alone (the classic paravirtual layout), made by to-ebs --partition.
     if [[ $ebs -eq 1 ]]; then
         "$binary" check-image --platform nitro "$image" --work-dir "$t" >"$t/check-nitro.txt" 2>&1 ||
-            { sed 's/^/  | /' "$t/check-nitro.txt" >&2; die "$style: check-image --platform nitro refuses the saved image"; }
-        log "$style: booting the EBS snapshot's disk from NVMe ($(du -h --apparent-size "$t/ebs.raw" | cut -f1), $(du -h "$t/ebs.raw" | cut -f1) written)"
-        local c3=$t/ebs.console
-        run_vm "$c3" 600 -drive "file=$t/ebs.raw,format=raw,if=none,id=ebs" \
-            -device "nvme,drive=ebs,serial=amibundle-ebs"
-        grep -a -q '^AMIBUNDLE-BOOT-OK' "$c3" ||
-            { show_console "$c3"; die "$style: the EBS snapshot's disk did not reach its marker"; }
-        for k in hostname rootmode mounts failed fsuuid machine-id; do
-            [[ $(fact "$c2" $k) == "$(fact "$c3" $k)" ]] ||
-                die "$style: +ebs: $k differs: image '$(fact "$c2" $k)', EBS disk '$(fact "$c3" $k)'"
-        done
-        [[ $(fact "$c3" root) == *nvme0n1* ]] ||
-            die "$style: +ebs: the root is $(fact "$c3" root), not on the NVMe disk"
-        rm -f "$t/ebs.raw"
+            { sed 's/^/  | /' "$t/check-nitro.txt" >&2; ebs_stop; die "$style: check-image --platform nitro refuses the saved image"; }
+        ebs_boot "$style" "$t" "$t/ebs.raw" ebs-bundle "$c2"
+        local part_start part_size
+        read -r part_start part_size < <(sfdisk -J "$image" | python3 -c \
+            'import json,sys; p=json.load(sys.stdin)["partitiontable"]["partitions"][0]; print(p["start"], p["size"])')
+        dd if="$image" of="$t/bare.img" bs=512 skip="$part_start" count="$part_size" \
+            conv=sparse status=none
+        log "$style: to-ebs --partition: the root filesystem alone, as a partitioned copy"
+        ebs_to_disk "$style" "$t" bare "$t/bare-ebs.raw" -i "$t/bare.img" --partition \
+            --work-dir "$t"
+        rm -f "$t/bare.img"
+        ebs_boot "$style" "$t" "$t/bare-ebs.raw" ebs-partitioned "$c2"
+        ebs_stop
     fi
     log "$style: PASS in $((SECONDS - started)) s (root $(fact "$c2" root), hostname $(fact "$c2" hostname))"
     rm -rf "$t/unbundled" "$disk"

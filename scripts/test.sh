@@ -19,8 +19,10 @@ cargo fmt --check --manifest-path tools/netproxy/Cargo.toml
 cargo clippy --locked --release --manifest-path tools/netproxy/Cargo.toml -- -D warnings
 # The VM boot test (docs/bootability.md): a real Debian 12 guest saves itself with bundle-vol and
 # the result must boot by its own firmware, MBR/GPT, GRUB, kernel, initramfs and fstab. CI runs
-# the MBR + root=PARTUUID style and the GPT style with --generalize side by side (about 4 minutes
-# under TCG, plus a minute for the root filesystem); BOOT_TEST_STYLES=all runs every style.
+# the MBR + root=PARTUUID style with the to-ebs legs (+ebs: the bundle's snapshot and a
+# partitioned copy of its bare root filesystem, each booted from NVMe) and the GPT style with
+# --generalize side by side (about 6 minutes under TCG, plus a minute for the root filesystem);
+# BOOT_TEST_STYLES=all runs every style.
 boot_styles=${BOOT_TEST_STYLES:-ci}
 if [[ $(id -u) -ne 0 ]]; then
     echo "test.sh: skipping the VM boot test (scripts/boot-test.sh needs root)" >&2
