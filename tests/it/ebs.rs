@@ -350,17 +350,13 @@ fn a_bundled_disk_becomes_an_ami_with_the_manifests_architecture_and_a_corrupt_o
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("disk.img");
     disk_image(&image);
-    let out_dir = dir.path().join("bundle");
-    fs::create_dir(&out_dir).unwrap();
-    run_ok(
-        amibundle(cloud.home.path())
-            .args(["bundle-image", "-i"])
-            .arg(&image)
-            .args(["-u", "123456789012", "-r", "arm64", "-d"])
-            .arg(&out_dir)
-            .args(keys.bundle_args()),
+    let manifest = bundle_into(
+        &cloud,
+        &keys,
+        &image,
+        &dir.path().join("bundle"),
+        &["-r", "arm64"],
     );
-    let manifest = out_dir.join("disk.img.manifest.xml");
     let out = run_ok(&mut cloud.cmd(&[
         "to-ebs",
         "-m",
@@ -432,6 +428,31 @@ pub(crate) fn completes(cloud: &Cloud) -> usize {
         .count()
 }
 
+/// Bundles `image` for account 123456789012 into the new directory `out` with `keys` (and
+/// `extra` flags); returns the manifest's path.
+pub(crate) fn bundle_into(
+    cloud: &Cloud,
+    keys: &Keys,
+    image: &Path,
+    out: &Path,
+    extra: &[&str],
+) -> std::path::PathBuf {
+    fs::create_dir(out).unwrap();
+    run_ok(
+        amibundle(cloud.home.path())
+            .args(["bundle-image", "-i"])
+            .arg(image)
+            .args(["-u", "123456789012", "-d"])
+            .arg(out)
+            .args(extra)
+            .args(keys.bundle_args()),
+    );
+    out.join(format!(
+        "{}.manifest.xml",
+        image.file_name().unwrap().to_str().unwrap()
+    ))
+}
+
 /// Uploads the bundle of `manifest` to `bucket[/prefix]` in us-east-1.
 pub(crate) fn upload(cloud: &Cloud, manifest: &Path, bucket: &str) {
     run_ok(&mut cloud.cmd(&[
@@ -450,21 +471,14 @@ fn a_bundle_signed_by_another_key_or_holding_a_bare_filesystem_starts_no_snapsho
     let cloud = Cloud::start();
     let keys = Keys::new();
     let dir = tempfile::tempdir().unwrap();
-    let bundle = |image: &Path, name: &str| -> std::path::PathBuf {
-        let out = dir.path().join(name);
-        fs::create_dir(&out).unwrap();
-        run_ok(
-            amibundle(cloud.home.path())
-                .args(["bundle-image", "-i"])
-                .arg(image)
-                .args(["-u", "123456789012", "-r", "x86_64", "-d"])
-                .arg(&out)
-                .args(keys.bundle_args()),
-        );
-        out.join(format!(
-            "{}.manifest.xml",
-            image.file_name().unwrap().to_str().unwrap()
-        ))
+    let bundle = |image: &Path, name: &str| {
+        bundle_into(
+            &cloud,
+            &keys,
+            image,
+            &dir.path().join(name),
+            &["-r", "x86_64"],
+        )
     };
     let to_ebs = |manifest: &Path| {
         run_err(&mut cloud.cmd(&[

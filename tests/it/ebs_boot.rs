@@ -172,15 +172,12 @@ fn a_xen_only_image_is_refused_for_nitro_before_anything_is_sent_and_a_nitro_rea
     // A bundle of the Xen-only image: without --check-boot it cannot be checked (said so);
     // with it, the image is decrypted into --work-dir, checked and refused, nothing sent.
     let keys = Keys::new();
-    let out_dir = dir.path().join("bundle");
-    fs::create_dir(&out_dir).unwrap();
-    run_ok(
-        amibundle(cloud.home.path())
-            .args(["bundle-image", "-i"])
-            .arg(&xen)
-            .args(["-u", "123456789012", "-r", "x86_64", "-d"])
-            .arg(&out_dir)
-            .args(keys.bundle_args()),
+    let manifest = crate::ebs::bundle_into(
+        &cloud,
+        &keys,
+        &xen,
+        &dir.path().join("bundle"),
+        &["-r", "x86_64"],
     );
     let work = dir.path().join("work");
     fs::create_dir(&work).unwrap();
@@ -188,7 +185,7 @@ fn a_xen_only_image_is_refused_for_nitro_before_anything_is_sent_and_a_nitro_rea
     let err = run_err(&mut cloud.cmd(&[
         "to-ebs",
         "-m",
-        out_dir.join("xen.img.manifest.xml").to_str().unwrap(),
+        manifest.to_str().unwrap(),
         "-k",
         keys.user_key().to_str().unwrap(),
         "-n",

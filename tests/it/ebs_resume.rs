@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::cloud::Cloud;
-use crate::ebs::{BLOCK, sha1_hex, snapshot_blocks, start_snapshots, upload};
+use crate::ebs::{BLOCK, bundle_into, sha1_hex, snapshot_blocks, start_snapshots, upload};
 use crate::faults::{faults_injected, faulty_cloud, write_image};
 use crate::support::proxy::{Action, RequestHead};
 use crate::support::*;
@@ -52,6 +52,31 @@ fn snapshot_bytes(cloud: &Cloud, snapshot: &str, size: usize) -> Vec<u8> {
     }
     image.truncate(size);
     image
+}
+
+/// Runs `to-ebs ARGS` and kills it (SIGKILL) once `ready` holds, which must happen before it
+/// finishes.
+fn kill_when(cloud: &Cloud, args: &[&str], what: &str, ready: impl Fn(&Cloud) -> bool) {
+    let mut child = cloud
+        .cmd(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !ready(cloud) {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the first run never got to {what}"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "it finished before {what}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
 }
 
 fn journals(cloud: &Cloud) -> Vec<String> {
@@ -92,23 +117,9 @@ fn a_killed_run_resumes_its_snapshot_and_sends_only_the_blocks_it_lacks() {
         "--concurrency",
         "2",
     ];
-    let mut child = cloud
-        .cmd(&args)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while block_puts(&cloud).0.len() < 30 {
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "the first run never reached 30 blocks"
-        );
-        assert!(child.try_wait().unwrap().is_none(), "it finished too soon");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_when(&cloud, &args, "30 blocks sent", |c| {
+        block_puts(c).0.len() >= 30
+    });
     // The killed run's last uploads, held at the proxy, reach moto and are recorded now.
     std::thread::sleep(Duration::from_millis(500));
     let (first, snapshots) = block_puts(&cloud);
@@ -181,17 +192,14 @@ fn a_conversion_from_s3_survives_ten_percent_faults_on_parts_and_blocks() {
     let image = dir.path().join("data.img");
     write_image(&image, 48);
     let image_sha1 = sha1sum(&image);
-    let out = dir.path().join("bundle");
-    fs::create_dir(&out).unwrap();
-    run_ok(
-        amibundle(cloud.home.path())
-            .args(["bundle-image", "-i"])
-            .arg(&image)
-            .args(["-u", "123456789012", "--compression-level", "1", "-d"])
-            .arg(&out)
-            .args(keys.bundle_args()),
+    let manifest = bundle_into(
+        &cloud,
+        &keys,
+        &image,
+        &dir.path().join("bundle"),
+        &["--compression-level", "1"],
     );
-    upload(&cloud, &out.join("data.img.manifest.xml"), "faulty/in");
+    upload(&cloud, &manifest, "faulty/in");
     enabled.store(true, Ordering::SeqCst);
     let ran = run_ok(&mut crate::faults::cmd(
         &cloud,
@@ -256,20 +264,9 @@ fn a_run_killed_after_asking_for_completion_goes_straight_to_registering_on_its_
         "us-east-1",
         "--json",
     ];
-    let mut child = cloud
-        .cmd(&args)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while crate::ebs::completes(&cloud) == 0 {
-        assert!(started.elapsed() < Duration::from_secs(60), "no completion");
-        assert!(child.try_wait().unwrap().is_none(), "it finished too soon");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_when(&cloud, &args, "the completion asked for", |c| {
+        crate::ebs::completes(c) > 0
+    });
     let (first, snapshots) = block_puts(&cloud);
     assert_eq!(first.len(), 4);
     let snapshot = snapshots.into_iter().next().unwrap();
