@@ -14,6 +14,7 @@ mod crash;
 mod disk_full;
 mod docsgen;
 mod ebs;
+mod ebs_read;
 mod faults;
 mod golden;
 mod imds;

@@ -32,10 +32,12 @@ use crate::bundle::tar::SparseMap;
 use crate::progress::Progress;
 
 mod convert;
+mod read;
 pub use convert::{
     Conversion, ConvertError, Converted, SnapshotSink, check_boot_sector, check_bootable_disk,
     convert_bundle, convert_image_file,
 };
+pub use read::{SnapshotImage, SnapshotReadError, open_snapshot};
 
 /// The EBS direct APIs' block size: every `PutSnapshotBlock` carries exactly this much.
 pub const BLOCK_BYTES: usize = 512 << 10;
