@@ -23,7 +23,7 @@ pub struct BundleImageArgs {
     pub image: Option<PathBuf>,
     /// EBS snapshot to bundle (snap-...), read through the EBS direct APIs in --region: the
     /// image is its volume, blocks never written are holes; it must be completed
-    #[arg(long, value_name = "SNAPSHOT_ID", conflicts_with = "size")]
+    #[arg(long, value_name = "SNAPSHOT", conflicts_with = "size")]
     pub snapshot: Option<String>,
     /// Exact size in bytes of the image read from stdin
     #[arg(long, value_name = "BYTES")]
@@ -60,7 +60,7 @@ pub fn run(args: Box<BundleImageArgs>, progress: &dyn Progress) -> anyhow::Resul
                     image.display()
                 )
             })?,
-        (None, None, None) => bail!("pass -i IMAGE or --snapshot SNAPSHOT_ID"),
+        (None, None, None) => bail!("pass -i IMAGE or --snapshot SNAPSHOT"),
     };
     manifest::validate_bundle_name(&name).with_context(|| {
         match (&args.prefix, &args.snapshot) {
@@ -134,7 +134,7 @@ pub fn run(args: Box<BundleImageArgs>, progress: &dyn Progress) -> anyhow::Resul
             None,
             None,
         ),
-        (None, None) => bail!("pass -i IMAGE or --snapshot SNAPSHOT_ID"),
+        (None, None) => bail!("pass -i IMAGE or --snapshot SNAPSHOT"),
     };
     let steps = bundling::plan_steps(&args.bundle, false);
     if steps.len() > 1 {
@@ -165,14 +165,13 @@ fn open_snapshot(
     let cloud = runtime.block_on(args.bundle.stream.cloud.load())?;
     let region = cloud.require_region()?.to_string();
     let client = cloud.ebs_client(&region);
-    let image = runtime
-        .block_on(ebs::open_snapshot(
-            &client,
-            &cloud.ec2_client(&region),
-            &region,
-            snapshot,
-        ))
-        .with_context(|| format!("reading snapshot {snapshot} in {region}"))?;
+    // Every error names the snapshot (and the region where it matters).
+    let image = runtime.block_on(ebs::open_snapshot(
+        &client,
+        &cloud.ec2_client(&region),
+        &region,
+        snapshot,
+    ))?;
     tracing::info!(
         "snapshot {snapshot}: {} GiB volume, {} written block(s) of 512 KiB ({} of data){}",
         image.volume_size_gib,

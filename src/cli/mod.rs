@@ -101,7 +101,8 @@ pub enum Command {
     Save(Box<bundle_vol::BundleVolArgs>),
     /// Save a running system or any directory as an image and bundle it (needs root)
     BundleVol(Box<bundle_vol::BundleVolArgs>),
-    /// Bundle an image file (or stdin) into encrypted parts and a signed manifest
+    /// Bundle an image file (or stdin), or an EBS snapshot, into encrypted parts and a signed
+    /// manifest
     BundleImage(Box<bundle_image::BundleImageArgs>),
     /// Rebuild the image from a bundle with the user's private key
     Unbundle(unbundle::UnbundleArgs),

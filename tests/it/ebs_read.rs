@@ -31,14 +31,21 @@ const WRITTEN: [u64; 5] = [0, 6, 7, 40, 48];
 
 /// A rule the proxy consults for each request once a test has set it (the snapshot is made
 /// first, untouched); `None` forwards.
-type Rule = Box<dyn Fn(&RequestHead) -> Option<Action> + Send + Sync>;
+type Rule = Arc<dyn Fn(&RequestHead) -> Option<Action> + Send + Sync>;
 
 #[derive(Clone, Default)]
 struct Tamper(Arc<Mutex<Option<Rule>>>);
 
 impl Tamper {
     fn set(&self, rule: impl Fn(&RequestHead) -> Option<Action> + Send + Sync + 'static) {
-        *self.0.lock().unwrap() = Some(Box::new(rule));
+        *self.0.lock().unwrap() = Some(Arc::new(rule));
+    }
+
+    /// The rule's answer to `req` (the rule runs unlocked: it may wait while other requests
+    /// go through).
+    fn decide(&self, req: &RequestHead) -> Action {
+        let rule = self.0.lock().unwrap().clone();
+        rule.and_then(|rule| rule(req)).unwrap_or(Action::Forward)
     }
 }
 
@@ -55,18 +62,17 @@ struct Scene {
 
 impl Scene {
     fn new() -> Self {
+        Self::with_image(islands_image)
+    }
+
+    /// Like [`Scene::new`], with the image `make` writes (returning its bytes).
+    fn with_image(make: fn(&Path) -> Vec<u8>) -> Self {
         let tamper = Tamper::default();
         let t = tamper.clone();
-        let cloud = Cloud::start_with(Box::new(move |req: &RequestHead| {
-            t.0.lock()
-                .unwrap()
-                .as_ref()
-                .and_then(|rule| rule(req))
-                .unwrap_or(Action::Forward)
-        }));
+        let cloud = Cloud::start_with(Box::new(move |req: &RequestHead| t.decide(req)));
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("disk.img");
-        let image = islands_image(&path);
+        let image = make(&path);
         let snapshot = to_ebs(&cloud, &path);
         fs::create_dir(dir.path().join("out")).unwrap();
         cloud.proxy.clear();
@@ -318,6 +324,16 @@ fn a_snapshot_becomes_a_sparse_bundle_that_unbundles_to_the_image_and_zeros_to_i
         assert!((100..=10_000).contains(&max), "{}", l.query);
     }
 
+    // The same again without --overwrite: refused before any block is fetched (the blocks
+    // are read only once the bundler starts).
+    scene.cloud.proxy.clear();
+    let err = run_err(&mut scene.bundle(&["-d", scene.out().to_str().unwrap()]));
+    assert!(err.contains("--overwrite"), "{err}");
+    assert!(
+        scene.block_gets().is_empty(),
+        "blocks were read for nothing"
+    );
+
     let manifest = scene.out().join(format!("{}.manifest.xml", scene.snapshot));
     let xml = fs::read_to_string(&manifest).unwrap();
     assert_eq!(element(&xml, "architecture"), "x86_64");
@@ -379,6 +395,86 @@ fn a_snapshot_streams_to_s3_with_upload_and_comes_back_whole() {
         "us-east-1",
     ]));
     assert_image_then_zeros(&dest.join("web-root"), &scene.image);
+}
+
+#[test]
+fn a_read_failing_after_a_part_was_uploaded_leaves_nothing_in_s3() {
+    // 24 MiB of noise: the first 10 MiB part is uploaded long before the last block is due.
+    let scene = Scene::with_image(|path| {
+        let data = noise(24 << 20, 5);
+        fs::write(path, &data).unwrap();
+        data
+    });
+    let last = format!("/snapshots/{}/blocks/47", scene.snapshot);
+    let token = scene.listing().last().unwrap().1.clone();
+    let real = ebs_get(&scene.cloud, &format!("{last}?blockToken={token}"));
+    let checksum = real.header("x-amz-checksum").unwrap().to_string();
+    let mut data = real.body.clone();
+    data[0] ^= 1;
+    // Answered once a part is in S3 (the bundler waits for this block, in order, while the
+    // parts cut before it upload).
+    let moto = scene.cloud.moto.endpoint.clone();
+    scene.tamper.set(move |req| {
+        (req.method == "GET" && req.path == last).then(|| {
+            let started = std::time::Instant::now();
+            while !crate::support::http::request(
+                &moto,
+                "GET",
+                "/half-read?list-type=2&prefix=x/",
+                &[("Authorization", crate::support::moto::FAKE_AUTHORIZATION)],
+                crate::support::http::Body::None,
+            )
+            .unwrap()
+            .text()
+            .contains(".part.")
+            {
+                assert!(started.elapsed().as_secs() < 120, "no part reached S3");
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Action::RespondWith(
+                200,
+                vec![
+                    ("x-amz-Data-Length".into(), BLOCK.to_string()),
+                    ("x-amz-Checksum".into(), checksum.clone()),
+                    ("x-amz-Checksum-Algorithm".into(), "SHA256".into()),
+                ],
+                data.clone(),
+            )
+        })
+    });
+    let out = scene
+        .bundle(&["--upload", "s3://half-read/x"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("block 47 of snapshot {}", scene.snapshot)),
+        "{err}"
+    );
+    let parts_sent = scene
+        .cloud
+        .object_puts()
+        .iter()
+        .filter(|e| e.path.contains(".part."))
+        .count();
+    assert!(
+        parts_sent >= 1,
+        "no part was uploaded before the failure: {err}"
+    );
+    let deletes = scene
+        .cloud
+        .proxy
+        .exchanges()
+        .iter()
+        .filter(|e| e.method == "DELETE" || e.query.contains("delete"))
+        .count();
+    assert!(deletes >= 1, "nothing was deleted");
+    let r = scene
+        .cloud
+        .raw("GET", "/half-read?list-type=2&prefix=x/", &[], b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(!r.text().contains("<Key>"), "left in S3: {}", r.text());
 }
 
 #[test]
@@ -663,6 +759,32 @@ fn a_pending_archived_or_missing_snapshot_is_refused_before_its_blocks_are_liste
         "{err}"
     );
 
+    // Not a snapshot id: refused before any request.
+    scene.cloud.proxy.clear();
+    let err = run_err(
+        scene
+            .cloud
+            .cmd(&[
+                "bundle-image",
+                "--snapshot",
+                "vol-0123456789abcdef0",
+                "-u",
+                "123456789012",
+                "-r",
+                "x86_64",
+                "-d",
+                scene.out().to_str().unwrap(),
+                "--region",
+                "us-east-1",
+            ])
+            .args(scene.keys.bundle_args()),
+    );
+    assert!(
+        err.contains("\"vol-0123456789abcdef0\" is not a snapshot id"),
+        "{err}"
+    );
+    assert!(scene.cloud.proxy.exchanges().is_empty());
+
     // No such snapshot.
     let out = scene
         .cloud
@@ -700,6 +822,23 @@ fn refused_permissions_exit_3_naming_them() {
                 .to_vec(),
         )
     };
+    scene.tamper.set(|req| {
+        let ec2 = req
+            .header("authorization")
+            .is_some_and(|a| a.contains("/ec2/"));
+        (req.method == "POST" && ec2).then(|| {
+            Action::Respond(
+                403,
+                b"<Response><Errors><Error><Code>UnauthorizedOperation</Code>\
+                  <Message>not allowed</Message></Error></Errors><RequestID>r</RequestID>\
+                  </Response>"
+                    .to_vec(),
+            )
+        })
+    });
+    let err = scene.bundle_fails(3);
+    assert!(err.contains("ec2:DescribeSnapshots"), "{err}");
+
     let list = format!("/snapshots/{}/blocks", scene.snapshot);
     scene
         .tamper

@@ -76,6 +76,9 @@ pub enum SnapshotReadError {
         /// An access problem (exit code 3).
         access: bool,
     },
+    /// Not a snapshot id at all.
+    #[error("{0:?} is not a snapshot id (snap- and 8 or 17 hexadecimal digits)")]
+    BadId(String),
     /// No such snapshot.
     #[error(
         "snapshot {snapshot} does not exist in {region} (or is not visible to these credentials)"
@@ -205,6 +208,10 @@ pub async fn open_snapshot(
     region: &str,
     snapshot_id: &str,
 ) -> Result<SnapshotImage, SnapshotReadError> {
+    let hex = snapshot_id.strip_prefix("snap-").unwrap_or_default();
+    if !matches!(hex.len(), 8 | 17) || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(SnapshotReadError::BadId(snapshot_id.to_string()));
+    }
     let (gib, encrypted) = describe(ec2, region, snapshot_id).await?;
     let mut lister = Lister::new(ebs.clone(), snapshot_id, gib, LIST_PAGE);
     let mut regions: Vec<DataRegion> = Vec::new();
@@ -485,14 +492,14 @@ impl SnapshotImage {
     pub fn into_input(self, runtime: &Handle, ebs: Client, concurrency: usize) -> ImageInput {
         let (tx, rx) = mpsc::channel(1);
         let label = format!("snapshot {}", self.snapshot_id);
-        let driver = runtime.spawn(drive(
+        let driver = Driver {
             ebs,
-            self.snapshot_id,
-            self.volume_size_gib,
-            self.map.clone(),
-            concurrency.max(1),
+            snapshot: self.snapshot_id,
+            gib: self.volume_size_gib,
+            map: self.map.clone(),
+            concurrency: concurrency.max(1),
             tx,
-        ));
+        };
         ImageInput::Regions {
             map: self.map,
             reader: Box::new(BlockReader {
@@ -501,11 +508,23 @@ impl SnapshotImage {
                 block: Vec::new(),
                 pos: 0,
                 state: ReaderState::Reading,
-                _driver: AbortOnDrop(driver),
+                start: Some(driver),
+                _driver: None,
             }),
             label,
         }
     }
+}
+
+/// What the task that fetches the blocks needs; it starts at the bundler's first read, so a
+/// bundle that fails before (a key, an existing bundle, the size limit) fetches nothing.
+struct Driver {
+    ebs: Client,
+    snapshot: String,
+    gib: u64,
+    map: SparseMap,
+    concurrency: usize,
+    tx: mpsc::Sender<Result<Delivery, SnapshotReadError>>,
 }
 
 /// What the driver hands the reader.
@@ -532,14 +551,15 @@ type Fetch = AbortOnDrop<Result<Vec<u8>, SnapshotReadError>>;
 /// Lists the snapshot again, checks the listing against the first one (`map`), fetches the
 /// blocks `concurrency` at a time and sends them in order; the last message is `End` or the
 /// failure.
-async fn drive(
-    ebs: Client,
-    snapshot: String,
-    gib: u64,
-    map: SparseMap,
-    concurrency: usize,
-    tx: mpsc::Sender<Result<Delivery, SnapshotReadError>>,
-) {
+async fn drive(d: Driver) {
+    let Driver {
+        ebs,
+        snapshot,
+        gib,
+        map,
+        concurrency,
+        tx,
+    } = d;
     let last = match deliver(&ebs, &snapshot, gib, &map, concurrency, &tx).await {
         Ok(()) => Ok(Delivery::End),
         Err(e) => Err(e),
@@ -740,12 +760,18 @@ struct BlockReader {
     block: Vec<u8>,
     pos: usize,
     state: ReaderState,
-    _driver: AbortOnDrop<()>,
+    /// The driver, until the first read starts it.
+    start: Option<Driver>,
+    _driver: Option<AbortOnDrop<()>>,
 }
 
 impl BlockReader {
-    /// Waits for the driver's next message, looking for a signal meanwhile.
+    /// Waits for the driver's next message (starting it on the first call), looking for a
+    /// signal meanwhile.
     fn receive(&mut self) -> io::Result<Option<Result<Delivery, SnapshotReadError>>> {
+        if let Some(driver) = self.start.take() {
+            self._driver = Some(AbortOnDrop(self.runtime.spawn(drive(driver))));
+        }
         let rx = &mut self.rx;
         self.runtime.block_on(async {
             loop {
