@@ -955,3 +955,30 @@ fn reading_a_snapshot_larger_than_the_memory_bound_keeps_memory_bounded() {
     assert!(peak_kib > 0, "no reading of the peak RSS");
     assert!(peak_kib < 96 << 10, "peak RSS {peak_kib} KiB");
 }
+
+#[test]
+fn snapshot_and_image_exclude_each_other_and_one_is_needed() {
+    let home = tempfile::tempdir().unwrap();
+    for args in [
+        &[
+            "bundle-image",
+            "--snapshot",
+            "snap-01234567",
+            "-i",
+            "disk.img",
+        ][..],
+        &[
+            "bundle-image",
+            "--snapshot",
+            "snap-01234567",
+            "--size",
+            "1024",
+        ],
+        &["bundle-image", "-u", "123456789012"],
+    ] {
+        let out = amibundle(home.path()).args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("--snapshot"), "{args:?}: {err}");
+    }
+}
