@@ -175,7 +175,7 @@ pub fn plan_steps(args: &BundleArgs, snapshot: bool) -> Vec<&'static str> {
 
 /// Bundles `input` into `destination` (or, with `--upload`/`--register`, straight into S3) and
 /// prints the result. `label` names the input in messages; `command` goes into the JSON, with
-/// `extra_json`'s fields. `resume` applies to streamed bundles only.
+/// `extra_json`'s fields (local or streamed). `resume` applies to streamed bundles only.
 #[allow(clippy::too_many_arguments)]
 pub fn bundle_and_report(
     args: &BundleArgs,
@@ -239,22 +239,25 @@ pub fn bundle_and_report(
             .zip(&report.part_paths)
             .map(|(p, path)| json!({"index": p.index, "filename": p.filename, "path": path, "sha1": p.digest}))
             .collect();
-        output::print_json(&json!({
-            "version": 1,
-            "command": command,
-            "manifest": report.manifest_path,
-            "name": report.manifest.image.name,
-            "image_size": report.image_size,
-            "image_data_bytes": report.data_bytes,
-            "sparse": report.sparse,
-            "tar_bytes": report.tar_bytes,
-            "tar_sha1": report.manifest.image.digest,
-            "gzip_bytes": report.gzip_bytes,
-            "bundled_size": report.bundled_bytes,
-            "part_count": parts.len(),
-            "parts": parts,
-            "seconds": secs,
-        }))?;
+        output::print_json(&output::with_fields(
+            json!({
+                "version": 1,
+                "command": command,
+                "manifest": report.manifest_path,
+                "name": report.manifest.image.name,
+                "image_size": report.image_size,
+                "image_data_bytes": report.data_bytes,
+                "sparse": report.sparse,
+                "tar_bytes": report.tar_bytes,
+                "tar_sha1": report.manifest.image.digest,
+                "gzip_bytes": report.gzip_bytes,
+                "bundled_size": report.bundled_bytes,
+                "part_count": parts.len(),
+                "parts": parts,
+                "seconds": secs,
+            }),
+            extra_json,
+        ))?;
     } else {
         if args.keys.private_key.is_none() {
             tracing::info!("bundle encrypted for amibundle's own key pair");

@@ -53,12 +53,27 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
                 .is_some_and(crate::cloud::ebs::ConvertError::is_access_problem)
             || e.downcast_ref::<crate::cloud::ebs::EbsError>()
                 .is_some_and(crate::cloud::ebs::EbsError::is_access_problem)
+            || snapshot_read_error(e)
+                .is_some_and(crate::cloud::ebs::SnapshotReadError::is_access_problem)
     });
     if access {
         EXIT_BUCKET_ACCESS
     } else {
         EXIT_FAILURE
     }
+}
+
+/// A snapshot's read failure, as it is or inside the `io::Error` the bundler's reader returned
+/// it in (an `io::Error`'s `source` skips the error it wraps).
+fn snapshot_read_error<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a crate::cloud::ebs::SnapshotReadError> {
+    e.downcast_ref::<crate::cloud::ebs::SnapshotReadError>()
+        .or_else(|| {
+            e.downcast_ref::<std::io::Error>()
+                .and_then(std::io::Error::get_ref)
+                .and_then(|inner| inner.downcast_ref())
+        })
 }
 
 /// Save a Linux server or an image as an EC2 instance-store AMI bundle.
@@ -87,7 +102,8 @@ pub enum Command {
     Save(Box<bundle_vol::BundleVolArgs>),
     /// Save a running system or any directory as an image and bundle it (needs root)
     BundleVol(Box<bundle_vol::BundleVolArgs>),
-    /// Bundle an image file (or stdin) into encrypted parts and a signed manifest
+    /// Bundle an image file (or stdin), or an EBS snapshot, into encrypted parts and a signed
+    /// manifest
     BundleImage(Box<bundle_image::BundleImageArgs>),
     /// Rebuild the image from a bundle with the user's private key
     Unbundle(unbundle::UnbundleArgs),

@@ -26,7 +26,8 @@ pub struct StreamArgs {
     /// Then register the AMI under this name (implies --upload)
     #[arg(long, value_name = "AMI_NAME")]
     pub register: Option<String>,
-    /// Parts uploaded at once (each holds 10 MiB of memory)
+    /// Parts uploaded at once (each holds 10 MiB of memory); for bundle-image --snapshot, also
+    /// the EBS blocks read at once (512 KiB each)
     #[arg(long, value_name = "N", default_value_t = s3::DEFAULT_CONCURRENCY)]
     pub concurrency: usize,
     /// Canned ACL of every object (EC2 needs aws-exec-read; public-read makes the bundle public)

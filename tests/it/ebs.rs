@@ -13,7 +13,7 @@ use crate::support::*;
 pub(crate) const BLOCK: usize = 512 << 10;
 
 /// Moto routes a request by its signing scope; this one says EBS.
-const EBS_AUTHORIZATION: &str = "AWS4-HMAC-SHA256 \
+pub(crate) const EBS_AUTHORIZATION: &str = "AWS4-HMAC-SHA256 \
     Credential=testing/20260101/us-east-1/ebs/aws4_request, SignedHeaders=host, Signature=00";
 
 /// A 24 MiB sparse disk image: an MBR with boot code and one Linux partition, data islands (one
@@ -54,7 +54,7 @@ fn random_fill(buf: &mut [u8], seed: u64) {
 }
 
 /// A GET of the EBS direct APIs straight to moto.
-fn ebs_get(cloud: &Cloud, target: &str) -> http::Response {
+pub(crate) fn ebs_get(cloud: &Cloud, target: &str) -> http::Response {
     http::request(
         &cloud.moto.endpoint,
         "GET",

@@ -15,6 +15,7 @@ mod disk_full;
 mod docsgen;
 mod ebs;
 mod ebs_boot;
+mod ebs_read;
 mod ebs_resume;
 mod faults;
 mod golden;

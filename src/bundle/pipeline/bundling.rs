@@ -78,6 +78,18 @@ pub enum ImageInput {
         /// How the stream is named in messages.
         label: String,
     },
+    /// An image known by its data regions, whose bytes come from a stream that cannot seek
+    /// (an EBS snapshot's blocks as they arrive): `reader` yields the bytes of `map`'s data
+    /// regions one after the other, in order, and nothing else; the rest of the image is holes,
+    /// written as a sparse member.
+    Regions {
+        /// The image's size and data regions.
+        map: SparseMap,
+        /// The regions' bytes, in order.
+        reader: Box<dyn Read + Send>,
+        /// How the image is named in messages.
+        label: String,
+    },
 }
 
 /// Injected values for golden tests (§3.6, §14.4): everything random or time-dependent.
@@ -202,8 +214,17 @@ pub struct PreparedImage {
 }
 
 enum Source {
-    File { file: File, map: SparseMap },
-    Stream { reader: Box<dyn Read + Send> },
+    File {
+        file: File,
+        map: SparseMap,
+    },
+    Stream {
+        reader: Box<dyn Read + Send>,
+    },
+    Regions {
+        reader: Box<dyn Read + Send>,
+        map: SparseMap,
+    },
 }
 
 impl PreparedImage {
@@ -273,6 +294,23 @@ impl PreparedImage {
                     sparse: false,
                 })
             }
+            ImageInput::Regions { map, reader, label } => {
+                check_size(&label, map.size(), spec.allow_oversize)?;
+                // Like a stream: nothing on disk to take a mode or a time from.
+                let member = MemberMeta {
+                    name: spec.name.clone(),
+                    mode: 0o644,
+                    mtime: overrides.mtime.unwrap_or_else(now_secs),
+                };
+                Ok(Self {
+                    size: map.size(),
+                    data_bytes: map.data_bytes(),
+                    sparse: map.is_sparse(),
+                    source: Source::Regions { reader, map },
+                    member,
+                    label,
+                })
+            }
         }
     }
 
@@ -289,7 +327,7 @@ impl PreparedImage {
     /// Exact length T of the tar stream (§3.1).
     pub fn tar_len(&self) -> u64 {
         match &self.source {
-            Source::File { map, .. } => tar::stream_len(map),
+            Source::File { map, .. } | Source::Regions { map, .. } => tar::stream_len(map),
             Source::Stream { .. } => tar::stream_len(&SparseMap::dense(self.size)),
         }
     }
@@ -357,6 +395,9 @@ fn encode<S: PartSink>(
         }
         Source::Stream { mut reader } => {
             tar::write_stream_from_reader(&mut reader, &member, size, &mut hashing, &mut tick)?;
+        }
+        Source::Regions { mut reader, map } => {
+            tar::write_stream_from_regions(&mut reader, &member, &map, &mut hashing, &mut tick)?;
         }
     }
 

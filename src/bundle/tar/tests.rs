@@ -487,6 +487,69 @@ fn write_from_reader_exact_short_long() {
     );
 }
 
+#[test]
+fn write_from_regions_equals_the_seeking_writer_and_refuses_short_or_long_data() {
+    // Islands (one of them the image's tail), holes between: the regions' bytes in order.
+    let size = 3 * MIB;
+    let regions = [
+        region(0, 512 * KIB),
+        region(MIB, 1536 * KIB),
+        region(3 * MIB - 512 * KIB, 512 * KIB),
+    ];
+    let map = SparseMap::new(size, regions.to_vec()).unwrap();
+    assert_eq!(map.regions().len(), 2, "touching regions are merged");
+    let image = image_bytes(size, &regions);
+    let data: Vec<u8> = map
+        .regions()
+        .iter()
+        .flat_map(|r| image[r.offset as usize..r.end() as usize].iter().copied())
+        .collect();
+    let m = meta("snap.img");
+    let mut out = Vec::new();
+    let mut seen = Vec::new();
+    let n = write_stream_from_regions(&mut &data[..], &m, &map, &mut out, &mut |d| seen.push(d))
+        .unwrap();
+    assert_eq!(n, out.len() as u64);
+    assert_eq!(n, stream_len(&map));
+    assert_eq!(out, write_vec(&mut Cursor::new(image.clone()), &m, &map));
+    assert_eq!(
+        seen.last(),
+        Some(&map.data_bytes()),
+        "progress reaches the data size"
+    );
+    assert!(seen.windows(2).all(|w| w[0] <= w[1]));
+    let (info, back) = read_all(&out).unwrap();
+    assert!(info.sparse);
+    assert_eq!(back, image);
+
+    let short = &data[..data.len() - 1];
+    let err = write_stream_from_regions(&mut &short[..], &m, &map, &mut Vec::new(), &mut |_| {})
+        .unwrap_err();
+    assert!(
+        matches!(err, TarError::InputShort { got, expected } if got == expected - 1 && expected == map.data_bytes()),
+        "{err:?}"
+    );
+    let mut long = data.clone();
+    long.push(0);
+    let err = write_stream_from_regions(&mut &long[..], &m, &map, &mut Vec::new(), &mut |_| {})
+        .unwrap_err();
+    assert!(matches!(err, TarError::InputLong { .. }), "{err:?}");
+
+    // A failing source fails the stream, naming the image offset it was reading.
+    struct Failing;
+    impl Read for Failing {
+        fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+            Err(io::Error::other("block 7 is corrupt"))
+        }
+    }
+    let err = write_stream_from_regions(&mut Failing, &m, &map, &mut Vec::new(), &mut |_| {})
+        .unwrap_err();
+    assert!(
+        matches!(err, TarError::ReadImage { offset: 0, .. }),
+        "{err:?}"
+    );
+}
+
 fn sparse_temp_file(dir: &std::path::Path, name: &str, size: u64, islands: &[u64]) -> File {
     let path = dir.join(name);
     let file = File::options()

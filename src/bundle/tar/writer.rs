@@ -7,7 +7,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 
 use super::header::header_blocks;
 use super::{
-    BLOCK, BLOCK_BYTES, IO_BUFFER_BYTES, MemberMeta, RECORD_BYTES, SparseMap, TarError,
+    BLOCK, BLOCK_BYTES, DataRegion, IO_BUFFER_BYTES, MemberMeta, RECORD_BYTES, SparseMap, TarError,
     block_padding, chunk_len, padded_len, read_full,
 };
 
@@ -86,26 +86,87 @@ pub fn write_stream<R: Read + Seek, W: Write>(
                 offset: region.offset,
                 source,
             })?;
-        let mut pos = region.offset;
-        while pos < region.end() {
-            let want = chunk_len(region.end() - pos, buf.len());
-            let got = read_full(image, &mut buf[..want]).map_err(|source| TarError::ReadImage {
-                offset: pos,
-                source,
-            })?;
-            if got < want {
-                return Err(TarError::ImageShort {
-                    offset: pos + got as u64,
-                    expected_end: region.end(),
-                });
-            }
-            out.put(&buf[..want])?;
-            pos += want as u64;
-            done += want as u64;
-            on_progress(done);
+        let got = copy_region(image, region, &mut buf, &mut out, &mut done, on_progress)?;
+        if got < region.len {
+            return Err(TarError::ImageShort {
+                offset: region.offset + got,
+                expected_end: region.end(),
+            });
         }
     }
     let written = out.finish(map.data_bytes())?;
+    debug_assert_eq!(written, stream_len(map));
+    Ok(written)
+}
+
+/// Copies the bytes of `region` from `input` (positioned at its start) into `out`, adding them
+/// to `done` and reporting it after each piece. Returns the bytes copied: fewer than the
+/// region's length only when `input` ended first.
+fn copy_region<R: Read, W: Write>(
+    input: &mut R,
+    region: &DataRegion,
+    buf: &mut [u8],
+    out: &mut CountingWriter<'_, W>,
+    done: &mut u64,
+    on_progress: &mut dyn FnMut(u64),
+) -> Result<u64, TarError> {
+    let mut pos = region.offset;
+    while pos < region.end() {
+        let want = chunk_len(region.end() - pos, buf.len());
+        let got = read_full(input, &mut buf[..want]).map_err(|source| TarError::ReadImage {
+            offset: pos,
+            source,
+        })?;
+        out.put(&buf[..got])?;
+        pos += got as u64;
+        *done += got as u64;
+        on_progress(*done);
+        if got < want {
+            break;
+        }
+    }
+    Ok(pos - region.offset)
+}
+
+/// Writes the stream T for an image described by `map` whose data comes from a source that
+/// cannot seek: `data` yields the bytes of the map's data regions one after the other, in
+/// order, and nothing else (the holes are not in it). An EBS snapshot read block by block is
+/// such a source. Returns the bytes written (= [`stream_len`]`(map)`).
+///
+/// # Errors
+/// [`TarError::InputShort`] / [`TarError::InputLong`] if `data` does not hold exactly the map's
+/// data bytes, read errors (with the image offset), write errors, invalid name or mode.
+pub fn write_stream_from_regions<R: Read, W: Write>(
+    data: &mut R,
+    meta: &MemberMeta,
+    map: &SparseMap,
+    out: &mut W,
+    on_progress: &mut dyn FnMut(u64),
+) -> Result<u64, TarError> {
+    let mut out = CountingWriter { out, written: 0 };
+    out.put(&header_blocks(meta, map)?)?;
+    let mut buf = vec![0u8; IO_BUFFER_BYTES];
+    let mut done = 0u64;
+    on_progress(0);
+    let expected = map.data_bytes();
+    for region in &map.regions {
+        let got = copy_region(data, region, &mut buf, &mut out, &mut done, on_progress)?;
+        if got < region.len {
+            return Err(TarError::InputShort {
+                got: done,
+                expected,
+            });
+        }
+    }
+    let mut probe = [0u8; 1];
+    if read_full(data, &mut probe).map_err(|source| TarError::ReadImage {
+        offset: map.size(),
+        source,
+    })? != 0
+    {
+        return Err(TarError::InputLong { expected });
+    }
+    let written = out.finish(expected)?;
     debug_assert_eq!(written, stream_len(map));
     Ok(written)
 }

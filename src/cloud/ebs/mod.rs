@@ -29,12 +29,14 @@ use tokio::task::JoinSet;
 
 mod convert;
 mod journal;
+mod read;
 mod session;
 pub use convert::{
     Conversion, ConvertError, Converted, SnapshotSink, check_boot_sector, check_bootable_disk,
     convert_bundle, convert_image_file,
 };
 pub use journal::{Journal, JournalError, Recorded, Started, default_dir as default_journal_dir};
+pub use read::{SnapshotImage, SnapshotReadError, open_snapshot};
 pub use session::{Session, snapshot_image_file};
 
 /// The EBS direct APIs' block size: every `PutSnapshotBlock` carries exactly this much.

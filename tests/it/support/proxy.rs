@@ -69,6 +69,9 @@ pub enum Action {
     /// contacting the upstream. The request body is read and discarded first unless the client
     /// waits for `100 Continue`, in which case the connection is closed after the response.
     Respond(u16, Vec<u8>),
+    /// Like [`Action::Respond`], with these response headers (`Content-Length` is added): an
+    /// answer whose meaning is in its headers, like EBS's GetSnapshotBlock.
+    RespondWith(u16, Vec<(String, String)>, Vec<u8>),
     /// Close the client connection without any response, leaving the request body unread (so
     /// the close is a TCP reset when body bytes have arrived, else an orderly close).
     ResetConnection,
@@ -518,8 +521,20 @@ fn serve(client: TcpStream, id: u64, conns: &Arc<Conns>, sh: &Shared) {
             }
             Action::Respond(status, body) => {
                 ex.fault = Some(format!("respond {status}"));
+                let content_type = if body.starts_with(b"<") {
+                    "application/xml"
+                } else {
+                    "text/plain"
+                };
+                let headers = [("Content-Type".to_string(), content_type.to_string())];
                 respond(
-                    &head, &mut cr, &mut cw, sh, &mut ex, &mut index, status, &body,
+                    &head, &mut cr, &mut cw, sh, &mut ex, &mut index, status, &headers, &body,
+                )
+            }
+            Action::RespondWith(status, headers, body) => {
+                ex.fault = Some(format!("respond {status} with headers"));
+                respond(
+                    &head, &mut cr, &mut cw, sh, &mut ex, &mut index, status, &headers, &body,
                 )
             }
             Action::ResetConnection => {
@@ -729,6 +744,7 @@ fn respond(
     ex: &mut Exchange,
     index: &mut Option<usize>,
     status: u16,
+    headers: &[(String, String)],
     body: &[u8],
 ) -> io::Result<Next> {
     let framing = request_framing(head)?;
@@ -745,18 +761,17 @@ fn respond(
         ex.body_sha256_hex = hex::encode(hasher.finish());
         ex.body_head = head;
     }
-    let content_type = if body.starts_with(b"<") {
-        "application/xml"
-    } else {
-        "text/plain"
-    };
-    let headers = [("Content-Type", content_type)];
     ex.status = status;
-    ex.response_headers = vec![
-        ("content-type".into(), content_type.into()),
-        ("content-length".into(), body.len().to_string()),
-    ];
+    ex.response_headers = headers
+        .iter()
+        .map(|(n, v)| (n.to_ascii_lowercase(), v.clone()))
+        .chain([("content-length".into(), body.len().to_string())])
+        .collect();
     *index = Some(sh.record(*index, ex));
+    let headers: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
     write_response(cw, status, &headers, body, waiting)?;
     if waiting {
         linger_close(cr, cw);
