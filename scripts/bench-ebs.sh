@@ -96,8 +96,11 @@ def _aws_block_size(self, *args, **kwargs):
     self.block_size = 524288
 _ebs.EBSSnapshot.__init__ = _aws_block_size'
 start_emulator bench-ebs
+# What the contestants print goes to memory (tmpfs), so that the bytes each process writes to
+# disk (the kernel's accounting) are its own files only.
+shm=$(mktemp -d /dev/shm/amibundle-bench-ebs.XXXXXX)
 # An EXIT trap of this script's own: the background install too (lib-emulator's removes $work).
-trap 'if [ -n "$install_pid" ]; then kill "$install_pid" 2>/dev/null || true; fi; stop_emulator; rm -rf "$work"' EXIT
+trap 'if [ -n "$install_pid" ]; then kill "$install_pid" 2>/dev/null || true; fi; stop_emulator; rm -rf "$work" "$shm"' EXIT
 start_netmodel
 python_bin=$(dirname "$moto_server")/python
 region=us-east-1
@@ -124,8 +127,8 @@ results=$work/results.tsv
 # stderr (coldsnap's INFO summary) is shown only if it fails.
 timed() {
   local name=$1; shift
-  /usr/bin/time -f '%e %M %O' -o "$work/time.$name" "$@" 2> "$work/stderr.$name" ||
-    { cat "$work/stderr.$name" >&2; exit 1; }
+  /usr/bin/time -f '%e %M %O' -o "$work/time.$name" "$@" 2> "$shm/stderr.$name" ||
+    { cat "$shm/stderr.$name" >&2; exit 1; }
   read -r t_secs t_rss t_written < "$work/time.$name"
   t_written=$(( t_written * 512 ))
 }
@@ -243,16 +246,16 @@ leg1_run() {
   case $who in
     to-ebs)
       timed "l1.$who.$p.$i" "$bin" -q to-ebs -i "$img" --no-register --region "$region" \
-        --endpoint-url "$ep" --path-style --json > "$work/out.json"
-      snap=$(snapshot_of < "$work/out.json") ;;
+        --endpoint-url "$ep" --path-style --json > "$shm/out.json"
+      snap=$(snapshot_of < "$shm/out.json") ;;
     coldsnap)
       coldsnap_at "$ep"
-      timed "l1.$who.$p.$i" "${cs[@]}" upload --no-progress "$img" > "$work/out.txt"
-      snap=$(tail -n1 "$work/out.txt") ;;
+      timed "l1.$who.$p.$i" "${cs[@]}" upload --no-progress "$img" > "$shm/out.txt"
+      snap=$(tail -n1 "$shm/out.txt") ;;
     coldsnap-omit)
       coldsnap_at "$ep"
-      timed "l1.$who.$p.$i" "${cs[@]}" upload --no-progress --omit-zero-blocks "$img" > "$work/out.txt"
-      snap=$(tail -n1 "$work/out.txt") ;;
+      timed "l1.$who.$p.$i" "${cs[@]}" upload --no-progress --omit-zero-blocks "$img" > "$shm/out.txt"
+      snap=$(tail -n1 "$shm/out.txt") ;;
   esac
   [[ $snap =~ ^snap-[0-9a-f]+$ ]] || { echo "$who printed no snapshot id: $snap" >&2; exit 1; }
   read -r requests held verdict < <(check_snapshot "$snap" "$work/sparse.nonzero")
@@ -326,10 +329,10 @@ l2_ours() {
   before=$(allocated "$work/ours-tmp" "$XDG_CONFIG_HOME")
   (cd "$work/ours-tmp" && TMPDIR=$work/ours-tmp timed "l2.ours.$i" "$bin" -q to-ebs \
      --image-location bench-ebs/leg2/usr.img.manifest.xml --no-register "${cloud2[@]}" --json \
-     > "$work/out.json" && echo "$t_secs $t_rss $t_written" > "$work/l2.ours")
+     > "$shm/out.json" && echo "$t_secs $t_rss $t_written" > "$work/l2.ours")
   read -r t_secs t_rss t_written < "$work/l2.ours"
   grown=$(( $(allocated "$work/ours-tmp" "$XDG_CONFIG_HOME") - before ))
-  snap=$(snapshot_of < "$work/out.json")
+  snap=$(snapshot_of < "$shm/out.json")
   read -r requests held verdict < <(check_snapshot "$snap" "$work/usr.nonzero")
   record 2 "$leg2_path" to-ebs "$i" "$t_secs" "$t_rss" "$t_written" "$requests" "$held" "$verdict" "$grown"
   printf '  %-34s run %s: %7.2f s, %6s KiB peak RSS, %s bytes written, %s bytes of disk, %s blocks held (%s)\n' \
@@ -367,9 +370,9 @@ l2_manual() {
     m_step
   fi
   coldsnap_at "$ep2"
-  timed "l2.cold.$i" "${cs[@]}" upload --no-progress --omit-zero-blocks "$m/image/usr.img" > "$work/out.txt"
+  timed "l2.cold.$i" "${cs[@]}" upload --no-progress --omit-zero-blocks "$m/image/usr.img" > "$shm/out.txt"
   m_step
-  snap=$(tail -n1 "$work/out.txt")
+  snap=$(tail -n1 "$shm/out.txt")
   [[ $snap =~ ^snap-[0-9a-f]+$ ]] || { echo "coldsnap printed no snapshot id: $snap" >&2; exit 1; }
   read -r requests held verdict < <(check_snapshot "$snap" "$work/usr.nonzero")
   record 2 "$leg2_path" "manual-$style" "$i" "$m_secs" "$m_rss" "$m_written" "$requests" "$held" "$verdict" "$m_peak"
@@ -397,13 +400,13 @@ make_sparse "$big" "$big_gib" "$data_mib"
 read -r big_total _ big_nonzero < <(nonzero_blocks "$big" "$work/big.nonzero")
 sync
 timed big.ours "$bin" -q to-ebs -i "$big" --no-register --region "$region" \
-  --endpoint-url "$moto_endpoint" --path-style --json > "$work/out.json"
-read -r requests held verdict < <(check_snapshot "$(snapshot_of < "$work/out.json")" "$work/big.nonzero")
+  --endpoint-url "$moto_endpoint" --path-style --json > "$shm/out.json"
+read -r requests held verdict < <(check_snapshot "$(snapshot_of < "$shm/out.json")" "$work/big.nonzero")
 record 3 loopback to-ebs 1 "$t_secs" "$t_rss" "$t_written" "$requests" "$held" "$verdict" -
 reset_moto
 coldsnap_at "$moto_endpoint"
-timed big.cold "${cs[@]}" upload --no-progress --omit-zero-blocks "$big" > "$work/out.txt"
-read -r requests held verdict < <(check_snapshot "$(tail -n1 "$work/out.txt")" "$work/big.nonzero")
+timed big.cold "${cs[@]}" upload --no-progress --omit-zero-blocks "$big" > "$shm/out.txt"
+read -r requests held verdict < <(check_snapshot "$(tail -n1 "$shm/out.txt")" "$work/big.nonzero")
 record 3 loopback coldsnap-omit 1 "$t_secs" "$t_rss" "$t_written" "$requests" "$held" "$verdict" -
 reset_moto
 rm -f "$big"
