@@ -14,7 +14,8 @@
 #      uploaded first (not timed), then `to-ebs --image-location ... --no-register` (streamed:
 #      nothing written locally) vs the documented manual path reproduced locally: `download`
 #      (the parts to disk, as ec2-download-bundle), `unbundle` (the image to disk, as
-#      ec2-unbundle), then `coldsnap upload --omit-zero-blocks`. Times, bytes written to disk
+#      ec2-unbundle), then `coldsnap upload --omit-zero-blocks` (and plain `coldsnap upload`, the
+#      issue's words, which sends every block). Times, bytes written to disk
 #      (each process's write accounting) and the peak disk space the path used. For
 #      reference, also `download --unbundle` (no parts on disk) + coldsnap.
 #   3. peak RSS (GNU time) of every run, and of to-ebs and coldsnap on a 16 GiB sparse image.
@@ -354,10 +355,12 @@ m_step() {
 }
 
 # The manual path: STYLE two-step (download: the parts to disk; unbundle: the image to disk) or
-# streamed (download --unbundle: the image only), then coldsnap upload --omit-zero-blocks of
-# the image.
+# streamed (download --unbundle: the image only), then `coldsnap upload --omit-zero-blocks` of
+# the image, or with plain as a third argument the issue's literal `coldsnap upload` (which
+# sends every block).
 l2_manual() {
-  local style=$1 i=$2 m=$work/manual snap
+  local style=$1 i=$2 plain=${3:-} m=$work/manual snap omit=(--omit-zero-blocks) who=manual-$1
+  if [ -n "$plain" ]; then omit=(); who=$who-plain; fi
   mkdir "$m"
   m_secs=0 m_written=0 m_rss=0 m_peak=0
   if [ "$style" = two-step ]; then
@@ -370,14 +373,14 @@ l2_manual() {
     m_step
   fi
   coldsnap_at "$ep2"
-  timed "l2.cold.$i" "${cs[@]}" upload --no-progress --omit-zero-blocks "$m/image/usr.img" > "$shm/out.txt"
+  timed "l2.cold.$i" "${cs[@]}" upload --no-progress "${omit[@]}" "$m/image/usr.img" > "$shm/out.txt"
   m_step
   snap=$(tail -n1 "$shm/out.txt")
   [[ $snap =~ ^snap-[0-9a-f]+$ ]] || { echo "coldsnap printed no snapshot id: $snap" >&2; exit 1; }
   read -r requests held verdict < <(check_snapshot "$snap" "$work/usr.nonzero")
-  record 2 "$leg2_path" "manual-$style" "$i" "$m_secs" "$m_rss" "$m_written" "$requests" "$held" "$verdict" "$m_peak"
+  record 2 "$leg2_path" "$who" "$i" "$m_secs" "$m_rss" "$m_written" "$requests" "$held" "$verdict" "$m_peak"
   printf '  %-34s run %s: %7.2f s, %6s KiB peak RSS, %s bytes written, %s bytes of disk at the peak, %s blocks held (%s)\n' \
-    "manual ($style) + coldsnap" "$i" "$m_secs" "$m_rss" "$m_written" "$m_peak" "$held" "$verdict"
+    "manual ($style${plain:+, plain}) + coldsnap" "$i" "$m_secs" "$m_rss" "$m_written" "$m_peak" "$held" "$verdict"
   rm -rf "$m"
   put_bundle
 }
@@ -386,6 +389,7 @@ echo "== leg 2 on the path: $leg2_path"
 for i in $(seq "$runs"); do
   if (( i % 2 )); then l2_ours "$i"; l2_manual two-step "$i"; else l2_manual two-step "$i"; l2_ours "$i"; fi
   l2_manual streamed "$i"
+  l2_manual two-step "$i" plain
 done
 rm -rf "$work/bundle"
 
@@ -439,7 +443,7 @@ def verdicts(k):
 mib = lambda kib: f"{kib / 1024:.0f} MiB"
 
 print(f"\nLeg 1: {sparse_gib} GiB sparse image, {data_mib} MiB of random data: {l1_total} blocks of 512 KiB, {l1_nz} non-zero")
-print("| path | run | min | median | PutSnapshotBlock requests | blocks held vs the non-zero ones | peak RSS |")
+print("| path | contestant | min | median | PutSnapshotBlock requests | blocks held vs the non-zero ones | peak RSS |")
 print("| --- | --- | --- | --- | --- | --- | --- |")
 names = {"to-ebs": "amibundle to-ebs -i", "coldsnap": "coldsnap upload",
          "coldsnap-omit": "coldsnap upload --omit-zero-blocks"}
@@ -460,24 +464,27 @@ print(f"to-ebs blocks sent: at most {ours_req} against {l1_nz} non-zero blocks (
 
 p2 = next(p for (leg, p, who) in rows if leg == "2")
 print(f"\nLeg 2: a bundle in S3 ({bundle_bytes} bytes in {bundle_parts} parts) of a 1 GiB ext4 image holding {usr_mib} MiB of /usr ({l2_nz} non-zero blocks), path: {p2}")
-print("| run | min | median | bytes written locally | local disk at the peak | blocks held | peak RSS |")
+print("| contestant | min | median | bytes written locally | local disk at the peak | blocks held | peak RSS |")
 print("| --- | --- | --- | --- | --- | --- | --- |")
 names2 = {"to-ebs": "amibundle to-ebs --image-location (streamed)",
           "manual-two-step": "download + unbundle + coldsnap upload --omit-zero-blocks",
+          "manual-two-step-plain": "download + unbundle + coldsnap upload",
           "manual-streamed": "download --unbundle + coldsnap upload --omit-zero-blocks"}
-for who in ("to-ebs", "manual-two-step", "manual-streamed"):
+for who in ("to-ebs", "manual-two-step", "manual-two-step-plain", "manual-streamed"):
     k = ("2", p2, who)
     lo, med = stat(k)
     print(f"| {names2[who]} | {lo:.2f} s | {med:.2f} s | {span(k, 'written')} | {span(k, 'disk')} | "
           f"{span(k, 'held')} ({verdicts(k)}) | {mib(max(r['rss'] for r in rows[k]))} |")
 o = stat(("2", p2, "to-ebs"))
-for who in ("manual-two-step", "manual-streamed"):
+for who in ("manual-two-step", "manual-two-step-plain", "manual-streamed"):
     c = stat(("2", p2, who))
     print(f"{names2[who]} / to-ebs: median {c[1] / o[1]:.2f}x, min {c[0] / o[0]:.2f}x (target >= 2 against the two-step path)")
 w = max(r["written"] for r in rows[("2", p2, "to-ebs")])
 print(f"to-ebs bytes written locally: at most {w} (target 0)")
 
 print(f"\nPeak RSS ({big_gib} GiB sparse image, {data_mib} MiB of data, {big_nz} non-zero of {big_total} blocks; loopback)")
+print("| contestant | time | peak RSS | blocks held |")
+print("| --- | --- | --- | --- |")
 for who in ("to-ebs", "coldsnap-omit"):
     r = rows[("3", "loopback", who)][0]
     print(f"| {names[who]} | {r['secs']:.2f} s | {r['rss']} KiB ({mib(r['rss'])}) | {r['held']} blocks held ({r['verdict']}) |")
