@@ -2,6 +2,7 @@
 # amibundle identity and AWS settings, and a moto S3+EC2 emulator on a free 127.0.0.1 port, all
 # removed on exit. Sets: work, endpoint, moto_server. Needs scripts/setup-emulator.sh to have run.
 # Usage: start_emulator NAME   (NAME labels the work directory)
+# A caller may set moto_prelude to Python code run inside moto's process before it serves.
 # The benchmarks then put the network model in front of it (start_netmodel, below).
 start_emulator() {
   moto_server=$(scripts/setup-emulator.sh)
@@ -18,7 +19,16 @@ start_emulator() {
   unset AWS_PROFILE AWS_SESSION_TOKEN AWS_REGION AWS_DEFAULT_REGION
   local port
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  "$moto_server" -H 127.0.0.1 -p "$port" > "$work/moto.log" 2>&1 &
+  if [ -n "${moto_prelude:-}" ]; then
+    # The caller's Python runs in moto's process before its server starts (bench-ebs.sh
+    # corrects an emulator gap that way); the venv's interpreter, moto's own entry point.
+    "$(dirname "$moto_server")/python" -c "$moto_prelude
+import sys
+from moto.server import main
+sys.exit(main())" -H 127.0.0.1 -p "$port" > "$work/moto.log" 2>&1 &
+  else
+    "$moto_server" -H 127.0.0.1 -p "$port" > "$work/moto.log" 2>&1 &
+  fi
   moto_pid=$!
   endpoint=http://127.0.0.1:$port
   for _ in $(seq 100); do curl -sf "$endpoint/moto-api/" >/dev/null 2>&1 && break; sleep 0.2; done
