@@ -298,11 +298,16 @@ impl Journal {
         Ok(())
     }
 
-    /// Records a block EBS acknowledged.
+    /// Records a block EBS acknowledged (on disk only: memory does not grow with the blocks
+    /// sent).
     pub fn record_block(&mut self, index: u64, sum: &[u8; 32]) -> Result<(), JournalError> {
-        self.append(&format!("block {index} {}\n", hex(sum)))?;
-        self.recorded.blocks.insert(index, *sum);
-        Ok(())
+        self.append(&format!("block {index} {}\n", hex(sum)))
+    }
+
+    /// Takes the blocks an earlier run recorded out of memory (the resumed sender holds them
+    /// from then on).
+    pub fn take_blocks(&mut self) -> BTreeMap<u64, [u8; 32]> {
+        std::mem::take(&mut self.recorded.blocks)
     }
 
     /// Records that `CompleteSnapshot` is about to be asked for.

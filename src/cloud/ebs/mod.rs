@@ -10,7 +10,7 @@
 //! a snapshot reads as zeros, so an image of 10 GiB holding 1 GiB sends about 1 GiB. A snapshot
 //! that fails is deleted, never left looking complete.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -370,7 +370,12 @@ pub struct BlockSender {
     snapshot_id: String,
     permits: Arc<Semaphore>,
     tasks: JoinSet<Result<(u64, [u8; 32]), EbsError>>,
-    checksums: BTreeMap<u64, [u8; 32]>,
+    /// The blocks written, in index order, not yet folded into `aggregate`: each with its
+    /// SHA-256 once known (in flight: `None`). Folded from the front as they complete, so
+    /// memory stays bounded by the blocks in flight, whatever the image's size.
+    unfolded: VecDeque<(u64, Option<[u8; 32]>)>,
+    aggregate: Sha256,
+    written: u64,
     previous: BTreeMap<u64, [u8; 32]>,
     journal: Option<Arc<Mutex<Journal>>>,
     zero: u64,
@@ -387,7 +392,9 @@ impl BlockSender {
             snapshot_id,
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
             tasks: JoinSet::new(),
-            checksums: BTreeMap::new(),
+            unfolded: VecDeque::new(),
+            aggregate: Sha256::new(),
+            written: 0,
             previous: BTreeMap::new(),
             journal: None,
             zero: 0,
@@ -409,9 +416,28 @@ impl BlockSender {
     }
 
     /// Queues block `index` (exactly [`BLOCK_BYTES`]; a short last block is padded with
-    /// zeros). Waits while `concurrency` blocks are in flight; returns the first failure of any
-    /// block sent so far.
+    /// zeros). Blocks come in increasing index order. Waits while `concurrency` blocks are in
+    /// flight; returns the first failure of any block sent so far.
     pub fn send(&mut self, index: u64, mut block: Vec<u8>) -> Result<(), EbsError> {
+        if self.unfolded.back().is_some_and(|(last, _)| *last >= index) {
+            return Err(EbsError::Request {
+                action: format!("sending block {index}"),
+                snapshot: self.snapshot_id.clone(),
+                hint: "",
+                source: "blocks must be sent in increasing index order".into(),
+                access: false,
+                transient: false,
+            });
+        }
+        // Blocks an earlier run wrote below this one that this run's image leaves empty (a
+        // hole now): overwritten with zeros, in order.
+        while let Some(entry) = self.previous.first_entry() {
+            if *entry.key() >= index {
+                break;
+            }
+            let (below, _) = entry.remove_entry();
+            self.put_zeros(below)?;
+        }
         block.resize(BLOCK_BYTES, 0);
         let before = self.previous.remove(&index);
         if before.is_none() && all_zero(&block) {
@@ -420,10 +446,23 @@ impl BlockSender {
         }
         let checksum = sha256(&block);
         if before == Some(checksum) {
-            self.checksums.insert(index, checksum);
+            self.unfolded.push_back((index, Some(checksum)));
+            self.fold();
             self.resumed += 1;
             return Ok(());
         }
+        self.put(index, block, checksum)
+    }
+
+    /// Overwrites block `index` with zeros.
+    fn put_zeros(&mut self, index: u64) -> Result<(), EbsError> {
+        let zeros = vec![0; BLOCK_BYTES];
+        let checksum = sha256(&zeros);
+        self.put(index, zeros, checksum)
+    }
+
+    /// Sends `block` (exactly [`BLOCK_BYTES`], whose SHA-256 is `checksum`) as block `index`.
+    fn put(&mut self, index: u64, block: Vec<u8>, checksum: [u8; 32]) -> Result<(), EbsError> {
         self.collect_finished()?;
         let permit = self
             .runtime
@@ -432,6 +471,7 @@ impl BlockSender {
         let client = self.client.clone();
         let snapshot = self.snapshot_id.clone();
         self.sent += 1;
+        self.unfolded.push_back((index, None));
         self.tasks.spawn_on(
             async move {
                 let _permit = permit;
@@ -487,30 +527,39 @@ impl BlockSender {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .record_block(index, &checksum)?;
         }
-        self.checksums.insert(index, checksum);
+        if let Some(slot) = self.unfolded.iter_mut().find(|(i, _)| *i == index) {
+            slot.1 = Some(checksum);
+        }
+        self.fold();
         Ok(())
+    }
+
+    /// Folds the known checksums at the front of `unfolded` into the aggregate.
+    fn fold(&mut self) {
+        while let Some((_, Some(checksum))) = self.unfolded.front() {
+            self.aggregate.update(checksum);
+            self.written += 1;
+            self.unfolded.pop_front();
+        }
     }
 
     /// Overwrites with zeros the blocks an earlier run sent that this run's image does not
     /// hold, waits for every block, and returns what was done.
     pub fn finish(mut self) -> Result<SentBlocks, EbsError> {
         for index in std::mem::take(&mut self.previous).into_keys() {
-            self.previous.insert(index, [0; 32]);
-            self.send(index, Vec::new())?;
+            self.put_zeros(index)?;
         }
         let runtime = self.runtime.clone();
         while let Some(done) = runtime.block_on(self.tasks.join_next()) {
             self.record(done)?;
         }
-        let mut aggregate = Sha256::new();
-        for checksum in self.checksums.values() {
-            aggregate.update(checksum);
-        }
+        debug_assert!(self.unfolded.is_empty());
+        let aggregate = std::mem::replace(&mut self.aggregate, Sha256::new());
         Ok(SentBlocks {
             sent: self.sent,
             resumed: self.resumed,
             zero: self.zero,
-            written: self.checksums.len() as u64,
+            written: self.written,
             aggregate: BASE64.encode(aggregate.finish()),
         })
     }

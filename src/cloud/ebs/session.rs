@@ -89,11 +89,13 @@ impl Session {
         &mut self,
         size: Option<u64>,
     ) -> Result<Option<SnapshotReport>, EbsError> {
-        let Some(recorded) = self.journal().map(|j| j.recorded().clone()) else {
+        let Some((snapshot, completing)) = self.journal().map(|j| {
+            let r = j.recorded();
+            (r.snapshot.clone(), r.completing.clone())
+        }) else {
             return Ok(None);
         };
-        let (Some(started), Some((count, aggregate))) = (recorded.snapshot, recorded.completing)
-        else {
+        let (Some(started), Some((count, aggregate))) = (snapshot, completing) else {
             return Ok(None);
         };
         if size.is_some_and(|s| s != started.size) {
@@ -151,34 +153,43 @@ impl Session {
     /// this source left pending (same size, still pending, within its timeout); a stale one of
     /// ours is deleted first. Returns the sender of its blocks.
     pub fn start(&mut self, size: u64) -> Result<BlockSender, EbsError> {
-        let recorded = self.journal().map(|j| j.recorded().clone());
+        // What the journal says, without its blocks (taken only when resuming).
+        let recorded = self.journal().map(|j| {
+            let r = j.recorded();
+            (r.token.clone(), r.snapshot.clone(), r.completing.is_some(), r.last_write)
+        });
         let mut previous = Default::default();
         let mut token = self.options.client_token.clone();
-        if let Some(recorded) = recorded {
-            token = Some(recorded.token.clone());
-            if let Some(old) = recorded.snapshot {
+        if let Some((recorded_token, snapshot, completing, last_write)) = recorded {
+            token = Some(recorded_token);
+            if let Some(old) = snapshot {
                 let state = self.runtime.block_on(describe_state(&self.ec2, &old.id))?;
                 let state = state.as_ref().map(|(s, _)| s.as_str());
                 // Moto reports an EBS snapshot `completed` from the start; on AWS a snapshot
                 // is `completed` only once CompleteSnapshot was asked for, which the journal
                 // would say (`completed_before`).
                 let alive = matches!(state, Some("pending" | "completed"));
-                let in_time = recorded.last_write.is_some_and(|t| {
+                let in_time = last_write.is_some_and(|t| {
                     let limit = Duration::from_secs(u64::from(old.timeout_minutes) * 60);
                     SystemTime::now()
                         .duration_since(t)
                         .is_ok_and(|age| age + RESUME_MARGIN < limit)
                 });
-                if alive && in_time && old.size == size && recorded.completing.is_none() {
+                let mut j = self.journal().expect("a recorded snapshot has a journal");
+                if alive && in_time && old.size == size && !completing {
+                    previous = j.take_blocks();
                     tracing::info!(
                         "resuming snapshot {}: {} block(s) were sent by an earlier run",
                         old.id,
-                        recorded.blocks.len()
+                        previous.len()
                     );
-                    previous = recorded.blocks;
+                    drop(j);
                     self.snapshot = Some(old);
                     self.resumed = true;
                 } else {
+                    j.reset(&self.key)?;
+                    token = Some(j.recorded().token.clone());
+                    drop(j);
                     if state == Some("pending") {
                         tracing::info!(
                             "deleting snapshot {}, left pending by an earlier run that cannot \
@@ -187,9 +198,6 @@ impl Session {
                         );
                         self.runtime.block_on(delete_failed(&self.ec2, &old.id));
                     }
-                    let mut j = self.journal().expect("a recorded snapshot has a journal");
-                    j.reset(&self.key)?;
-                    token = Some(j.recorded().token.clone());
                 }
             }
         }
