@@ -515,7 +515,7 @@ pub fn bundle_to_dir(
         )),
         _ => e,
     };
-    let (_sink, encoded) =
+    let (sink, encoded) =
         encode(image, spec, &key, &iv, staging.sink(), &write_err, progress).map_err(full)?;
     let width = parts::part_width(encoded.parts.len() as u64);
     let (manifest, xml) = signed_manifest(spec, identity, &key, &iv, &encoded, width)?;
@@ -526,7 +526,7 @@ pub fn bundle_to_dir(
         fs::remove_file(path).map_err(write_err)?;
     }
     let manifest_path = staging
-        .commit(&spec.name, &encoded.parts, xml.as_bytes())
+        .commit(sink, &spec.name, &encoded.parts, xml.as_bytes())
         .map_err(write_err)?;
     let part_paths = encoded
         .parts
