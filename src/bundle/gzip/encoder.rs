@@ -16,6 +16,7 @@ use std::thread::{self, JoinHandle};
 use libdeflater::{CompressionLvl, Compressor};
 
 use super::{DEFAULT_CHUNK_BYTES, GzipError, scan};
+use crate::bundle::tar::{self, DirectWrite};
 
 /// Chunks in flight per worker thread (queued, being compressed, or compressed and waiting to be
 /// written in order). Two keeps every worker busy while the caller writes results out.
@@ -120,7 +121,9 @@ pub(super) fn definalize_in(out: &mut [u8], end: &scan::StreamEnd) -> usize {
 struct Job {
     seq: u64,
     offset: u64,
+    /// The chunk is `data[..len]`; the buffer is `chunk_bytes` long (initialized once, reused).
     data: Vec<u8>,
+    len: usize,
     /// A recycled buffer for the compressed bytes.
     out: Vec<u8>,
     last: bool,
@@ -131,6 +134,7 @@ struct Job {
 
 /// A compressed chunk with its buffers handed back for reuse.
 struct Compressed {
+    /// The input buffer, handed back whole.
     data: Vec<u8>,
     /// The compressed bytes are `out[..len]`; the rest is kept (initialized) for reuse.
     out: Vec<u8>,
@@ -153,11 +157,13 @@ fn compress_chunk(c: &mut Compressor, job: Job) -> Result<Compressed, GzipError>
     let Job {
         seq,
         offset,
-        data,
+        data: buffer,
+        len: data_len,
         mut out,
         last,
         ..
     } = job;
+    let data = &buffer[..data_len];
 
     // Give libdeflate only as much room as stays within the stored size once the sync marker is
     // appended: a larger result would be replaced by stored blocks anyway (see
@@ -172,7 +178,7 @@ fn compress_chunk(c: &mut Compressor, job: Job) -> Result<Compressed, GzipError>
     if out.len() < stored {
         out.resize(stored, 0);
     }
-    let len = match c.deflate_compress(&data, &mut out[..room]) {
+    let len = match c.deflate_compress(data, &mut out[..room]) {
         Ok(len) => {
             let end = scan::scan(&out[..len]).map_err(|source| GzipError::CheckChunk {
                 chunk: seq,
@@ -196,15 +202,15 @@ fn compress_chunk(c: &mut Compressor, job: Job) -> Result<Compressed, GzipError>
         }
         // libdeflate's only error: the output does not fit in `room`.
         Err(_) => {
-            write_stored(&data, last, &mut out);
+            write_stored(data, last, &mut out);
             out.len()
         }
     };
 
     let mut crc = crc32fast::Hasher::new();
-    crc.update(&data);
+    crc.update(data);
     Ok(Compressed {
-        data,
+        data: buffer,
         out,
         len,
         crc,
@@ -253,7 +259,8 @@ fn run_worker(
 /// trailer and returns the inner writer. Dropping the encoder without `finish` stops its threads
 /// and leaves the output incomplete.
 ///
-/// `write` copies into the current chunk and returns once the chunk is queued; it blocks only
+/// `write` copies into the current chunk (or, through [`DirectWrite`], the caller reads its input
+/// straight into the chunk) and returns once the chunk is queued; it blocks only
 /// while the most chunks are in flight (`2 × threads`, fewer for very large chunks or thread
 /// counts; see [`with_chunk_size`](Self::with_chunk_size)). Compressed chunks are written to the
 /// inner writer, in order, on the caller's thread during `write`, `flush` and `finish`. Errors
@@ -264,8 +271,10 @@ pub struct ParallelGzEncoder<W: Write> {
     inner: Option<W>,
     level: u32,
     chunk_bytes: usize,
-    /// The chunk being filled.
+    /// The chunk being filled: `fill[..filled]`. The buffer is always `chunk_bytes` long, so
+    /// that the input can be read straight into it ([`DirectWrite`]).
     fill: Vec<u8>,
+    filled: usize,
     /// `None` once the pool is shut down.
     jobs: Option<SyncSender<Job>>,
     results: Receiver<Done>,
@@ -382,7 +391,8 @@ impl<W: Write> ParallelGzEncoder<W> {
             inner: Some(inner),
             level,
             chunk_bytes,
-            fill: Vec::with_capacity(chunk_bytes),
+            fill: vec![0; chunk_bytes],
+            filled: 0,
             jobs: Some(job_tx),
             results: done_rx,
             workers,
@@ -470,15 +480,17 @@ impl<W: Write> ParallelGzEncoder<W> {
         let next_fill = self
             .spare_data
             .pop()
-            .unwrap_or_else(|| Vec::with_capacity(chunk_bytes));
+            .unwrap_or_else(|| vec![0; chunk_bytes]);
         let data = std::mem::replace(&mut self.fill, next_fill);
+        let len = std::mem::take(&mut self.filled);
         let seq = self.next_seq;
         let offset = self.dispatched;
-        self.dispatched += data.len() as u64;
+        self.dispatched += len as u64;
         let job = Job {
             seq,
             offset,
             data,
+            len,
             out: self.spare_out.pop().unwrap_or_default(),
             last,
             #[cfg(test)]
@@ -538,8 +550,7 @@ impl<W: Write> ParallelGzEncoder<W> {
             self.inner_mut()?.write_all(&chunk.out[..chunk.len])?;
             self.crc.combine(&chunk.crc);
             self.next_write += 1;
-            let Compressed { mut data, out, .. } = chunk;
-            data.clear();
+            let Compressed { data, out, .. } = chunk;
             self.spare_data.push(data);
             self.spare_out.push(out);
         }
@@ -574,11 +585,12 @@ impl<W: Write> Write for ParallelGzEncoder<W> {
         self.guard(|s| {
             let mut rest = buf;
             while !rest.is_empty() {
-                let take = (s.chunk_bytes - s.fill.len()).min(rest.len());
-                s.fill.extend_from_slice(&rest[..take]);
+                let take = (s.chunk_bytes - s.filled).min(rest.len());
+                s.fill[s.filled..s.filled + take].copy_from_slice(&rest[..take]);
+                s.filled += take;
                 s.total_in += take as u64;
                 rest = &rest[take..];
-                if s.fill.len() == s.chunk_bytes {
+                if s.filled == s.chunk_bytes {
                     s.dispatch(false)?;
                 }
             }
@@ -592,11 +604,38 @@ impl<W: Write> Write for ParallelGzEncoder<W> {
     fn flush(&mut self) -> io::Result<()> {
         self.check_usable()?;
         self.guard(|s| {
-            if !s.fill.is_empty() {
+            if s.filled > 0 {
                 s.dispatch(false)?;
             }
             s.drain()?;
             s.inner_mut()?.flush()
+        })
+    }
+}
+
+impl<W: Write> DirectWrite for ParallelGzEncoder<W> {
+    /// Lends the free part of the current chunk: the input is read straight into the buffer a
+    /// worker compresses, with no copy.
+    fn write_direct(
+        &mut self,
+        max: usize,
+        fill: &mut dyn FnMut(&mut [u8]) -> io::Result<usize>,
+    ) -> io::Result<usize> {
+        self.check_usable()?;
+        self.guard(|s| {
+            // A full chunk is dispatched as soon as it is full, so there is always room here.
+            let room = (s.chunk_bytes - s.filled).min(max);
+            let start = s.filled;
+            let n = fill(&mut s.fill[start..start + room])?;
+            if n > room {
+                return Err(tar::overfilled(n, room));
+            }
+            s.filled += n;
+            s.total_in += n as u64;
+            if s.filled == s.chunk_bytes {
+                s.dispatch(false)?;
+            }
+            Ok(n)
         })
     }
 }

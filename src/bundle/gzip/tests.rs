@@ -350,6 +350,65 @@ impl Write for FailingWriter {
     }
 }
 
+/// The same stream written by `write_direct` in pieces of `piece` bytes.
+fn encode_direct(data: &[u8], threads: usize, chunk: usize, piece: usize) -> Vec<u8> {
+    use crate::bundle::tar::DirectWrite;
+    let mut enc = ParallelGzEncoder::with_chunk_size(Vec::new(), 6, threads, chunk).expect("enc");
+    let mut rest = data;
+    while !rest.is_empty() {
+        let n = enc
+            .write_direct(piece, &mut |room| {
+                assert!(!room.is_empty() && room.len() <= piece);
+                let n = room.len().min(rest.len());
+                room[..n].copy_from_slice(&rest[..n]);
+                Ok(n)
+            })
+            .expect("write_direct");
+        rest = &rest[n..];
+    }
+    assert_eq!(enc.total_in(), data.len() as u64);
+    enc.finish().expect("finish")
+}
+
+#[test]
+fn direct_writes_give_the_same_stream_as_writes() {
+    // Pieces that cross chunk ends and ones that fill chunks exactly; inputs that end inside a
+    // chunk and exactly at a chunk end (then an empty final chunk follows, as with `write`).
+    let chunk = 64 * 1024;
+    for len in [0, 1, 5_000, chunk - 1, chunk, 3 * chunk, 3 * chunk + 777] {
+        let data = text_bytes(len, len as u64);
+        let expected = encode(&data, 6, 2, chunk);
+        for piece in [1_000, 4_096, chunk, 200_000] {
+            assert_eq!(
+                encode_direct(&data, 2, chunk, piece),
+                expected,
+                "len {len} piece {piece}"
+            );
+        }
+    }
+}
+
+#[test]
+fn direct_write_errors_are_returned_and_poison_the_encoder() {
+    use crate::bundle::tar::DirectWrite;
+    let mut enc = ParallelGzEncoder::with_chunk_size(Vec::new(), 6, 1, 1024).expect("enc");
+    // More bytes reported than lent.
+    let err = enc
+        .write_direct(100, &mut |room| Ok(room.len() + 1))
+        .expect_err("overfilled");
+    assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    assert!(enc.write(b"x").is_err(), "usable after an error");
+    // The fill's own error comes back unchanged.
+    let mut enc = ParallelGzEncoder::with_chunk_size(Vec::new(), 6, 1, 1024).expect("enc");
+    let err = enc
+        .write_direct(100, &mut |_| {
+            Err(io::Error::new(io::ErrorKind::TimedOut, Marker))
+        })
+        .expect_err("fill error");
+    assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    assert!(err.get_ref().is_some_and(|e| e.is::<Marker>()), "{err:?}");
+}
+
 #[test]
 fn inner_writer_errors_propagate_unchanged() {
     let data = random_bytes(400_000, 6);

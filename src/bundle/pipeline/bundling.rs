@@ -353,10 +353,16 @@ fn encode<S: PartSink>(
     };
     match source {
         Source::File { mut file, map } => {
-            tar::write_stream(&mut file, &member, &map, &mut hashing, &mut tick)?;
+            tar::write_stream_direct(&mut file, &member, &map, &mut hashing, &mut tick)?;
         }
         Source::Stream { mut reader } => {
-            tar::write_stream_from_reader(&mut reader, &member, size, &mut hashing, &mut tick)?;
+            tar::write_stream_from_reader_direct(
+                &mut reader,
+                &member,
+                size,
+                &mut hashing,
+                &mut tick,
+            )?;
         }
     }
 
