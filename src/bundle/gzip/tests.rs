@@ -286,7 +286,7 @@ fn in_flight_memory_is_capped_for_many_threads() {
     assert_eq!(enc.max_in_flight, (MAX_IN_FLIGHT_BYTES / per_chunk) as u64);
     assert_eq!(enc.workers.len(), MAX_IN_FLIGHT_BYTES / per_chunk);
     let enc = ParallelGzEncoder::with_chunk_size(Vec::new(), 6, 2, 1 << 20).expect("enc");
-    assert_eq!((enc.max_in_flight, enc.workers.len()), (4, 2));
+    assert_eq!((enc.max_in_flight, enc.workers.len()), (8, 2));
     // A chunk larger than the cap still works, one chunk at a time.
     let mut enc = ParallelGzEncoder::with_chunk_size(Vec::new(), 1, 4, 64 << 20).expect("enc");
     assert_eq!((enc.max_in_flight, enc.workers.len()), (1, 1));
@@ -295,6 +295,43 @@ fn in_flight_memory_is_capped_for_many_threads() {
         decode_single_member(&enc.finish().expect("finish")),
         b"small"
     );
+}
+
+#[test]
+fn one_chunk_in_flight_still_pairs_nothing_and_finishes() {
+    // 13 MiB chunks: only one fits under the in-flight cap, so no chunk can wait for a partner
+    // while another is out: each goes alone (a held one would wait forever).
+    let chunk = 13 << 20;
+    let mut enc = ParallelGzEncoder::with_chunk_size(Vec::new(), 1, 2, chunk).expect("enc");
+    assert_eq!(enc.max_in_flight, 1);
+    let mut data = vec![0u8; 3 * chunk + 5];
+    data[chunk + 7] = 1;
+    enc.write_all(&data).expect("write");
+    let gz = enc.finish().expect("finish");
+    assert_eq!(decode_single_member(&gz), data);
+}
+
+#[test]
+fn chunks_checked_in_pairs_with_stored_neighbours_round_trip() {
+    // Text and random chunks alternate, so pairs mix a deflated chunk with a stored one (checked
+    // alone) as well as two deflated ones (checked together); odd chunk counts leave the last
+    // chunk alone.
+    let piece = 32 * 1024;
+    for chunks in [1, 2, 3, 6, 7] {
+        let mut data = Vec::new();
+        for i in 0..chunks {
+            if i % 3 == 1 {
+                data.extend(random_bytes(piece, i as u64));
+            } else {
+                data.extend(text_bytes(piece, i as u64));
+            }
+        }
+        let gz = encode(&data, 6, 2, piece);
+        assert_eq!(system_gunzip(&gz), data, "{chunks} chunks");
+        assert_eq!(decode_single_member(&gz), data, "{chunks} chunks");
+        // Pairing does not change the output: one thread, same bytes.
+        assert_eq!(encode(&data, 6, 1, piece), gz, "{chunks} chunks");
+    }
 }
 
 #[test]
@@ -525,6 +562,22 @@ fn flush_makes_everything_written_decodable() {
         .expect("inflate");
     assert_eq!(out, &data[..100_000]);
     enc.write_all(&data[100_000..]).expect("write");
+    enc.finish().expect("finish");
+    assert_eq!(decode_single_member(&shared.0.borrow()), data);
+
+    // A flush right after a chunk filled up: that chunk was held for a partner and must go out.
+    let data = text_bytes(3 * 64 * 1024, 13);
+    let shared = SharedVec::default();
+    let mut enc = ParallelGzEncoder::with_chunk_size(shared.clone(), 6, 2, 64 * 1024).expect("enc");
+    enc.write_all(&data).expect("write");
+    enc.flush().expect("flush");
+    let so_far = shared.0.borrow().clone();
+    let mut inflate = flate2::Decompress::new(false);
+    let mut out = Vec::with_capacity(200_000);
+    inflate
+        .decompress_vec(&so_far[10..], &mut out, flate2::FlushDecompress::Sync)
+        .expect("inflate");
+    assert_eq!(out, data);
     enc.finish().expect("finish");
     assert_eq!(decode_single_member(&shared.0.borrow()), data);
 }
