@@ -19,14 +19,20 @@ use super::{DEFAULT_CHUNK_BYTES, GzipError, scan};
 use crate::bundle::tar::{self, DirectWrite};
 
 /// Chunks in flight per worker thread (waiting for a partner, queued, being compressed, or
-/// compressed and waiting to be written in order). Workers take chunks two at a time (see
-/// [`Job`]): four is a pair being compressed and one queued, so that every worker finds its next
-/// pair ready while the caller writes results out.
-const IN_FLIGHT_PER_THREAD: usize = 4;
+/// compressed and waiting to be written in order) when workers take chunks two at a time (see
+/// [`Job`]): a pair being compressed and one queued, so that every worker finds its next pair
+/// ready while the caller writes results out.
+const IN_FLIGHT_PER_THREAD_PAIRED: usize = 4;
+
+/// Chunks in flight per worker thread when [`MAX_IN_FLIGHT_BYTES`] does not allow
+/// [`IN_FLIGHT_PER_THREAD_PAIRED`] (many threads or large chunks): workers then take one chunk
+/// at a time, one being compressed and one queued, rather than fewer workers be busy.
+const IN_FLIGHT_PER_THREAD: usize = 2;
 
 /// Upper limit of the chunk buffers in flight, in bytes: each chunk in flight holds its input and
-/// an output buffer of about the same size. With 1 MiB chunks this allows 24 chunks (6 busy
-/// threads at [`IN_FLIGHT_PER_THREAD`]); more threads than chunks in flight are not started.
+/// an output buffer of about the same size. With 1 MiB chunks this allows 23 chunks: up to 5
+/// threads take chunks in pairs, up to 11 one at a time; more threads than chunks in flight are
+/// not started.
 pub(super) const MAX_IN_FLIGHT_BYTES: usize = 48 << 20;
 
 /// Largest payload of one stored deflate block (RFC 1951 §3.2.4: LEN is 16 bits).
@@ -334,8 +340,8 @@ fn run_worker(
 ///
 /// `write` copies into the current chunk (or, through [`DirectWrite`], the caller reads its input
 /// straight into the chunk) and returns once the chunk is queued; it blocks only
-/// while the most chunks are in flight (`4 × threads`, fewer for very large chunks or thread
-/// counts; see [`with_chunk_size`](Self::with_chunk_size)). Compressed chunks are written to the
+/// while the most chunks are in flight (`4 × threads`, fewer for large chunks or many threads;
+/// see [`with_chunk_size`](Self::with_chunk_size)). Compressed chunks are written to the
 /// inner writer, in order, on the caller's thread during `write`, `flush` and `finish`. Errors
 /// from the inner writer are returned unchanged; after any error the encoder refuses further use
 /// ([`GzipError::Poisoned`]).
@@ -360,6 +366,9 @@ pub struct ParallelGzEncoder<W: Write> {
     next_write: u64,
     /// Compressed chunks that arrived ahead of `next_write`.
     ready: BTreeMap<u64, Compressed>,
+    /// Whether workers take chunks in pairs (when [`MAX_IN_FLIGHT_BYTES`] allows enough in
+    /// flight for it).
+    pub(super) paired: bool,
     /// A full chunk waiting for the next one, to be sent together as one [`Job`]; counted in
     /// flight.
     pending: Option<Chunk>,
@@ -403,9 +412,11 @@ impl<W: Write> ParallelGzEncoder<W> {
 
     /// Like [`new`](Self::new) with chunks of `chunk_bytes` bytes (see [`DEFAULT_CHUNK_BYTES`]).
     ///
-    /// At most `4 × threads` chunks are in flight, holding at most 48 MiB of chunk buffers (input
-    /// plus output): with many threads or large chunks fewer chunks are in flight, and only as
-    /// many threads are started as chunks may be in flight (at least one).
+    /// At most `4 × threads` chunks are in flight, and workers take them two at a time (their
+    /// deflate streams are checked faster together), as long as that holds at most 48 MiB of
+    /// chunk buffers (input plus output). Beyond that (many threads or large chunks), workers
+    /// take one chunk at a time, at most `2 × threads` are in flight within the 48 MiB, and only
+    /// as many threads are started as chunks may be in flight (at least one).
     ///
     /// # Errors
     ///
@@ -429,10 +440,13 @@ impl<W: Write> ParallelGzEncoder<W> {
             return Err(GzipError::EmptyChunkSize.into_io());
         }
         let per_chunk = chunk_bytes.saturating_add(stored_len(chunk_bytes));
-        let max_in_flight = threads
-            .saturating_mul(IN_FLIGHT_PER_THREAD)
-            .min(MAX_IN_FLIGHT_BYTES / per_chunk)
-            .max(1);
+        let cap = MAX_IN_FLIGHT_BYTES / per_chunk;
+        let paired = threads.saturating_mul(IN_FLIGHT_PER_THREAD_PAIRED) <= cap;
+        let max_in_flight = if paired {
+            threads * IN_FLIGHT_PER_THREAD_PAIRED
+        } else {
+            threads.saturating_mul(IN_FLIGHT_PER_THREAD).min(cap).max(1)
+        };
         let threads = threads.min(max_in_flight);
         // The queue holds one job per thread on top of the one each is working on; together with
         // results awaiting their turn this stays within `max_in_flight` (enforced in `dispatch`).
@@ -477,6 +491,7 @@ impl<W: Write> ParallelGzEncoder<W> {
             next_seq: 0,
             next_write: 0,
             ready: BTreeMap::new(),
+            paired,
             pending: None,
             spare_data: Vec::new(),
             spare_out: Vec::new(),
@@ -586,11 +601,11 @@ impl<W: Write> ParallelGzEncoder<W> {
                 first,
                 second: Some(chunk),
             })?,
-            None if last => self.send(Job {
+            None if self.paired && !last => self.pending = Some(chunk),
+            None => self.send(Job {
                 first: chunk,
                 second: None,
             })?,
-            None => self.pending = Some(chunk),
         }
         // Write out whatever is already done so output leaves as early as possible.
         while self.receive(false)? {}

@@ -286,7 +286,28 @@ fn in_flight_memory_is_capped_for_many_threads() {
     assert_eq!(enc.max_in_flight, (MAX_IN_FLIGHT_BYTES / per_chunk) as u64);
     assert_eq!(enc.workers.len(), MAX_IN_FLIGHT_BYTES / per_chunk);
     let enc = ParallelGzEncoder::with_chunk_size(Vec::new(), 6, 2, 1 << 20).expect("enc");
-    assert_eq!((enc.max_in_flight, enc.workers.len()), (8, 2));
+    assert_eq!(
+        (enc.max_in_flight, enc.workers.len(), enc.paired),
+        (8, 2, true)
+    );
+    // Up to 5 threads take 1 MiB chunks in pairs (4 in flight each); 6 would need 24 chunks in
+    // flight, over the cap: they take one chunk at a time, 2 in flight each, all 6 busy.
+    let enc = ParallelGzEncoder::with_chunk_size(Vec::new(), 6, 5, 1 << 20).expect("enc");
+    assert_eq!(
+        (enc.max_in_flight, enc.workers.len(), enc.paired),
+        (20, 5, true)
+    );
+    let enc = ParallelGzEncoder::with_chunk_size(Vec::new(), 6, 6, 1 << 20).expect("enc");
+    assert_eq!(
+        (enc.max_in_flight, enc.workers.len(), enc.paired),
+        (12, 6, false)
+    );
+    let enc = ParallelGzEncoder::with_chunk_size(Vec::new(), 6, 16, 1 << 20).expect("enc");
+    let cap = MAX_IN_FLIGHT_BYTES / ((1 << 20) + stored_len(1 << 20));
+    assert_eq!(
+        (enc.max_in_flight, enc.workers.len(), enc.paired),
+        (cap as u64, 16, false)
+    );
     // A chunk larger than the cap still works, one chunk at a time.
     let mut enc = ParallelGzEncoder::with_chunk_size(Vec::new(), 1, 4, 64 << 20).expect("enc");
     assert_eq!((enc.max_in_flight, enc.workers.len()), (1, 1));
@@ -329,8 +350,13 @@ fn chunks_checked_in_pairs_with_stored_neighbours_round_trip() {
         let gz = encode(&data, 6, 2, piece);
         assert_eq!(system_gunzip(&gz), data, "{chunks} chunks");
         assert_eq!(decode_single_member(&gz), data, "{chunks} chunks");
-        // Pairing does not change the output: one thread, same bytes.
+        // Pairing does not change the output: one thread, same bytes; and 200 threads, too many
+        // to pair under the in-flight cap (which is in bytes: small chunks need many threads).
         assert_eq!(encode(&data, 6, 1, piece), gz, "{chunks} chunks");
+        let many = ParallelGzEncoder::with_chunk_size(Vec::new(), 6, 200, piece).expect("enc");
+        assert!(!many.paired);
+        drop(many);
+        assert_eq!(encode(&data, 6, 200, piece), gz, "{chunks} chunks");
     }
 }
 
