@@ -9,7 +9,8 @@ use super::{
 
 /// The fast loop: decodes literals and matches from bit `pos` of `data` while they are resolved
 /// by the primary tables and lie entirely within `data`, adding the number of bytes they decode
-/// to `decoded`; returns the bit offset of the first item it leaves to [`scan_symbol`]: one whose
+/// to `decoded`; returns the bit offset of the first item it leaves to the careful path
+/// (`scan_symbol`): one whose
 /// literal/length or distance entry is [`EXCEPTIONAL`], a match that reaches before the start of
 /// the stream, any item once fewer than 8 bytes of `data` are left to load and, with
 /// `CHECK_DISTANCES`, the first item after `WINDOW` bytes are decoded. Without
@@ -26,7 +27,7 @@ use super::{
 /// the bits of the word that spill above `bitsleft` are the stream's following bits, which the
 /// next refill ORs in again at the same place, so after a refill all 64 bits of `bitbuf` are
 /// stream bits (57 after the first fill, which skips up to 7). An item takes at most
-/// [`MAX_FAST_ITEM_BITS`] (37 with the table sizes above), so one refill per item is enough, and
+/// `MAX_FAST_ITEM_BITS` (37 with the table sizes above), so one refill per item is enough, and
 /// the next literal/length entry can be looked up right after an item, before the refill (at
 /// least 57 - 37 = 20 stream bits are left), which keeps the refill off the chain of dependent
 /// loads and shifts that decoding is.
@@ -46,11 +47,7 @@ pub(super) fn scan_fast<const CHECK_DISTANCES: bool>(
     let (litlen, dist) = (&litlen.fast, &dist.fast);
     // Only bytes that exist are loaded, so whatever the loop consumes is within the data: it can
     // never accept a truncated item.
-    let load = |at: usize| {
-        data.get(at..)
-            .and_then(|rest| rest.first_chunk::<8>())
-            .map(|bytes| u64::from_le_bytes(*bytes))
-    };
+    let load = |at: usize| load(data, at);
     let Some(word) = load(pos / 8) else {
         return pos;
     };
