@@ -501,9 +501,17 @@ pub(super) fn scan_pair(
             // the other waits, to be decoded in pairs from the next round on, instead of alone
             // up to its next careful item.
             None if matches!(sa.mode, Mode::Header) || matches!(sb.mode, Mode::Header) => {}
+            // A stream still in its first WINDOW bytes (distances checked) catches up alone; one
+            // already past them waits, to go on in pairs. Else (fewer than 8 bytes left to load
+            // in one of them) both go alone.
             None => {
-                sa.fast();
-                sb.fast();
+                let (a_behind, b_behind) = (sa.decoded < WINDOW, sb.decoded < WINDOW);
+                if a_behind || !b_behind {
+                    sa.fast();
+                }
+                if b_behind || !a_behind {
+                    sb.fast();
+                }
             }
         }
         match (sa.step(), sb.step()) {
