@@ -12,10 +12,11 @@
 //! every chunk but the last, clears the final block's BFINAL bit and appends an empty non-final
 //! stored block: exactly the bytes zlib's sync flush appends. Workers take chunks two at a time
 //! and scan the two streams together, an item of each in turn, which keeps the CPU busier than
-//! one stream's chain of dependent table lookups does (a quarter less scanning time). The chunks then concatenate into
-//! one deflate stream whose only final block is the last chunk's, as §5 requires. Each worker
-//! also computes its chunk's CRC-32. The caller's thread re-orders the results, writes one gzip
-//! header, the chunk bodies in order, and one trailer with the combined CRC-32 and ISIZE.
+//! one stream's chain of dependent table lookups does (a quarter less scanning time). The chunks
+//! then concatenate into one deflate stream whose only final block is the last chunk's, as §5
+//! requires. Each worker also computes its chunks' CRC-32. The caller's thread re-orders the
+//! results, writes one gzip header, the chunk bodies in order, and one trailer with the combined
+//! CRC-32 and ISIZE.
 //!
 //! Chunks are independent: unlike pigz, matches cannot reach back into the previous chunk
 //! (libdeflate has no preset dictionary), which costs a little size at each boundary; the chunk
