@@ -9,6 +9,8 @@ use std::io::{self, Read, Write};
 
 use sha1::{Digest, Sha1};
 
+use crate::bundle::tar::{DirectWrite, overfilled};
+
 /// Lowercase hex SHA-1 of `data`.
 pub fn sha1_hex(data: &[u8]) -> String {
     hex::encode(Sha1::digest(data))
@@ -63,6 +65,25 @@ impl<W: Write> Write for HashingWriter<W> {
 
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
+    }
+}
+
+/// Hashes what the inner writer's `fill` put into its room right after the read, while the bytes
+/// are still in the CPU's cache.
+impl<W: DirectWrite> DirectWrite for HashingWriter<W> {
+    fn write_direct(
+        &mut self,
+        max: usize,
+        fill: &mut dyn FnMut(&mut [u8]) -> io::Result<usize>,
+    ) -> io::Result<usize> {
+        let hasher = &mut self.hasher;
+        let n = self.inner.write_direct(max, &mut |room| {
+            let n = fill(room)?;
+            hasher.update(room.get(..n).ok_or_else(|| overfilled(n, room.len()))?);
+            Ok(n)
+        })?;
+        self.len += n as u64;
+        Ok(n)
     }
 }
 
@@ -148,6 +169,28 @@ mod tests {
     fn known_answers() {
         assert_eq!(sha1_hex(b""), "da39a3ee5e6b4b0d3255bfef95601890afd80709");
         assert_eq!(sha1_hex(b"abc"), "a9993e364706816aba3e25717850c26c9cd0d89d");
+    }
+
+    #[test]
+    fn direct_writes_are_hashed_as_filled() {
+        let mut w = HashingWriter::new(crate::bundle::tar::Copying::new(Vec::new()));
+        w.write_all(b"ab").unwrap();
+        let n = w
+            .write_direct(10, &mut |room| {
+                room[..3].copy_from_slice(b"cde");
+                Ok(3)
+            })
+            .unwrap();
+        assert_eq!(n, 3);
+        // A fill reporting more than its room is refused, and nothing of it is hashed.
+        let err = w
+            .write_direct(4, &mut |room| Ok(room.len() + 1))
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        let (hex, len, inner) = w.finish();
+        assert_eq!(hex, sha1_hex(b"abcde"));
+        assert_eq!(len, 5);
+        assert_eq!(inner.into_inner(), b"abcde");
     }
 
     #[test]

@@ -16,14 +16,23 @@ use std::thread::{self, JoinHandle};
 use libdeflater::{CompressionLvl, Compressor};
 
 use super::{DEFAULT_CHUNK_BYTES, GzipError, scan};
+use crate::bundle::tar::{self, DirectWrite};
 
-/// Chunks in flight per worker thread (queued, being compressed, or compressed and waiting to be
-/// written in order). Two keeps every worker busy while the caller writes results out.
+/// Chunks in flight per worker thread (waiting for a partner, queued, being compressed, or
+/// compressed and waiting to be written in order) when workers take chunks two at a time (see
+/// [`Job`]): a pair being compressed and one queued, so that every worker finds its next pair
+/// ready while the caller writes results out.
+const IN_FLIGHT_PER_THREAD_PAIRED: usize = 4;
+
+/// Chunks in flight per worker thread when [`MAX_IN_FLIGHT_BYTES`] does not allow
+/// [`IN_FLIGHT_PER_THREAD_PAIRED`] (many threads or large chunks): workers then take one chunk
+/// at a time, one being compressed and one queued, rather than fewer workers be busy.
 const IN_FLIGHT_PER_THREAD: usize = 2;
 
 /// Upper limit of the chunk buffers in flight, in bytes: each chunk in flight holds its input and
-/// an output buffer of about the same size. With 1 MiB chunks this allows 24 chunks (12 busy
-/// threads at [`IN_FLIGHT_PER_THREAD`]); more threads than chunks in flight are not started.
+/// an output buffer of about the same size. With 1 MiB chunks this allows 23 chunks: up to 5
+/// threads take chunks in pairs, up to 11 one at a time; more threads than chunks in flight are
+/// not started.
 pub(super) const MAX_IN_FLIGHT_BYTES: usize = 48 << 20;
 
 /// Largest payload of one stored deflate block (RFC 1951 §3.2.4: LEN is 16 bits).
@@ -117,20 +126,31 @@ pub(super) fn definalize_in(out: &mut [u8], end: &scan::StreamEnd) -> usize {
 }
 
 /// One chunk of input on its way to a worker.
-struct Job {
+struct Chunk {
     seq: u64,
     offset: u64,
+    /// The chunk is `data[..len]`; the buffer is `chunk_bytes` long (initialized once, reused).
     data: Vec<u8>,
+    len: usize,
     /// A recycled buffer for the compressed bytes.
     out: Vec<u8>,
     last: bool,
-    /// Test hook: make the worker panic on this job.
+    /// Test hook: make the worker panic on this chunk.
     #[cfg(test)]
     panic: bool,
 }
 
+/// What a worker takes at once: two consecutive chunks, compressed one after the other and then
+/// checked together ([`scan::scan_pair`], about a quarter faster than one after the other), or
+/// a single chunk (the last one, or one that `flush` or a lack of chunks in flight sends alone).
+struct Job {
+    first: Chunk,
+    second: Option<Chunk>,
+}
+
 /// A compressed chunk with its buffers handed back for reuse.
 struct Compressed {
+    /// The input buffer, handed back whole.
     data: Vec<u8>,
     /// The compressed bytes are `out[..len]`; the rest is kept (initialized) for reuse.
     out: Vec<u8>,
@@ -138,43 +158,65 @@ struct Compressed {
     crc: crc32fast::Hasher,
 }
 
-/// What a worker sends back for one job.
+/// What a worker sends back for one chunk.
 struct Done {
     seq: u64,
     result: Result<Compressed, GzipError>,
 }
 
-/// Compresses one chunk as raw deflate into `job.out` (see the module documentation).
-fn compress_chunk(c: &mut Compressor, job: Job) -> Result<Compressed, GzipError> {
+/// Compresses `chunk` as raw deflate into `chunk.out` (see the module documentation); returns
+/// the length of the deflate stream still to be checked, or `None` when the chunk was stored
+/// instead (then `chunk.out` holds exactly the stored blocks).
+fn deflate_chunk(c: &mut Compressor, chunk: &mut Chunk) -> Option<usize> {
     #[cfg(test)]
-    if job.panic {
+    if chunk.panic {
         panic!("injected worker panic");
     }
-    let Job {
-        seq,
-        offset,
-        data,
-        mut out,
-        last,
-        ..
-    } = job;
-
+    let data = &chunk.data[..chunk.len];
     // Give libdeflate only as much room as stays within the stored size once the sync marker is
     // appended: a larger result would be replaced by stored blocks anyway (see
     // `compressed_bound`), and libdeflate reports running out of room instead of writing more.
     let stored = stored_len(data.len());
-    let room = if last {
+    let room = if chunk.last {
         stored
     } else {
         stored - SYNC_MARKER_MAX_BYTES
     };
     // A recycled buffer keeps its length and bytes: only growth is zeroed, not every chunk.
-    if out.len() < stored {
-        out.resize(stored, 0);
+    if chunk.out.len() < stored {
+        chunk.out.resize(stored, 0);
     }
-    let len = match c.deflate_compress(&data, &mut out[..room]) {
-        Ok(len) => {
-            let end = scan::scan(&out[..len]).map_err(|source| GzipError::CheckChunk {
+    match c.deflate_compress(data, &mut chunk.out[..room]) {
+        Ok(len) => Some(len),
+        // libdeflate's only error: the output does not fit in `room`.
+        Err(_) => {
+            write_stored(data, chunk.last, &mut chunk.out);
+            None
+        }
+    }
+}
+
+/// Finishes a chunk whose deflate stream of `len` bytes was scanned with the result `scanned`
+/// (`None` for a stored chunk): checks that the stream is valid and decodes to the chunk's
+/// length, makes it joinable to the next chunk's, and computes the chunk's CRC-32.
+fn finish_chunk(
+    chunk: Chunk,
+    scanned: Option<(usize, Result<scan::StreamEnd, scan::ScanError>)>,
+) -> Result<Compressed, GzipError> {
+    let Chunk {
+        seq,
+        offset,
+        data: buffer,
+        len: data_len,
+        mut out,
+        last,
+        ..
+    } = chunk;
+    let data = &buffer[..data_len];
+    let len = match scanned {
+        None => out.len(),
+        Some((len, end)) => {
+            let end = end.map_err(|source| GzipError::CheckChunk {
                 chunk: seq,
                 offset,
                 source,
@@ -190,25 +232,62 @@ fn compress_chunk(c: &mut Compressor, job: Job) -> Result<Compressed, GzipError>
             if last {
                 len
             } else {
-                // `room` leaves the marker's bytes free below `stored`.
+                // `room` left the marker's bytes free below the stored size.
                 definalize_in(&mut out, &end)
             }
         }
-        // libdeflate's only error: the output does not fit in `room`.
-        Err(_) => {
-            write_stored(&data, last, &mut out);
-            out.len()
-        }
     };
-
     let mut crc = crc32fast::Hasher::new();
-    crc.update(&data);
+    crc.update(data);
     Ok(Compressed {
-        data,
+        data: buffer,
         out,
         len,
         crc,
     })
+}
+
+/// Compresses and checks the chunks of `job`; `at` is set to the sequence number and offset of
+/// each chunk before it is worked on, so that a panic can be reported for the right chunk.
+fn compress_job(c: &mut Compressor, job: Job, at: &mut (u64, u64)) -> [Option<Done>; 2] {
+    let Job { mut first, second } = job;
+    *at = (first.seq, first.offset);
+    let deflated_first = deflate_chunk(c, &mut first);
+    let Some(mut second) = second else {
+        let scanned = deflated_first.map(|len| (len, scan::scan(&first.out[..len])));
+        let seq = first.seq;
+        return [
+            Some(Done {
+                seq,
+                result: finish_chunk(first, scanned),
+            }),
+            None,
+        ];
+    };
+    *at = (second.seq, second.offset);
+    let deflated_second = deflate_chunk(c, &mut second);
+    *at = (first.seq, first.offset);
+    let (scanned_first, scanned_second) = match (deflated_first, deflated_second) {
+        (Some(a), Some(b)) => {
+            let (end_a, end_b) = scan::scan_pair(&first.out[..a], &second.out[..b]);
+            (Some((a, end_a)), Some((b, end_b)))
+        }
+        (a, b) => (
+            a.map(|len| (len, scan::scan(&first.out[..len]))),
+            b.map(|len| (len, scan::scan(&second.out[..len]))),
+        ),
+    };
+    let (seq_first, seq_second) = (first.seq, second.seq);
+    [
+        Some(Done {
+            seq: seq_first,
+            result: finish_chunk(first, scanned_first),
+        }),
+        Some(Done {
+            seq: seq_second,
+            result: finish_chunk(second, scanned_second),
+        }),
+    ]
 }
 
 /// Body of a worker thread: take jobs until the queue closes or the encoder stops.
@@ -230,19 +309,25 @@ fn run_worker(
         if stop.load(Ordering::Relaxed) {
             return;
         }
-        let (seq, offset) = (job.seq, job.offset);
+        let mut at = (job.first.seq, job.first.offset);
         // A panic (including libdeflater's on a failed allocation of the compressor, made here
         // for that reason) must become an error for the caller, not a chunk that never arrives:
         // the caller would wait for it forever while the other workers are idle.
-        let result = panic::catch_unwind(AssertUnwindSafe(|| {
+        let results = panic::catch_unwind(AssertUnwindSafe(|| {
             let c = compressor.get_or_insert_with(|| Compressor::new(level));
-            compress_chunk(c, job)
-        }))
-        .unwrap_or(Err(GzipError::WorkerPanicked { chunk: seq, offset }));
-        let panicked = matches!(result, Err(GzipError::WorkerPanicked { .. }));
-        if done.send(Done { seq, result }).is_err() || panicked {
+            compress_job(c, job, &mut at)
+        }));
+        let Ok(results) = results else {
+            let (chunk, offset) = at;
+            let result = Err(GzipError::WorkerPanicked { chunk, offset });
             // The compressor's state is unknown after a panic; this thread retires.
+            let _ = done.send(Done { seq: chunk, result });
             return;
+        };
+        for result in results.into_iter().flatten() {
+            if done.send(result).is_err() {
+                return;
+            }
         }
     }
 }
@@ -253,9 +338,10 @@ fn run_worker(
 /// trailer and returns the inner writer. Dropping the encoder without `finish` stops its threads
 /// and leaves the output incomplete.
 ///
-/// `write` copies into the current chunk and returns once the chunk is queued; it blocks only
-/// while the most chunks are in flight (`2 × threads`, fewer for very large chunks or thread
-/// counts; see [`with_chunk_size`](Self::with_chunk_size)). Compressed chunks are written to the
+/// `write` copies into the current chunk (or, through [`DirectWrite`], the caller reads its input
+/// straight into the chunk) and returns once the chunk is queued; it blocks only
+/// while the most chunks are in flight (`4 × threads`, fewer for large chunks or many threads;
+/// see [`with_chunk_size`](Self::with_chunk_size)). Compressed chunks are written to the
 /// inner writer, in order, on the caller's thread during `write`, `flush` and `finish`. Errors
 /// from the inner writer are returned unchanged; after any error the encoder refuses further use
 /// ([`GzipError::Poisoned`]).
@@ -264,8 +350,10 @@ pub struct ParallelGzEncoder<W: Write> {
     inner: Option<W>,
     level: u32,
     chunk_bytes: usize,
-    /// The chunk being filled.
+    /// The chunk being filled: `fill[..filled]`. The buffer is always `chunk_bytes` long, so
+    /// that the input can be read straight into it ([`DirectWrite`]).
     fill: Vec<u8>,
+    filled: usize,
     /// `None` once the pool is shut down.
     jobs: Option<SyncSender<Job>>,
     results: Receiver<Done>,
@@ -278,6 +366,12 @@ pub struct ParallelGzEncoder<W: Write> {
     next_write: u64,
     /// Compressed chunks that arrived ahead of `next_write`.
     ready: BTreeMap<u64, Compressed>,
+    /// Whether workers take chunks in pairs (when [`MAX_IN_FLIGHT_BYTES`] allows enough in
+    /// flight for it).
+    pub(super) paired: bool,
+    /// A full chunk waiting for the next one, to be sent together as one [`Job`]; counted in
+    /// flight.
+    pending: Option<Chunk>,
     spare_data: Vec<Vec<u8>>,
     spare_out: Vec<Vec<u8>>,
     /// CRC-32 of all chunks written out so far.
@@ -318,9 +412,11 @@ impl<W: Write> ParallelGzEncoder<W> {
 
     /// Like [`new`](Self::new) with chunks of `chunk_bytes` bytes (see [`DEFAULT_CHUNK_BYTES`]).
     ///
-    /// At most `2 × threads` chunks are in flight, holding at most 48 MiB of chunk buffers (input
-    /// plus output): with many threads or large chunks fewer chunks are in flight, and only as
-    /// many threads are started as chunks may be in flight (at least one).
+    /// At most `4 × threads` chunks are in flight, and workers take them two at a time (their
+    /// deflate streams are checked faster together), as long as that holds at most 48 MiB of
+    /// chunk buffers (input plus output). Beyond that (many threads or large chunks), workers
+    /// take one chunk at a time, at most `2 × threads` are in flight within the 48 MiB, and only
+    /// as many threads are started as chunks may be in flight (at least one).
     ///
     /// # Errors
     ///
@@ -344,10 +440,13 @@ impl<W: Write> ParallelGzEncoder<W> {
             return Err(GzipError::EmptyChunkSize.into_io());
         }
         let per_chunk = chunk_bytes.saturating_add(stored_len(chunk_bytes));
-        let max_in_flight = threads
-            .saturating_mul(IN_FLIGHT_PER_THREAD)
-            .min(MAX_IN_FLIGHT_BYTES / per_chunk)
-            .max(1);
+        let cap = MAX_IN_FLIGHT_BYTES / per_chunk;
+        let paired = threads.saturating_mul(IN_FLIGHT_PER_THREAD_PAIRED) <= cap;
+        let max_in_flight = if paired {
+            threads * IN_FLIGHT_PER_THREAD_PAIRED
+        } else {
+            threads.saturating_mul(IN_FLIGHT_PER_THREAD).min(cap).max(1)
+        };
         let threads = threads.min(max_in_flight);
         // The queue holds one job per thread on top of the one each is working on; together with
         // results awaiting their turn this stays within `max_in_flight` (enforced in `dispatch`).
@@ -382,7 +481,8 @@ impl<W: Write> ParallelGzEncoder<W> {
             inner: Some(inner),
             level,
             chunk_bytes,
-            fill: Vec::with_capacity(chunk_bytes),
+            fill: vec![0; chunk_bytes],
+            filled: 0,
             jobs: Some(job_tx),
             results: done_rx,
             workers,
@@ -391,6 +491,8 @@ impl<W: Write> ParallelGzEncoder<W> {
             next_seq: 0,
             next_write: 0,
             ready: BTreeMap::new(),
+            paired,
+            pending: None,
             spare_data: Vec::new(),
             spare_out: Vec::new(),
             crc: crc32fast::Hasher::new(),
@@ -461,8 +563,15 @@ impl<W: Write> ParallelGzEncoder<W> {
     }
 
     /// Hands the current chunk to the pool (`last` marks the final chunk, which may be empty).
+    ///
+    /// A chunk is held back (`pending`) until the next one comes, to go to a worker together;
+    /// the last chunk is sent at once, with the one held back if any.
     fn dispatch(&mut self, last: bool) -> io::Result<()> {
         while self.in_flight() >= self.max_in_flight {
+            if self.pending.is_some() && self.in_flight() == 1 {
+                // Nothing else is out to wait for: the held chunk goes alone.
+                self.send_pending()?;
+            }
             self.receive(true)?;
             self.write_ready()?;
         }
@@ -470,29 +579,55 @@ impl<W: Write> ParallelGzEncoder<W> {
         let next_fill = self
             .spare_data
             .pop()
-            .unwrap_or_else(|| Vec::with_capacity(chunk_bytes));
+            .unwrap_or_else(|| vec![0; chunk_bytes]);
         let data = std::mem::replace(&mut self.fill, next_fill);
+        let len = std::mem::take(&mut self.filled);
         let seq = self.next_seq;
         let offset = self.dispatched;
-        self.dispatched += data.len() as u64;
-        let job = Job {
+        self.dispatched += len as u64;
+        let chunk = Chunk {
             seq,
             offset,
             data,
+            len,
             out: self.spare_out.pop().unwrap_or_default(),
             last,
             #[cfg(test)]
             panic: self.panic_on_chunk == Some(seq),
         };
-        let Some(jobs) = &self.jobs else {
-            return Err(GzipError::WorkersGone.into_io());
-        };
-        jobs.send(job)
-            .map_err(|_| GzipError::WorkersGone.into_io())?;
         self.next_seq += 1;
+        match self.pending.take() {
+            Some(first) => self.send(Job {
+                first,
+                second: Some(chunk),
+            })?,
+            None if self.paired && !last => self.pending = Some(chunk),
+            None => self.send(Job {
+                first: chunk,
+                second: None,
+            })?,
+        }
         // Write out whatever is already done so output leaves as early as possible.
         while self.receive(false)? {}
         self.write_ready()
+    }
+
+    /// Sends the chunk held back for a partner, alone.
+    fn send_pending(&mut self) -> io::Result<()> {
+        match self.pending.take() {
+            Some(first) => self.send(Job {
+                first,
+                second: None,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn send(&mut self, job: Job) -> io::Result<()> {
+        let Some(jobs) = &self.jobs else {
+            return Err(GzipError::WorkersGone.into_io());
+        };
+        jobs.send(job).map_err(|_| GzipError::WorkersGone.into_io())
     }
 
     /// Takes one result from the workers; returns whether one arrived (always true if `block`).
@@ -538,8 +673,7 @@ impl<W: Write> ParallelGzEncoder<W> {
             self.inner_mut()?.write_all(&chunk.out[..chunk.len])?;
             self.crc.combine(&chunk.crc);
             self.next_write += 1;
-            let Compressed { mut data, out, .. } = chunk;
-            data.clear();
+            let Compressed { data, out, .. } = chunk;
             self.spare_data.push(data);
             self.spare_out.push(out);
         }
@@ -548,6 +682,7 @@ impl<W: Write> ParallelGzEncoder<W> {
 
     /// Waits for every dispatched chunk and writes it out.
     fn drain(&mut self) -> io::Result<()> {
+        self.send_pending()?;
         while self.in_flight() > 0 {
             self.receive(true)?;
             self.write_ready()?;
@@ -574,11 +709,12 @@ impl<W: Write> Write for ParallelGzEncoder<W> {
         self.guard(|s| {
             let mut rest = buf;
             while !rest.is_empty() {
-                let take = (s.chunk_bytes - s.fill.len()).min(rest.len());
-                s.fill.extend_from_slice(&rest[..take]);
+                let take = (s.chunk_bytes - s.filled).min(rest.len());
+                s.fill[s.filled..s.filled + take].copy_from_slice(&rest[..take]);
+                s.filled += take;
                 s.total_in += take as u64;
                 rest = &rest[take..];
-                if s.fill.len() == s.chunk_bytes {
+                if s.filled == s.chunk_bytes {
                     s.dispatch(false)?;
                 }
             }
@@ -592,11 +728,38 @@ impl<W: Write> Write for ParallelGzEncoder<W> {
     fn flush(&mut self) -> io::Result<()> {
         self.check_usable()?;
         self.guard(|s| {
-            if !s.fill.is_empty() {
+            if s.filled > 0 {
                 s.dispatch(false)?;
             }
             s.drain()?;
             s.inner_mut()?.flush()
+        })
+    }
+}
+
+impl<W: Write> DirectWrite for ParallelGzEncoder<W> {
+    /// Lends the free part of the current chunk: the input is read straight into the buffer a
+    /// worker compresses, with no copy.
+    fn write_direct(
+        &mut self,
+        max: usize,
+        fill: &mut dyn FnMut(&mut [u8]) -> io::Result<usize>,
+    ) -> io::Result<usize> {
+        self.check_usable()?;
+        self.guard(|s| {
+            // A full chunk is dispatched as soon as it is full, so there is always room here.
+            let room = (s.chunk_bytes - s.filled).min(max);
+            let start = s.filled;
+            let n = fill(&mut s.fill[start..start + room])?;
+            if n > room {
+                return Err(tar::overfilled(n, room));
+            }
+            s.filled += n;
+            s.total_in += n as u64;
+            if s.filled == s.chunk_bytes {
+                s.dispatch(false)?;
+            }
+            Ok(n)
         })
     }
 }

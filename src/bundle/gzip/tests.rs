@@ -286,7 +286,28 @@ fn in_flight_memory_is_capped_for_many_threads() {
     assert_eq!(enc.max_in_flight, (MAX_IN_FLIGHT_BYTES / per_chunk) as u64);
     assert_eq!(enc.workers.len(), MAX_IN_FLIGHT_BYTES / per_chunk);
     let enc = ParallelGzEncoder::with_chunk_size(Vec::new(), 6, 2, 1 << 20).expect("enc");
-    assert_eq!((enc.max_in_flight, enc.workers.len()), (4, 2));
+    assert_eq!(
+        (enc.max_in_flight, enc.workers.len(), enc.paired),
+        (8, 2, true)
+    );
+    // Up to 5 threads take 1 MiB chunks in pairs (4 in flight each); 6 would need 24 chunks in
+    // flight, over the cap: they take one chunk at a time, 2 in flight each, all 6 busy.
+    let enc = ParallelGzEncoder::with_chunk_size(Vec::new(), 6, 5, 1 << 20).expect("enc");
+    assert_eq!(
+        (enc.max_in_flight, enc.workers.len(), enc.paired),
+        (20, 5, true)
+    );
+    let enc = ParallelGzEncoder::with_chunk_size(Vec::new(), 6, 6, 1 << 20).expect("enc");
+    assert_eq!(
+        (enc.max_in_flight, enc.workers.len(), enc.paired),
+        (12, 6, false)
+    );
+    let enc = ParallelGzEncoder::with_chunk_size(Vec::new(), 6, 16, 1 << 20).expect("enc");
+    let cap = MAX_IN_FLIGHT_BYTES / ((1 << 20) + stored_len(1 << 20));
+    assert_eq!(
+        (enc.max_in_flight, enc.workers.len(), enc.paired),
+        (cap as u64, 16, false)
+    );
     // A chunk larger than the cap still works, one chunk at a time.
     let mut enc = ParallelGzEncoder::with_chunk_size(Vec::new(), 1, 4, 64 << 20).expect("enc");
     assert_eq!((enc.max_in_flight, enc.workers.len()), (1, 1));
@@ -295,6 +316,48 @@ fn in_flight_memory_is_capped_for_many_threads() {
         decode_single_member(&enc.finish().expect("finish")),
         b"small"
     );
+}
+
+#[test]
+fn one_chunk_in_flight_still_pairs_nothing_and_finishes() {
+    // 13 MiB chunks: only one fits under the in-flight cap, so no chunk can wait for a partner
+    // while another is out: each goes alone (a held one would wait forever).
+    let chunk = 13 << 20;
+    let mut enc = ParallelGzEncoder::with_chunk_size(Vec::new(), 1, 2, chunk).expect("enc");
+    assert_eq!(enc.max_in_flight, 1);
+    let mut data = vec![0u8; 3 * chunk + 5];
+    data[chunk + 7] = 1;
+    enc.write_all(&data).expect("write");
+    let gz = enc.finish().expect("finish");
+    assert_eq!(decode_single_member(&gz), data);
+}
+
+#[test]
+fn chunks_checked_in_pairs_with_stored_neighbours_round_trip() {
+    // Text and random chunks alternate, so pairs mix a deflated chunk with a stored one (checked
+    // alone) as well as two deflated ones (checked together); odd chunk counts leave the last
+    // chunk alone.
+    let piece = 32 * 1024;
+    for chunks in [1, 2, 3, 6, 7] {
+        let mut data = Vec::new();
+        for i in 0..chunks {
+            if i % 3 == 1 {
+                data.extend(random_bytes(piece, i as u64));
+            } else {
+                data.extend(text_bytes(piece, i as u64));
+            }
+        }
+        let gz = encode(&data, 6, 2, piece);
+        assert_eq!(system_gunzip(&gz), data, "{chunks} chunks");
+        assert_eq!(decode_single_member(&gz), data, "{chunks} chunks");
+        // Pairing does not change the output: one thread, same bytes; and 200 threads, too many
+        // to pair under the in-flight cap (which is in bytes: small chunks need many threads).
+        assert_eq!(encode(&data, 6, 1, piece), gz, "{chunks} chunks");
+        let many = ParallelGzEncoder::with_chunk_size(Vec::new(), 6, 200, piece).expect("enc");
+        assert!(!many.paired);
+        drop(many);
+        assert_eq!(encode(&data, 6, 200, piece), gz, "{chunks} chunks");
+    }
 }
 
 #[test]
@@ -348,6 +411,65 @@ impl Write for FailingWriter {
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
+}
+
+/// The same stream written by `write_direct` in pieces of `piece` bytes.
+fn encode_direct(data: &[u8], threads: usize, chunk: usize, piece: usize) -> Vec<u8> {
+    use crate::bundle::tar::DirectWrite;
+    let mut enc = ParallelGzEncoder::with_chunk_size(Vec::new(), 6, threads, chunk).expect("enc");
+    let mut rest = data;
+    while !rest.is_empty() {
+        let n = enc
+            .write_direct(piece, &mut |room| {
+                assert!(!room.is_empty() && room.len() <= piece);
+                let n = room.len().min(rest.len());
+                room[..n].copy_from_slice(&rest[..n]);
+                Ok(n)
+            })
+            .expect("write_direct");
+        rest = &rest[n..];
+    }
+    assert_eq!(enc.total_in(), data.len() as u64);
+    enc.finish().expect("finish")
+}
+
+#[test]
+fn direct_writes_give_the_same_stream_as_writes() {
+    // Pieces that cross chunk ends and ones that fill chunks exactly; inputs that end inside a
+    // chunk and exactly at a chunk end (then an empty final chunk follows, as with `write`).
+    let chunk = 64 * 1024;
+    for len in [0, 1, 5_000, chunk - 1, chunk, 3 * chunk, 3 * chunk + 777] {
+        let data = text_bytes(len, len as u64);
+        let expected = encode(&data, 6, 2, chunk);
+        for piece in [1_000, 4_096, chunk, 200_000] {
+            assert_eq!(
+                encode_direct(&data, 2, chunk, piece),
+                expected,
+                "len {len} piece {piece}"
+            );
+        }
+    }
+}
+
+#[test]
+fn direct_write_errors_are_returned_and_poison_the_encoder() {
+    use crate::bundle::tar::DirectWrite;
+    let mut enc = ParallelGzEncoder::with_chunk_size(Vec::new(), 6, 1, 1024).expect("enc");
+    // More bytes reported than lent.
+    let err = enc
+        .write_direct(100, &mut |room| Ok(room.len() + 1))
+        .expect_err("overfilled");
+    assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    assert!(enc.write(b"x").is_err(), "usable after an error");
+    // The fill's own error comes back unchanged.
+    let mut enc = ParallelGzEncoder::with_chunk_size(Vec::new(), 6, 1, 1024).expect("enc");
+    let err = enc
+        .write_direct(100, &mut |_| {
+            Err(io::Error::new(io::ErrorKind::TimedOut, Marker))
+        })
+        .expect_err("fill error");
+    assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    assert!(err.get_ref().is_some_and(|e| e.is::<Marker>()), "{err:?}");
 }
 
 #[test]
@@ -466,6 +588,22 @@ fn flush_makes_everything_written_decodable() {
         .expect("inflate");
     assert_eq!(out, &data[..100_000]);
     enc.write_all(&data[100_000..]).expect("write");
+    enc.finish().expect("finish");
+    assert_eq!(decode_single_member(&shared.0.borrow()), data);
+
+    // A flush right after a chunk filled up: that chunk was held for a partner and must go out.
+    let data = text_bytes(3 * 64 * 1024, 13);
+    let shared = SharedVec::default();
+    let mut enc = ParallelGzEncoder::with_chunk_size(shared.clone(), 6, 2, 64 * 1024).expect("enc");
+    enc.write_all(&data).expect("write");
+    enc.flush().expect("flush");
+    let so_far = shared.0.borrow().clone();
+    let mut inflate = flate2::Decompress::new(false);
+    let mut out = Vec::with_capacity(200_000);
+    inflate
+        .decompress_vec(&so_far[10..], &mut out, flate2::FlushDecompress::Sync)
+        .expect("inflate");
+    assert_eq!(out, data);
     enc.finish().expect("finish");
     assert_eq!(decode_single_member(&shared.0.borrow()), data);
 }

@@ -4,7 +4,7 @@
 use std::fs;
 use std::io::{Read, Write};
 
-use super::staging::stale_pid;
+use super::staging::{Syncer, stale_pid};
 use super::*;
 
 #[test]
@@ -63,9 +63,9 @@ fn staging_commit_renames_and_cleans_up() {
     let staging_path = staging.path().to_path_buf();
     let mut w = PartWriter::new(staging.sink());
     w.write_all(&vec![7u8; PART_SIZE_BYTES + 5]).unwrap();
-    let (_, parts) = w.finish().unwrap();
+    let (sink, parts) = w.finish().unwrap();
     let manifest = staging
-        .commit("img", &parts, b"<?xml version='1.0'?>")
+        .commit(sink, "img", &parts, b"<?xml version='1.0'?>")
         .unwrap();
     assert_eq!(manifest, dest.path().join("img.manifest.xml"));
     assert!(!staging_path.exists());
@@ -81,6 +81,80 @@ fn staging_commit_renames_and_cleans_up() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o600);
+}
+
+#[test]
+fn parts_are_made_durable_in_the_background_before_the_commit() {
+    let dest = tempfile::tempdir().unwrap();
+    let staging = StagingDir::create(dest.path(), "img").unwrap();
+    let mut w = PartWriter::new(staging.sink());
+    w.write_all(&vec![3u8; 2 * PART_SIZE_BYTES + 1]).unwrap();
+    let (mut sink, parts) = w.finish().unwrap();
+    assert_eq!(parts.len(), 3);
+    // Every finished part went to the fsync thread; the commit has none left to sync.
+    assert_eq!(sink.finish_syncing().unwrap(), [0, 1, 2]);
+    staging.commit(sink, "img", &parts, b"<m/>").unwrap();
+    for i in 0..3 {
+        assert!(dest.path().join(format!("img.part.{i}")).is_file());
+    }
+}
+
+#[test]
+fn a_failed_background_fsync_fails_the_next_part_and_the_commit() {
+    // fsync of /dev/null fails with EINVAL: a stand-in for a disk error or a full filesystem
+    // (delayed allocation reports ENOSPC only at write-back).
+    let dev_null = || {
+        fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/null")
+            .unwrap()
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let mut syncer = Syncer::start().unwrap();
+    syncer.sync(0, dev_null()).unwrap();
+    // Once the thread has failed, handing over the next part reports its error.
+    let mut err = None;
+    for index in 1..1000 {
+        let part = fs::File::create(tmp.path().join(format!("p{index}"))).unwrap();
+        if let Err(e) = syncer.sync(index, part) {
+            err = Some(e);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let err = err.expect("the failed fsync was never reported");
+    assert_eq!(err.raw_os_error(), Some(libc::EINVAL), "{err}");
+
+    // The commit reports it too, and leaves no bundle: no manifest, no part, no staging.
+    let dest = tempfile::tempdir().unwrap();
+    let staging = StagingDir::create(dest.path(), "img").unwrap();
+    let mut w = PartWriter::new(staging.sink());
+    w.write_all(b"data").unwrap();
+    let (mut sink, mut parts) = w.finish().unwrap();
+    sink.sync_in_background(1, dev_null()).unwrap();
+    parts.push(PartInfo {
+        index: 1,
+        size: 0,
+        sha1: String::new(),
+    });
+    let err = staging
+        .commit(sink, "img", &parts, b"<m/>")
+        .expect_err("failed fsync not reported");
+    assert_eq!(err.raw_os_error(), Some(libc::EINVAL), "{err}");
+    assert_eq!(fs::read_dir(dest.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn commit_refuses_the_sink_of_another_staging_directory() {
+    let dest = tempfile::tempdir().unwrap();
+    let a = StagingDir::create(dest.path(), "a").unwrap();
+    let b = StagingDir::create(dest.path(), "b").unwrap();
+    let mut w = PartWriter::new(b.sink());
+    w.write_all(b"x").unwrap();
+    let (sink, parts) = w.finish().unwrap();
+    let err = a.commit(sink, "a", &parts, b"<m/>").unwrap_err();
+    assert!(err.to_string().contains("part sink of"), "{err}");
+    assert!(!dest.path().join("a.manifest.xml").exists());
 }
 
 #[test]

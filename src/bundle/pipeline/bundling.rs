@@ -391,10 +391,16 @@ fn encode<S: PartSink>(
     };
     match source {
         Source::File { mut file, map } => {
-            tar::write_stream(&mut file, &member, &map, &mut hashing, &mut tick)?;
+            tar::write_stream_direct(&mut file, &member, &map, &mut hashing, &mut tick)?;
         }
         Source::Stream { mut reader } => {
-            tar::write_stream_from_reader(&mut reader, &member, size, &mut hashing, &mut tick)?;
+            tar::write_stream_from_reader_direct(
+                &mut reader,
+                &member,
+                size,
+                &mut hashing,
+                &mut tick,
+            )?;
         }
         Source::Regions { mut reader, map } => {
             tar::write_stream_from_regions(&mut reader, &member, &map, &mut hashing, &mut tick)?;
@@ -556,7 +562,7 @@ pub fn bundle_to_dir(
         )),
         _ => e,
     };
-    let (_sink, encoded) =
+    let (sink, encoded) =
         encode(image, spec, &key, &iv, staging.sink(), &write_err, progress).map_err(full)?;
     let width = parts::part_width(encoded.parts.len() as u64);
     let (manifest, xml) = signed_manifest(spec, identity, &key, &iv, &encoded, width)?;
@@ -567,7 +573,7 @@ pub fn bundle_to_dir(
         fs::remove_file(path).map_err(write_err)?;
     }
     let manifest_path = staging
-        .commit(&spec.name, &encoded.parts, xml.as_bytes())
+        .commit(sink, &spec.name, &encoded.parts, xml.as_bytes())
         .map_err(write_err)?;
     let part_paths = encoded
         .parts

@@ -20,8 +20,10 @@ mod writer;
 pub use self::header::{MemberMeta, header_blocks};
 pub use self::reader::{ImageSink, MemberInfo, TarReader};
 pub use self::sparse::{DataRegion, SparseMap};
+pub(crate) use self::writer::overfilled;
 pub use self::writer::{
-    stream_len, write_stream, write_stream_from_reader, write_stream_from_regions,
+    Copying, DirectWrite, stream_len, write_stream, write_stream_direct, write_stream_from_reader,
+    write_stream_from_reader_direct, write_stream_from_regions,
 };
 
 use std::io::{self, Read};

@@ -454,6 +454,152 @@ fn short_image_is_reported_with_offset() {
     );
 }
 
+/// A [`DirectWrite`] into a `Vec` that lends rooms of at most `room` bytes, or none at all, or
+/// fails after `fail_after` bytes.
+struct Lender {
+    out: Vec<u8>,
+    room: usize,
+    lends: bool,
+    fail_after: Option<usize>,
+}
+
+impl Lender {
+    fn new(room: usize) -> Self {
+        Self {
+            out: Vec::new(),
+            room,
+            lends: true,
+            fail_after: None,
+        }
+    }
+
+    fn check(&self) -> io::Result<()> {
+        match self.fail_after {
+            Some(limit) if self.out.len() >= limit => Err(io::Error::other("lender full")),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl io::Write for Lender {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.check()?;
+        self.out.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl DirectWrite for Lender {
+    fn write_direct(
+        &mut self,
+        max: usize,
+        fill: &mut dyn FnMut(&mut [u8]) -> io::Result<usize>,
+    ) -> io::Result<usize> {
+        self.check()?;
+        if !self.lends {
+            return Ok(0);
+        }
+        // A room that never lines up with the 128 KiB reads.
+        let mut room = vec![0xAA; max.min(self.room)];
+        let n = fill(&mut room)?;
+        self.out.extend_from_slice(&room[..n]);
+        Ok(n)
+    }
+}
+
+#[test]
+fn direct_writes_give_the_same_stream_as_writes() {
+    let size = 3 * MIB + 100;
+    let regions = [region(0, 300 * KIB), region(MIB, 2 * MIB + 100)];
+    let map = SparseMap::new(size, regions.to_vec()).unwrap();
+    let expected = stream_for(size, &regions);
+    let dense = write_vec(
+        &mut Cursor::new(image_bytes(size, &[])),
+        &meta("d"),
+        &SparseMap::dense(size),
+    );
+    for room in [1, 1000, 100_003, 1 << 20] {
+        let mut out = Lender::new(room);
+        let mut image = Cursor::new(image_bytes(size, &regions));
+        let n = write_stream_direct(&mut image, &meta("image.img"), &map, &mut out, &mut |_| {})
+            .unwrap();
+        assert_eq!(n, expected.len() as u64);
+        assert!(out.out == expected, "room {room}");
+
+        let mut out = Lender::new(room);
+        let zeros = image_bytes(size, &[]);
+        write_stream_from_reader_direct(&mut &zeros[..], &meta("d"), size, &mut out, &mut |_| {})
+            .unwrap();
+        assert!(out.out == dense, "room {room}");
+    }
+}
+
+#[test]
+fn direct_write_errors_name_their_side() {
+    let map = SparseMap::dense(1 << 20);
+    // The writer's error: WriteStream at the offset reached.
+    let mut out = Lender::new(4096);
+    out.fail_after = Some(100_000);
+    let mut image = Cursor::new(vec![1u8; 1 << 20]);
+    let err = write_stream_direct(&mut image, &meta("i"), &map, &mut out, &mut |_| {}).unwrap_err();
+    assert!(
+        matches!(err, TarError::WriteStream { offset, .. } if offset == out.out.len() as u64),
+        "{err:?}"
+    );
+    // The image's error: ReadImage at the image offset, with the reader's own error.
+    struct Broken;
+    impl Read for Broken {
+        fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+            Err(io::Error::new(io::ErrorKind::TimedOut, "disk gone"))
+        }
+    }
+    impl Seek for Broken {
+        fn seek(&mut self, _: SeekFrom) -> io::Result<u64> {
+            Ok(0)
+        }
+    }
+    let err = write_stream_direct(
+        &mut Broken,
+        &meta("i"),
+        &map,
+        &mut Lender::new(4096),
+        &mut |_| {},
+    )
+    .unwrap_err();
+    match err {
+        TarError::ReadImage { offset: 0, source } => {
+            assert_eq!(source.kind(), io::ErrorKind::TimedOut);
+            assert_eq!(source.to_string(), "disk gone");
+        }
+        other => panic!("{other:?}"),
+    }
+    let err = write_stream_from_reader_direct(
+        &mut Broken,
+        &meta("i"),
+        10,
+        &mut Lender::new(4096),
+        &mut |_| {},
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, TarError::ReadImage { offset: 0, .. }),
+        "{err:?}"
+    );
+    // A writer that lends no room is an error, not a wait for data forever.
+    let mut out = Lender::new(4096);
+    out.lends = false;
+    let mut image = Cursor::new(vec![1u8; 1 << 20]);
+    let err = write_stream_direct(&mut image, &meta("i"), &map, &mut out, &mut |_| {}).unwrap_err();
+    assert!(
+        matches!(&err, TarError::WriteStream { offset: 512, source } if source.to_string().contains("no room")),
+        "{err:?}"
+    );
+}
+
 #[test]
 fn write_from_reader_exact_short_long() {
     let data: Vec<u8> = (0..5000u64).map(pattern).collect();

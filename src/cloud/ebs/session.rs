@@ -156,7 +156,12 @@ impl Session {
         // What the journal says, without its blocks (taken only when resuming).
         let recorded = self.journal().map(|j| {
             let r = j.recorded();
-            (r.token.clone(), r.snapshot.clone(), r.completing.is_some(), r.last_write)
+            (
+                r.token.clone(),
+                r.snapshot.clone(),
+                r.completing.is_some(),
+                r.last_write,
+            )
         });
         let mut previous = Default::default();
         let mut token = self.options.client_token.clone();

@@ -9,6 +9,15 @@
 //! code lengths, every symbol, every distance, the decoded length and the padding after the final
 //! block), so every chunk the encoder emits is self-checked. Any malformed input is an error;
 //! every loop consumes input, so no input can make the scanner run away.
+//!
+//! [`scan_pair`] scans two streams with the same results as two [`scan`]s, faster: the fast
+//! loops of `fast` decode an item of each in turn.
+
+mod fast;
+#[cfg(test)]
+mod tests;
+
+use self::fast::{Chain, scan_fast, scan_fast_pair};
 
 /// Where a deflate stream's final block lies, and how much it decodes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -454,53 +463,242 @@ struct Tables {
 /// zero padding bits up to the next byte boundary: no further bytes. Every block is decoded
 /// (without keeping the output) and checked; see [`ScanError`].
 pub(super) fn scan(stream: &[u8]) -> Result<StreamEnd, ScanError> {
-    let mut reader = BitReader::new(stream);
-    let mut tables = Tables {
-        litlen: Huffman::new(CodeKind::LitLen),
-        dist: Huffman::new(CodeKind::Dist),
-        codelen: Huffman::new(CodeKind::CodeLengths),
-        fixed: None,
-        lengths: Vec::with_capacity(MAX_LITLEN_CODES + MAX_DIST_CODES),
-    };
-    let mut decoded: u64 = 0;
+    StreamScan::new(stream).run()
+}
+
+/// Scans two streams as [`scan`] does each, with the same results, faster: while both are inside
+/// Huffman blocks (past their first [`WINDOW`] bytes), their items are decoded by one loop that
+/// takes an item of each in turn ([`scan_fast_pair`]), so the CPU works on two independent
+/// chains of dependent loads and shifts at once, where one stream's chain leaves it waiting.
+pub(super) fn scan_pair(
+    a: &[u8],
+    b: &[u8],
+) -> (Result<StreamEnd, ScanError>, Result<StreamEnd, ScanError>) {
+    let mut sa = StreamScan::new(a);
+    let mut sb = StreamScan::new(b);
     loop {
-        let header_bit = reader.pos;
-        let bfinal = reader.bits(1)? == 1;
-        match reader.bits(2)? {
-            0 => decoded += scan_stored(&mut reader)?,
-            1 => {
-                let (litlen, dist) = tables.fixed.get_or_insert_with(fixed_tables);
-                decoded = scan_codes(&mut reader, litlen, dist, decoded)?;
+        // Each round: the fast loops where they apply, then one careful unit of each stream (a
+        // block header, a stored block, or one item), so every round consumes input of both.
+        let pair = match (sa.codes(), sb.codes()) {
+            (Some((la, da)), Some((lb, db))) if sa.decoded >= WINDOW && sb.decoded >= WINDOW => {
+                Chain::new(sa.reader.data, sa.reader.pos, la, da, sa.decoded).zip(Chain::new(
+                    sb.reader.data,
+                    sb.reader.pos,
+                    lb,
+                    db,
+                    sb.decoded,
+                ))
             }
-            2 => {
-                read_dynamic_header(&mut reader, &mut tables)?;
-                decoded = scan_codes(&mut reader, &tables.litlen, &tables.dist, decoded)?;
+            _ => None,
+        };
+        match pair {
+            Some((ca, cb)) => {
+                let [(pa, na), (pb, nb)] = scan_fast_pair([ca, cb]);
+                (sa.reader.pos, sa.decoded) = (pa, na);
+                (sb.reader.pos, sb.decoded) = (pb, nb);
             }
-            _ => {
-                return Err(ScanError::Invalid {
-                    bit: header_bit + 1,
-                    what: "reserved block type 3",
-                });
+            // A stream at a block header gets there in this round's careful step; meanwhile
+            // the other waits, to be decoded in pairs from the next round on, instead of alone
+            // up to its next careful item.
+            None if matches!(sa.mode, Mode::Header) || matches!(sb.mode, Mode::Header) => {}
+            // A stream still in its first WINDOW bytes (distances checked) catches up alone; one
+            // already past them waits, to go on in pairs. Else (fewer than 8 bytes left to load
+            // in one of them) both go alone.
+            None => {
+                let (a_behind, b_behind) = (sa.decoded < WINDOW, sb.decoded < WINDOW);
+                if a_behind || !b_behind {
+                    sa.fast();
+                }
+                if b_behind || !a_behind {
+                    sb.fast();
+                }
             }
         }
-        if bfinal {
-            let end_bit = reader.pos;
-            let used = end_bit.div_ceil(8);
-            if stream.len() > used {
-                return Err(ScanError::TrailingBytes {
-                    count: stream.len() - used,
-                    end_bit,
-                });
+        match (sa.step(), sb.step()) {
+            (Ok(None), Ok(None)) => {}
+            (ra, rb) => return (settle(ra, sa), settle(rb, sb)),
+        }
+    }
+}
+
+/// The result of a stream whose last careful step gave `step`: scanned on alone to its end if
+/// that step did not end it.
+fn settle(
+    step: Result<Option<StreamEnd>, ScanError>,
+    rest: StreamScan<'_>,
+) -> Result<StreamEnd, ScanError> {
+    match step {
+        Ok(None) => rest.run(),
+        Ok(Some(end)) => Ok(end),
+        Err(e) => Err(e),
+    }
+}
+
+/// Where a stream's scan is between two careful steps.
+#[derive(Clone, Copy)]
+enum Mode {
+    /// At a block header.
+    Header,
+    /// Inside a Huffman block (fixed codes or the dynamic ones in `Tables`) whose header starts
+    /// at `header_bit`.
+    Codes {
+        fixed: bool,
+        bfinal: bool,
+        header_bit: usize,
+    },
+}
+
+/// The scan of one stream, resumable after every careful step so that two can be interleaved.
+struct StreamScan<'a> {
+    reader: BitReader<'a>,
+    tables: Tables,
+    /// Bytes the stream has decoded to so far.
+    decoded: u64,
+    mode: Mode,
+}
+
+impl<'a> StreamScan<'a> {
+    fn new(stream: &'a [u8]) -> Self {
+        Self {
+            reader: BitReader::new(stream),
+            tables: Tables {
+                litlen: Huffman::new(CodeKind::LitLen),
+                dist: Huffman::new(CodeKind::Dist),
+                codelen: Huffman::new(CodeKind::CodeLengths),
+                fixed: None,
+                lengths: Vec::with_capacity(MAX_LITLEN_CODES + MAX_DIST_CODES),
+            },
+            decoded: 0,
+            mode: Mode::Header,
+        }
+    }
+
+    /// Scans to the end.
+    ///
+    /// Inside Huffman blocks two decoders take turns: [`scan_fast`] decodes the common items as
+    /// fast as it can and stops, at an item boundary, before anything else; [`scan_symbol`] then
+    /// decodes that one item with every check, reporting any error exactly, and hands back.
+    /// Since the fast loop only accepts what the careful path would accept, and leaves the rest
+    /// to it at the same position, the verdict and every error are the careful path's. Every
+    /// round consumes input (a careful step consumes at least one bit or fails), so it cannot
+    /// run away.
+    fn run(mut self) -> Result<StreamEnd, ScanError> {
+        loop {
+            self.fast();
+            if let Some(end) = self.step()? {
+                return Ok(end);
             }
-            if end_bit % 8 != 0 && stream[end_bit / 8] >> (end_bit % 8) != 0 {
-                return Err(ScanError::NonzeroPadding { end_bit });
+        }
+    }
+
+    /// The codes of the Huffman block the scan is in, if it is in one.
+    fn codes(&self) -> Option<(&Huffman<LITLEN_FAST>, &Huffman<DIST_FAST>)> {
+        match self.mode {
+            Mode::Header => None,
+            Mode::Codes { fixed: true, .. } => self.tables.fixed.as_ref().map(|(l, d)| (l, d)),
+            Mode::Codes { fixed: false, .. } => Some((&self.tables.litlen, &self.tables.dist)),
+        }
+    }
+
+    /// Inside a Huffman block, decodes what the fast loop accepts; elsewhere nothing.
+    fn fast(&mut self) {
+        let tables = match self.mode {
+            Mode::Header => return,
+            Mode::Codes { fixed: true, .. } => match &self.tables.fixed {
+                Some((litlen, dist)) => (litlen, dist),
+                None => return,
+            },
+            Mode::Codes { fixed: false, .. } => (&self.tables.litlen, &self.tables.dist),
+        };
+        let (litlen, dist) = tables;
+        let reader = &mut self.reader;
+        reader.pos = if self.decoded < WINDOW {
+            scan_fast::<true>(reader.data, reader.pos, litlen, dist, &mut self.decoded)
+        } else {
+            scan_fast::<false>(reader.data, reader.pos, litlen, dist, &mut self.decoded)
+        };
+    }
+
+    /// One careful unit with every check: a block header (a whole stored block, or the header
+    /// and tables of a Huffman block), or inside a Huffman block one item. Returns where the
+    /// stream ends once its final block has ended, else `None`.
+    fn step(&mut self) -> Result<Option<StreamEnd>, ScanError> {
+        let reader = &mut self.reader;
+        let (header_bit, bfinal) = match self.mode {
+            Mode::Header => {
+                let header_bit = reader.pos;
+                let bfinal = reader.bits(1)? == 1;
+                match reader.bits(2)? {
+                    0 => self.decoded += scan_stored(reader)?,
+                    1 => {
+                        self.tables.fixed.get_or_insert_with(fixed_tables);
+                        self.mode = Mode::Codes {
+                            fixed: true,
+                            bfinal,
+                            header_bit,
+                        };
+                        return Ok(None);
+                    }
+                    2 => {
+                        read_dynamic_header(reader, &mut self.tables)?;
+                        self.mode = Mode::Codes {
+                            fixed: false,
+                            bfinal,
+                            header_bit,
+                        };
+                        return Ok(None);
+                    }
+                    _ => {
+                        return Err(ScanError::Invalid {
+                            bit: header_bit + 1,
+                            what: "reserved block type 3",
+                        });
+                    }
+                }
+                (header_bit, bfinal)
             }
-            return Ok(StreamEnd {
-                final_block_bit: header_bit,
+            Mode::Codes {
+                fixed,
+                bfinal,
+                header_bit,
+            } => {
+                let (litlen, dist) = match (&self.tables.fixed, fixed) {
+                    (Some((litlen, dist)), true) => (litlen, dist),
+                    _ => (&self.tables.litlen, &self.tables.dist),
+                };
+                match scan_symbol(reader, litlen, dist, self.decoded)? {
+                    Some(len) => {
+                        self.decoded += len;
+                        return Ok(None);
+                    }
+                    None => {
+                        self.mode = Mode::Header;
+                        (header_bit, bfinal)
+                    }
+                }
+            }
+        };
+        // A stored block, or a Huffman block's end-of-block, has just ended the block.
+        if !bfinal {
+            return Ok(None);
+        }
+        let stream = reader.data;
+        let end_bit = reader.pos;
+        let used = end_bit.div_ceil(8);
+        if stream.len() > used {
+            return Err(ScanError::TrailingBytes {
+                count: stream.len() - used,
                 end_bit,
-                decoded_len: decoded,
             });
         }
+        if end_bit % 8 != 0 && stream[end_bit / 8] >> (end_bit % 8) != 0 {
+            return Err(ScanError::NonzeroPadding { end_bit });
+        }
+        Ok(Some(StreamEnd {
+            final_block_bit: header_bit,
+            end_bit,
+            decoded_len: self.decoded,
+        }))
     }
 }
 
@@ -596,34 +794,6 @@ fn read_dynamic_header(reader: &mut BitReader<'_>, tables: &mut Tables) -> Resul
     Ok(())
 }
 
-/// Decodes the symbols of a Huffman block up to and including end-of-block; returns the number
-/// of bytes decoded so far in the stream (`decoded` plus this block's).
-///
-/// Two decoders take turns: [`scan_fast`] decodes the common items as fast as it can and stops,
-/// at an item boundary, before anything else; [`scan_symbol`] then decodes that one item with
-/// every check, reporting any error exactly, and hands back. Since the fast loop only accepts what
-/// the careful path would accept, and leaves the rest to it at the same position, the verdict and
-/// every error are the careful path's. Every round of this loop consumes input (the careful path
-/// consumes at least one bit or fails), so it cannot run away.
-fn scan_codes(
-    reader: &mut BitReader<'_>,
-    litlen: &Huffman<LITLEN_FAST>,
-    dist: &Huffman<DIST_FAST>,
-    mut decoded: u64,
-) -> Result<u64, ScanError> {
-    loop {
-        reader.pos = if decoded < WINDOW {
-            scan_fast::<true>(reader.data, reader.pos, litlen, dist, &mut decoded)
-        } else {
-            scan_fast::<false>(reader.data, reader.pos, litlen, dist, &mut decoded)
-        };
-        match scan_symbol(reader, litlen, dist, decoded)? {
-            Some(len) => decoded += len,
-            None => return Ok(decoded),
-        }
-    }
-}
-
 /// The careful path: decodes one literal, match or end-of-block starting at `reader.pos`, with
 /// every check; returns the bytes it decodes to, or `None` for end-of-block.
 fn scan_symbol(
@@ -683,414 +853,4 @@ fn scan_symbol(
         });
     }
     Ok(Some(u64::from(length)))
-}
-
-/// The fast loop: decodes literals and matches from bit `pos` of `data` while they are resolved
-/// by the primary tables and lie entirely within `data`, adding the number of bytes they decode
-/// to `decoded`; returns the bit offset of the first item it leaves to [`scan_symbol`]: one whose
-/// literal/length or distance entry is [`EXCEPTIONAL`], a match that reaches before the start of
-/// the stream, any item once fewer than 8 bytes of `data` are left to load and, with
-/// `CHECK_DISTANCES`, the first item after `WINDOW` bytes are decoded. Without
-/// `CHECK_DISTANCES` (which the caller passes only once `WINDOW` bytes are decoded, when every
-/// distance is in range) it does not compute distances at all: a distance entry's bit count is
-/// all it needs.
-///
-/// Bits are held in a register as in libdeflate's decompressor: `bitbuf` holds the stream from
-/// the current position at its low end (then zeros, shifted in as bits are consumed), of which
-/// `bitsleft` bits are counted as loaded, and
-/// `in_pos` is the index of the first byte not yet counted; the current position is
-/// `in_pos * 8 - bitsleft`. A refill ORs in the 8 bytes at `in_pos` shifted past the counted
-/// bits and counts the whole bytes that fit (after it 56 ≤ bitsleft ≤ 63, without a branch):
-/// the bits of the word that spill above `bitsleft` are the stream's following bits, which the
-/// next refill ORs in again at the same place, so after a refill all 64 bits of `bitbuf` are
-/// stream bits (57 after the first fill, which skips up to 7). An item takes at most
-/// [`MAX_FAST_ITEM_BITS`] (37 with the table sizes above), so one refill per item is enough, and
-/// the next literal/length entry can be looked up right after an item, before the refill (at
-/// least 57 - 37 = 20 stream bits are left), which keeps the refill off the chain of dependent
-/// loads and shifts that decoding is.
-///
-/// `bitsleft` is decremented by whole entries, not by their bit counts: the low byte of an entry
-/// is its bit count (bits 6 and 7 are zero), a subtraction only borrows upwards, and the true
-/// count is in 0..=63, so the low 6 bits of `bitsleft` stay exact while the upper bits collect
-/// garbage, masked off before each refill. Likewise `u64::wrapping_shr` uses only the low 6 bits
-/// of an entry as the shift. This saves a mask on the critical path.
-fn scan_fast<const CHECK_DISTANCES: bool>(
-    data: &[u8],
-    pos: usize,
-    litlen: &Huffman<LITLEN_FAST>,
-    dist: &Huffman<DIST_FAST>,
-    decoded: &mut u64,
-) -> usize {
-    let (litlen, dist) = (&litlen.fast, &dist.fast);
-    // Only bytes that exist are loaded, so whatever the loop consumes is within the data: it can
-    // never accept a truncated item.
-    let load = |at: usize| {
-        data.get(at..)
-            .and_then(|rest| rest.first_chunk::<8>())
-            .map(|bytes| u64::from_le_bytes(*bytes))
-    };
-    let Some(word) = load(pos / 8) else {
-        return pos;
-    };
-    // The first fill counts 7 bytes, less the bits before `pos` in the first: at least 49 bits,
-    // and 57 stream bits in `bitbuf`, enough for one item and the next lookup.
-    let skip = (pos % 8) as u32;
-    let mut bitbuf = word >> skip;
-    let mut bitsleft = 56 - skip;
-    let mut in_pos = pos / 8 + 7;
-    let mut n = *decoded;
-    let mut entry = litlen[(bitbuf as usize) & (LITLEN_FAST - 1)];
-    loop {
-        if entry & (MATCH | EXCEPTIONAL) == 0 {
-            // A literal: the most common item, and the only data-dependent branch (a
-            // branchless variant that always looks up a distance entry and masks it out for
-            // literals was slower: it lengthens every literal's dependency chain).
-            bitbuf = bitbuf.wrapping_shr(entry);
-            bitsleft = bitsleft.wrapping_sub(entry);
-            n += 1;
-        } else {
-            if entry & EXCEPTIONAL != 0 {
-                break;
-            }
-            // A match: its length symbol and extra bits, then its distance code and extra
-            // bits. Nothing is consumed until the whole match is accepted. The length is not
-            // on the critical path, only the shifts are.
-            let symbol = (entry >> ENTRY_SYMBOL_SHIFT) as usize;
-            let length =
-                u32::from(LENGTH_BASE[symbol.wrapping_sub(257) & 31]) + extra_value(bitbuf, entry);
-            let rest = bitbuf.wrapping_shr(entry);
-            let dist_entry = dist[(rest as usize) & (DIST_FAST - 1)];
-            if dist_entry & EXCEPTIONAL != 0 {
-                break;
-            }
-            if CHECK_DISTANCES {
-                let symbol = (dist_entry >> ENTRY_SYMBOL_SHIFT) as usize;
-                let distance = u32::from(DIST_BASE[symbol & 31]) + extra_value(rest, dist_entry);
-                if u64::from(distance) > n {
-                    break;
-                }
-            }
-            bitbuf = rest.wrapping_shr(dist_entry);
-            bitsleft = bitsleft.wrapping_sub(entry).wrapping_sub(dist_entry);
-            n += u64::from(length);
-            if CHECK_DISTANCES && n >= WINDOW {
-                // Every distance is now in range: let the caller continue without the checks.
-                break;
-            }
-        }
-        // Look up the next item before refilling (see above): at least 57 - MAX_FAST_ITEM_BITS
-        // stream bits remain at the low end of `bitbuf`, enough for the LITLEN_TABLE_BITS the
-        // lookup takes.
-        let next = litlen[(bitbuf as usize) & (LITLEN_FAST - 1)];
-        let Some(word) = load(in_pos) else {
-            break;
-        };
-        bitsleft &= ENTRY_BITS_MASK;
-        bitbuf |= word << bitsleft;
-        in_pos += 7 - (bitsleft >> 3) as usize;
-        bitsleft |= 56;
-        entry = next;
-    }
-    bitsleft &= ENTRY_BITS_MASK;
-    *decoded = n;
-    in_pos * 8 - bitsleft as usize
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use flate2::{Compress, Compression, FlushCompress, Status};
-    use libdeflater::{CompressionLvl, Compressor};
-
-    use super::super::tests::{random_bytes, text_bytes};
-
-    fn libdeflate(data: &[u8], level: i32) -> Vec<u8> {
-        let mut c = Compressor::new(CompressionLvl::new(level).expect("level"));
-        let mut out = vec![0; c.deflate_compress_bound(data.len())];
-        let n = c.deflate_compress(data, &mut out).expect("compress");
-        out.truncate(n);
-        out
-    }
-
-    fn inflate(stream: &[u8]) -> Vec<u8> {
-        let mut d = flate2::Decompress::new(false);
-        let mut out = Vec::with_capacity(4 << 20);
-        let status = d
-            .decompress_vec(stream, &mut out, flate2::FlushDecompress::Finish)
-            .expect("inflate");
-        assert_eq!(status, Status::StreamEnd);
-        assert_eq!(d.total_in() as usize, stream.len());
-        out
-    }
-
-    /// Type (BTYPE) of the final block, read from its header at the reported offset.
-    fn final_block_type(stream: &[u8], end: &StreamEnd) -> u8 {
-        let bit = end.final_block_bit + 1;
-        let two =
-            u16::from(stream[bit / 8]) | u16::from(*stream.get(bit / 8 + 1).unwrap_or(&0)) << 8;
-        ((two >> (bit % 8)) & 3) as u8
-    }
-
-    fn check(stream: &[u8], data: &[u8]) -> StreamEnd {
-        let end = scan(stream).expect("scan");
-        assert_eq!(end.decoded_len, data.len() as u64);
-        assert_eq!(end.end_bit.div_ceil(8), stream.len());
-        assert!(end.final_block_bit < end.end_bit);
-        // BFINAL is set at the reported header.
-        assert_eq!(
-            stream[end.final_block_bit / 8] >> (end.final_block_bit % 8) & 1,
-            1
-        );
-        end
-    }
-
-    #[test]
-    fn scans_libdeflate_streams_of_all_block_types() {
-        let inputs: [(&str, Vec<u8>); 5] = [
-            ("empty", Vec::new()),
-            (
-                "tiny",
-                b"hello hello hello hello hello hello hello hello hello hello!".to_vec(),
-            ),
-            ("zeros", vec![0; 700_000]),
-            ("text", text_bytes(900_000, 1)),
-            ("random", random_bytes(300_000, 2)),
-        ];
-        let mut seen = [false; 3];
-        for level in [1, 6, 9, 12] {
-            for (name, data) in &inputs {
-                let stream = libdeflate(data, level);
-                let end = check(&stream, data);
-                let btype = final_block_type(&stream, &end);
-                seen[usize::from(btype)] = true;
-                match *name {
-                    // Too short for dynamic tables to pay: a fixed-code block.
-                    "tiny" => assert_eq!(btype, 1, "level {level}"),
-                    // libdeflate falls back to stored blocks for incompressible data.
-                    "random" => assert_eq!(btype, 0, "level {level}"),
-                    "text" => assert_eq!(btype, 2, "level {level}"),
-                    _ => {}
-                }
-                assert_eq!(inflate(&stream), *data, "{name} level {level}");
-            }
-        }
-        assert_eq!(seen, [true; 3]);
-    }
-
-    /// Raw deflate by zlib (flate2): a sync flush after every `piece` bytes, then finish.
-    fn zlib_with_sync_flushes(data: &[u8], level: u32, piece: usize) -> Vec<u8> {
-        let mut c = Compress::new(Compression::new(level), false);
-        let mut stream = Vec::with_capacity(data.len() + 1024);
-        let pieces: Vec<&[u8]> = data.chunks(piece).collect();
-        for (i, piece) in pieces.iter().enumerate() {
-            let flush = if i + 1 == pieces.len() {
-                FlushCompress::Finish
-            } else {
-                FlushCompress::Sync
-            };
-            let start = c.total_in();
-            loop {
-                stream.reserve(64 * 1024);
-                let taken = (c.total_in() - start) as usize;
-                let status = c
-                    .compress_vec(&piece[taken..], &mut stream, flush)
-                    .expect("compress");
-                let taken = (c.total_in() - start) as usize;
-                let done = match flush {
-                    FlushCompress::Finish => status == Status::StreamEnd,
-                    _ => taken == piece.len() && stream.len() < stream.capacity(),
-                };
-                if done {
-                    break;
-                }
-            }
-        }
-        stream
-    }
-
-    #[test]
-    fn scans_zlib_streams_with_sync_flushes() {
-        let data = text_bytes(400_000, 3);
-        for level in [1, 6, 9] {
-            let stream = zlib_with_sync_flushes(&data, level, 50_000);
-            let end = check(&stream, &data);
-            assert_eq!(inflate(&stream), data);
-            // The sync flushes' empty stored blocks (00 00 ff ff after the header bits) lie
-            // before the final block.
-            let before = &stream[..end.final_block_bit / 8];
-            let markers = before
-                .windows(4)
-                .filter(|w| *w == [0, 0, 0xff, 0xff])
-                .count();
-            assert!(markers >= 7, "level {level}: {markers} sync markers");
-        }
-    }
-
-    #[test]
-    fn scans_hand_made_stored_and_fixed_streams() {
-        // Stored, non-final, with an empty stored block (a sync marker), then a final empty
-        // stored block.
-        let stream = [
-            0x00, 0x03, 0x00, 0xfc, 0xff, b'a', b'b', b'c', 0x00, 0x00, 0x00, 0xff, 0xff, 0x01,
-            0x00, 0x00, 0xff, 0xff,
-        ];
-        let end = check(&stream, b"abc");
-        assert_eq!((end.final_block_bit, end.end_bit), (13 * 8, 18 * 8));
-        // The smallest fixed block: BFINAL, BTYPE 01, EOB (7 zero bits): 10 bits.
-        let end = check(&[0x03, 0x00], b"");
-        assert_eq!((end.final_block_bit, end.end_bit), (0, 10));
-    }
-
-    #[test]
-    fn rejects_truncated_streams() {
-        for (data, level) in [
-            (text_bytes(100_000, 4), 6),
-            (random_bytes(100_000, 5), 1),
-            (text_bytes(50, 6), 9),
-        ] {
-            let stream = libdeflate(&data, level);
-            for cut in [
-                0,
-                1,
-                2,
-                stream.len() / 3,
-                stream.len() / 2,
-                stream.len() - 1,
-            ] {
-                let err = scan(&stream[..cut]).expect_err("truncated stream accepted");
-                assert!(
-                    matches!(err, ScanError::Truncated { .. } | ScanError::Invalid { .. }),
-                    "cut {cut}: {err:?}"
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn rejects_trailing_bytes_and_nonzero_padding() {
-        let stream = libdeflate(&text_bytes(10_000, 7), 6);
-        let mut longer = stream.clone();
-        longer.push(0);
-        assert!(matches!(
-            scan(&longer),
-            Err(ScanError::TrailingBytes { count: 1, .. })
-        ));
-        // [0x03, 0x00] is a final empty fixed block ending at bit 10: bits 10..16 are padding.
-        assert!(matches!(
-            scan(&[0x03, 0x04]),
-            Err(ScanError::NonzeroPadding { end_bit: 10 })
-        ));
-        // A stream without a final block never ends.
-        assert!(matches!(
-            scan(&[0x00, 0x00, 0x00, 0xff, 0xff]),
-            Err(ScanError::Truncated { .. })
-        ));
-    }
-
-    #[test]
-    fn rejects_malformed_headers() {
-        // Reserved block type 3.
-        assert!(matches!(
-            scan(&[0x07, 0x00]),
-            Err(ScanError::Invalid { bit: 1, .. })
-        ));
-        // Stored block with NLEN not the complement of LEN.
-        assert!(matches!(
-            scan(&[0x01, 0x01, 0x00, 0xff, 0xff, b'x']),
-            Err(ScanError::StoredLength {
-                byte: 1,
-                len: 1,
-                nlen: 0xffff
-            })
-        ));
-        // Dynamic block declaring HLIT = 287 (bits: BFINAL 1, BTYPE 10, HLIT 11110).
-        let err = scan(&[0b1111_0101, 0x00, 0x00, 0x00]).expect_err("HLIT 287");
-        assert!(matches!(err, ScanError::Invalid { bit: 3, .. }), "{err:?}");
-        // Dynamic block whose code-length code is all zero (incomplete).
-        let err = scan(&[0x05, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00]).expect_err("empty code");
-        assert!(matches!(err, ScanError::Invalid { .. }), "{err:?}");
-    }
-
-    #[test]
-    fn rejects_distance_before_the_start() {
-        // Fixed block: length symbol 257 (match of 3, code 0000001), distance symbol 0
-        // (distance 1, code 00000) with nothing decoded yet.
-        let mut bits: Vec<u8> = vec![1, 1, 0];
-        bits.extend([0, 0, 0, 0, 0, 0, 1]);
-        bits.extend([0, 0, 0, 0, 0]);
-        bits.extend([0; 7]);
-        let mut stream = vec![0u8; bits.len().div_ceil(8)];
-        for (i, b) in bits.iter().enumerate() {
-            stream[i / 8] |= b << (i % 8);
-        }
-        assert!(matches!(
-            scan(&stream),
-            Err(ScanError::DistanceTooFar {
-                distance: 1,
-                available: 0,
-                ..
-            })
-        ));
-    }
-
-    /// zlib's verdict on a raw deflate stream: the decoded length if it inflates to the end of a
-    /// final block using exactly all the bytes.
-    fn zlib_verdict(stream: &[u8]) -> Option<u64> {
-        let mut d = flate2::Decompress::new(false);
-        let mut out = Vec::with_capacity(8 << 20);
-        match d.decompress_vec(stream, &mut out, flate2::FlushDecompress::Finish) {
-            Ok(Status::StreamEnd) if d.total_in() as usize == stream.len() => Some(d.total_out()),
-            _ => None,
-        }
-    }
-
-    /// The scanner must agree with zlib's inflate, which checks the same structure, except that
-    /// zlib ignores the padding after the final block, which the scanner requires to be zero.
-    fn assert_agrees_with_zlib(stream: &[u8], ctx: &str) -> bool {
-        match (scan(stream), zlib_verdict(stream)) {
-            (Ok(end), Some(len)) => {
-                assert_eq!(end.decoded_len, len, "{ctx}");
-                true
-            }
-            (Err(ScanError::NonzeroPadding { .. }), Some(_)) | (Err(_), None) => false,
-            (Ok(end), None) => panic!("{ctx}: scanner accepted what zlib rejects: {end:?}"),
-            (Err(err), Some(_)) => panic!("{ctx}: scanner rejected what zlib accepts: {err}"),
-        }
-    }
-
-    #[test]
-    fn corrupted_streams_agree_with_zlib() {
-        // Every single-bit flip of short dynamic, fixed and stored streams: the scanner accepts
-        // exactly what zlib accepts (many flips only change a literal), never panics or hangs.
-        let cases = [
-            (text_bytes(2_000, 8), 6),
-            (
-                b"abcabcabcabcabcabcabcabcabcabcabcabcabcabcabcabcabcabcabcabcabc".to_vec(),
-                9,
-            ),
-            (random_bytes(300, 11), 1),
-        ];
-        for (data, level) in &cases {
-            let stream = libdeflate(data, *level);
-            let mut rejected = 0;
-            for bit in 0..stream.len() * 8 {
-                let mut bad = stream.clone();
-                bad[bit / 8] ^= 1 << (bit % 8);
-                if !assert_agrees_with_zlib(&bad, &format!("level {level} bit {bit}")) {
-                    rejected += 1;
-                }
-            }
-            assert!(rejected > 0, "level {level}: no flip rejected");
-        }
-        // Bytes scrambled throughout a long stream.
-        let long = libdeflate(&text_bytes(200_000, 9), 9);
-        let noise = random_bytes(long.len(), 10);
-        for step in [97, 1_009, 20_011] {
-            let mut bad = long.clone();
-            for i in (0..bad.len()).step_by(step) {
-                bad[i] ^= noise[i] | 1;
-            }
-            assert!(!assert_agrees_with_zlib(&bad, &format!("step {step}")));
-        }
-    }
 }
