@@ -50,7 +50,9 @@ mod table;
 mod tests;
 
 pub use bootloader::{GrubReport, has_boot_code, install_grub};
-pub use detection::{Detection, Sysfs, detect, root_partition, table_style};
+#[cfg(feature = "cli")]
+pub use detection::table_style;
+pub use detection::{Detection, Sysfs, detect, root_partition};
 pub use source::MAX_MBR_NUMBER;
 pub use table::{TableSpec, write_table};
 
