@@ -612,12 +612,27 @@ pub async fn request_completion(
     Ok(())
 }
 
-/// The state of a snapshot and EBS's message about it, from EC2's DescribeSnapshots; `None`
-/// when there is no such snapshot.
-pub async fn describe_state(
+/// Why DescribeSnapshots gave no usable answer about a snapshot.
+#[derive(Debug)]
+pub(crate) enum DescribeFailure {
+    /// The request failed.
+    Request(
+        Box<
+            aws_sdk_ec2::error::SdkError<
+                aws_sdk_ec2::operation::describe_snapshots::DescribeSnapshotsError,
+            >,
+        >,
+    ),
+    /// It answered about other snapshots than the one asked for.
+    Answer(String),
+}
+
+/// DescribeSnapshots of `snapshot_id` alone: `None` when EC2 knows no such snapshot
+/// (`InvalidSnapshot.*`); an answer about any other snapshot is refused.
+pub(crate) async fn describe_snapshot(
     ec2: &aws_sdk_ec2::Client,
     snapshot_id: &str,
-) -> Result<Option<(String, String)>, EbsError> {
+) -> Result<Option<aws_sdk_ec2::types::Snapshot>, DescribeFailure> {
     let out = match ec2
         .describe_snapshots()
         .snapshot_ids(snapshot_id)
@@ -625,25 +640,49 @@ pub async fn describe_state(
         .await
     {
         Ok(out) => out,
-        Err(e) if e.code() == Some("InvalidSnapshot.NotFound") => return Ok(None),
-        Err(e) => {
-            let access = is_access_code(e.code());
-            let transient = is_transient(&e);
-            return Err(EbsError::Request {
-                action: "describing".into(),
-                snapshot: snapshot_id.to_string(),
-                hint: if access {
-                    ": the credentials need ec2:DescribeSnapshots"
-                } else {
-                    ""
-                },
-                source: sdk_message(e),
-                access,
-                transient,
-            });
-        }
+        Err(e) if e.code().is_some_and(|c| c.starts_with("InvalidSnapshot")) => return Ok(None),
+        Err(e) => return Err(DescribeFailure::Request(Box::new(e))),
     };
-    Ok(out.snapshots().first().map(|snap| {
+    match out.snapshots() {
+        [] => Ok(None),
+        [one] if one.snapshot_id() == Some(snapshot_id) => Ok(Some(one.clone())),
+        others => Err(DescribeFailure::Answer(format!(
+            "asked for {snapshot_id}, it answered about {:?}",
+            others
+                .iter()
+                .map(|s| s.snapshot_id().unwrap_or("?"))
+                .collect::<Vec<_>>()
+        ))),
+    }
+}
+
+/// The state of a snapshot and EBS's message about it, from EC2's DescribeSnapshots; `None`
+/// when there is no such snapshot.
+pub async fn describe_state(
+    ec2: &aws_sdk_ec2::Client,
+    snapshot_id: &str,
+) -> Result<Option<(String, String)>, EbsError> {
+    let snap = describe_snapshot(ec2, snapshot_id).await.map_err(|f| {
+        let (access, transient, source) = match f {
+            DescribeFailure::Request(e) => {
+                (is_access_code(e.code()), is_transient(&e), sdk_message(e))
+            }
+            DescribeFailure::Answer(m) => (false, false, m.into()),
+        };
+        EbsError::Request {
+            action: "describing".into(),
+            snapshot: snapshot_id.to_string(),
+            hint: if access {
+                ": the credentials need ec2:DescribeSnapshots"
+            } else {
+                ""
+            },
+            source,
+            access,
+            transient,
+        }
+    })?;
+    Ok(snap.map(|snap| {
         (
             snap.state()
                 .map_or("unknown".to_string(), |s| s.as_str().to_string()),

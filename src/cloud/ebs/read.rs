@@ -254,17 +254,13 @@ async fn describe(
         snapshot: snapshot_id.to_string(),
         region: region.to_string(),
     };
-    let out = match ec2
-        .describe_snapshots()
-        .snapshot_ids(snapshot_id)
-        .send()
-        .await
-    {
-        Ok(out) => out,
-        Err(e) if e.code().is_some_and(|c| c.starts_with("InvalidSnapshot")) => {
-            return Err(not_found());
+    let snap = match super::describe_snapshot(ec2, snapshot_id).await {
+        Ok(Some(snap)) => snap,
+        Ok(None) => return Err(not_found()),
+        Err(super::DescribeFailure::Answer(detail)) => {
+            return Err(untrusted(snapshot_id, "DescribeSnapshots", detail));
         }
-        Err(e) => {
+        Err(super::DescribeFailure::Request(e)) => {
             let access = is_access_code(e.code());
             return Err(SnapshotReadError::Describe {
                 snapshot: snapshot_id.to_string(),
@@ -276,28 +272,10 @@ async fn describe(
                     ""
                 },
                 source: Box::new(io::Error::other(
-                    aws_sdk_ec2::error::DisplayErrorContext(e).to_string(),
+                    aws_sdk_ec2::error::DisplayErrorContext(*e).to_string(),
                 )),
                 access,
             });
-        }
-    };
-    let snapshots = out.snapshots();
-    let snap = match snapshots {
-        [] => return Err(not_found()),
-        [one] if one.snapshot_id() == Some(snapshot_id) => one,
-        _ => {
-            return Err(untrusted(
-                snapshot_id,
-                "DescribeSnapshots",
-                format!(
-                    "asked for {snapshot_id}, it answered about {:?}",
-                    snapshots
-                        .iter()
-                        .map(|s| s.snapshot_id().unwrap_or("?"))
-                        .collect::<Vec<_>>()
-                ),
-            ));
         }
     };
     let state = snap.state().map_or("in no state", |s| s.as_str());
