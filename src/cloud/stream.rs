@@ -11,8 +11,9 @@
 //! from the encoder's output bound (§8.3): a bundle that compresses well gets extra leading zeros,
 //! and the manifest lists the names actually used. The manifest is uploaded last, after every
 //! part is confirmed: it is the commit point. On failure (an S3 error, a bundling error or a
-//! signal), in-flight uploads are stopped and the parts already stored are deleted again, so no
-//! half bundle is left behind.
+//! signal), the uploads under way are let finish (a PUT abandoned by its client may still be
+//! stored by S3 after the clean-up) and every part this run sent is deleted again, so no half
+//! bundle is left behind.
 //!
 //! Bare § numbers in this module refer to docs/format.md.
 
@@ -134,6 +135,8 @@ struct Uploads {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// Keys confirmed stored, with their sizes.
     stored: Mutex<Vec<(String, u64)>>,
+    /// Every key a PUT was started for: what a clean-up deletes.
+    sent: Mutex<Vec<String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -234,6 +237,7 @@ impl PartSink for S3PartSink<'_> {
         let (client, location, acl) =
             (self.client.clone(), self.location.clone(), self.acl.clone());
         let uploads = Arc::clone(&self.uploads);
+        lock(&self.uploads.sent).push(self.location.key(&file_name));
         let task = self.handle.spawn(async move {
             let result = s3::put_bundle_object(&client, &location, &file_name, data, &acl).await;
             drop(permit);
@@ -372,9 +376,9 @@ pub fn bundle_to_s3(
     let streamed = match result {
         Ok(streamed) => streamed,
         Err(e) => {
-            uploads.abort_all();
             if target.resume {
                 // The parts stored are the next attempt's head start.
+                uploads.abort_all();
                 handle.block_on(uploads.join_all());
             } else {
                 handle.block_on(remove_stored(s3, &location.bucket, &uploads));
@@ -419,16 +423,14 @@ pub fn bundle_to_s3(
     })
 }
 
-/// After a failure: waits for the stopped uploads, then deletes every part this run stored, so
-/// the location holds no orphan parts. Best effort, bounded by [`CLEANUP_TIMEOUT`]; what cannot
+/// After a failure: waits for the uploads under way (not aborted: S3 may still store a PUT whose
+/// client went away, after the delete), then deletes every part this run sent, stored or not
+/// (deleting a missing key is no error), so the location holds no orphan parts. Best effort, bounded by [`CLEANUP_TIMEOUT`]; what cannot
 /// be removed is named in a warning.
 async fn remove_stored(s3: &Client, bucket: &str, uploads: &Uploads) {
     let cleanup = async {
         uploads.join_all().await;
-        let keys: Vec<String> = lock(&uploads.stored)
-            .iter()
-            .map(|(k, _)| k.clone())
-            .collect();
+        let keys: Vec<String> = lock(&uploads.sent).clone();
         if keys.is_empty() {
             return Ok(0);
         }
@@ -438,7 +440,7 @@ async fn remove_stored(s3: &Client, bucket: &str, uploads: &Uploads) {
     };
     match tokio::time::timeout(CLEANUP_TIMEOUT, cleanup).await {
         Ok(Ok(0)) => {}
-        Ok(Ok(n)) => tracing::info!("removed the {n} part(s) already uploaded to s3://{bucket}"),
+        Ok(Ok(n)) => tracing::info!("removed the {n} part(s) this run sent to s3://{bucket}"),
         Ok(Err(e)) => tracing::warn!(
             "could not remove the parts already uploaded to s3://{bucket}: {}",
             crate::bundle::error_chain(&e)

@@ -516,4 +516,10 @@ fn a_bundle_signed_by_another_key_or_holding_a_bare_filesystem_starts_no_snapsho
         "{err}"
     );
     assert_eq!(start_snapshots(&cloud), 0, "a snapshot was started");
+    // Nothing is left to resume: no journal stays behind.
+    let state = cloud.home.path().join("state/amibundle/to-ebs");
+    let left: Vec<_> = fs::read_dir(&state)
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
 }

@@ -291,3 +291,59 @@ fn a_run_killed_after_asking_for_completion_goes_straight_to_registering_on_its_
     );
     assert!(journals(&cloud).is_empty(), "{:?}", journals(&cloud));
 }
+
+#[test]
+fn a_describe_snapshots_answer_about_another_snapshot_is_refused_and_the_snapshot_deleted() {
+    // The first EC2 request of a --no-register run is the wait's DescribeSnapshots: it is
+    // answered about some other, completed snapshot, which must not count as ours.
+    let forged = Arc::new(AtomicBool::new(false));
+    let once = forged.clone();
+    let plan = move |req: &RequestHead| {
+        let ec2 = req
+            .header("authorization")
+            .is_some_and(|a| a.contains("/ec2/"));
+        if req.method == "POST" && ec2 && !once.swap(true, Ordering::SeqCst) {
+            return Action::Respond(
+                200,
+                b"<DescribeSnapshotsResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\">\
+                  <requestId>r-1</requestId><snapshotSet><item>\
+                  <snapshotId>snap-0000000000someone</snapshotId><volumeId>vol-1</volumeId>\
+                  <status>completed</status><startTime>2026-01-01T00:00:00.000Z</startTime>\
+                  <progress>100%</progress><ownerId>123456789012</ownerId>\
+                  <volumeSize>1</volumeSize><encrypted>false</encrypted>\
+                  </item></snapshotSet></DescribeSnapshotsResponse>"
+                    .to_vec(),
+            );
+        }
+        Action::Forward
+    };
+    let cloud = Cloud::start_with(Box::new(plan));
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("disk.img");
+    crate::ebs::disk_image(&image);
+    let out = cloud
+        .cmd(&[
+            "to-ebs",
+            "-i",
+            image.to_str().unwrap(),
+            "--no-register",
+            "--region",
+            "us-east-1",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        forged.load(Ordering::SeqCst),
+        "no DescribeSnapshots was sent"
+    );
+    assert!(
+        err.contains("it answered about") && err.contains("snap-0000000000someone"),
+        "{err}"
+    );
+    let deleted =
+        crate::cloud::ec2_call(&cloud, "DeleteSnapshot").expect("the snapshot is deleted");
+    assert!(err.contains(&deleted["SnapshotId"]), "{err}");
+    assert!(journals(&cloud).iter().all(|n| !n.ends_with(".journal")));
+}

@@ -242,7 +242,13 @@ pub fn convert_bundle(
         session,
         conversion.register.is_some().then(|| bundle.describe()),
     );
-    let opened = unbundle::open(bundle, remote, key, check)?;
+    let opened = match unbundle::open(bundle, remote, key, check) {
+        Ok(opened) => opened,
+        Err(e) => {
+            sink.session.abandon(crate::interrupt::signal().is_some());
+            return Err(e.into());
+        }
+    };
     let architecture = opened
         .manifest
         .machine

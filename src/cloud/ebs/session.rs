@@ -264,25 +264,35 @@ impl Session {
     }
 
     /// After a failure: a snapshot kept for a rerun when `resumable` (said how), else deleted
-    /// and forgotten.
+    /// and its journal removed.
     pub fn abandon(&mut self, resumable: bool) {
-        let Some(started) = self.snapshot.take() else {
+        let ours = self.snapshot.take();
+        if resumable {
+            if let (Some(started), Some(_)) = (&ours, &self.journal) {
+                tracing::warn!(
+                    "snapshot {} is kept pending: run the same command again within {} minutes \
+                     to resume it (only the blocks it lacks are sent); after that EBS abandons it",
+                    started.id,
+                    started.timeout_minutes
+                );
+                return;
+            }
+        }
+        if let Some(started) = &ours {
+            self.runtime.block_on(delete_failed(&self.ec2, &started.id));
+        }
+        let Some(j) = self.journal() else {
             return;
         };
-        if resumable && self.journal.is_some() {
-            tracing::warn!(
-                "snapshot {} is kept pending: run the same command again within {} minutes to \
-                 resume it (only the blocks it lacks are sent); after that EBS abandons it",
-                started.id,
-                started.timeout_minutes
-            );
+        // Keep the journal while it may still serve a rerun: interrupted before a snapshot was
+        // recorded (its token stays: a StartSnapshot that reached EBS returns the same
+        // snapshot), or failing before this run took up an earlier run's snapshot.
+        let earlier = ours.is_none() && j.recorded().snapshot.is_some();
+        if (resumable && ours.is_none()) || earlier {
             return;
         }
-        self.runtime.block_on(delete_failed(&self.ec2, &started.id));
-        if let Some(mut j) = self.journal() {
-            if let Err(e) = j.reset(&self.key) {
-                tracing::warn!("{}", crate::bundle::error_chain(&e));
-            }
+        if let Err(e) = j.remove() {
+            tracing::warn!("{}", crate::bundle::error_chain(&e));
         }
     }
 
