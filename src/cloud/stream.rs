@@ -10,10 +10,11 @@
 //! Part names need the part count, known only at the end (§8.2), so the width is fixed up front
 //! from the encoder's output bound (§8.3): a bundle that compresses well gets extra leading zeros,
 //! and the manifest lists the names actually used. The manifest is uploaded last, after every
-//! part is confirmed: it is the commit point. On failure (an S3 error, a bundling error or a
-//! signal), the uploads under way are let finish (a PUT abandoned by its client may still be
-//! stored by S3 after the clean-up) and every part this run sent is deleted again, so no half
-//! bundle is left behind.
+//! part is confirmed: it is the commit point. On failure (an S3 error, a bundling error), the
+//! uploads under way are let finish (a PUT abandoned by its client may still be stored by S3
+//! after the clean-up) and every part this run sent is deleted again, so no half bundle is left
+//! behind. A signal stops the uploads at once instead, then deletes every part sent: a PUT that
+//! S3 completes after that delete is the one leftover possible.
 //!
 //! Bare § numbers in this module refer to docs/format.md.
 
@@ -381,6 +382,11 @@ pub fn bundle_to_s3(
                 uploads.abort_all();
                 handle.block_on(uploads.join_all());
             } else {
+                if crate::interrupt::signal().is_some() {
+                    // A signal asks to stop now: the uploads under way are abandoned (one S3
+                    // still stores after the delete below would be left; said in the docs).
+                    uploads.abort_all();
+                }
                 handle.block_on(remove_stored(s3, &location.bucket, &uploads));
             }
             return Err(e);
